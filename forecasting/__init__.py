@@ -1,0 +1,1 @@
+"""Demand forecasting: scikit-learn style estimators and the Prometheus history adapter."""

@@ -1,0 +1,1 @@
+"""The Kubernetes operator: kopf handlers, the Kubernetes adapter and node-pool providers."""

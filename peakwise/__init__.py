@@ -1,0 +1,3 @@
+"""Peakwise: forecast-driven right-sizing of GPU inference services on Kubernetes."""
+
+__version__ = "0.1.0"

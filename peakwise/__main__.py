@@ -1,0 +1,5 @@
+import sys
+
+from peakwise.cli import main
+
+sys.exit(main())
