@@ -1,0 +1,88 @@
+"""The contract every demand forecaster follows, and the metadata that travels with a forecast.
+
+Estimators follow scikit-learn conventions: hyperparameters in ``__init__``, ``fit`` returns
+``self``, learned attributes end in ``_``, and no data is fetched inside.
+
+Indexing convention. An *origin* ``o`` is the index of the last observed step: at origin ``o``
+the values ``series.values[: o + 1]`` are known and nothing after them. The *window peak* for
+``lead`` and ``width`` is ``max(values[o + lead + 1 : o + lead + width + 1])``, the highest
+demand over the ``width`` steps that start ``lead`` steps after the origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+from peakwise.forecasting.series import FloatArray, Series
+
+IntArray = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ForecastInfo:
+    """What is known about a fitted forecaster's quality; shown in status and used to fall back."""
+
+    model: str
+    training_steps: int
+    # Rolling-origin pinball loss and coverage of the requested quantile on the service's own
+    # history; None until there was enough history to measure them.
+    backtest_loss: float | None = None
+    coverage: float | None = None
+    # True when the model had too little history for seasonality and fell back to recent level.
+    short_history: bool = False
+
+
+class PeakForecaster(Protocol):
+    """Forecasts quantiles of the demand peak over a window ahead of each origin."""
+
+    def fit(self, series: Series) -> Self:
+        """Learn from a history; NaN values are gaps."""
+        ...
+
+    def predict_peak(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        lead: int,
+        width: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        """Quantiles of the window peak for each origin, shape ``(len(origins), len(quantiles))``.
+
+        For each origin only ``series.values[: origin + 1]`` may be used, so one call can
+        forecast many origins of a replay without looking ahead.
+        """
+        ...
+
+    @property
+    def info_(self) -> ForecastInfo:
+        """Metadata of the fitted model."""
+        ...
+
+
+def window_peaks(values: FloatArray, origins: IntArray, lead: int, width: int) -> FloatArray:
+    """The actual window peak for each origin (NaN where the window is all gaps or off the end)."""
+    out = np.full(origins.shape[0], np.nan)
+    n = values.shape[0]
+    for i, o in enumerate(origins):
+        lo, hi = int(o) + lead + 1, int(o) + lead + width + 1
+        if hi <= n:
+            window = values[lo:hi]
+            if not np.all(np.isnan(window)):
+                out[i] = np.nanmax(window)
+    return out
+
+
+def pinball_loss(actual: FloatArray, predicted: FloatArray, quantile: float) -> float:
+    """Mean pinball (quantile) loss over the pairs where the actual value is known."""
+    mask = ~np.isnan(actual) & ~np.isnan(predicted)
+    if not mask.any():
+        return float("nan")
+    diff = actual[mask] - predicted[mask]
+    return float(np.mean(np.maximum(quantile * diff, (quantile - 1.0) * diff)))

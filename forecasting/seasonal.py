@@ -1,0 +1,129 @@
+"""A simple daily-seasonal peak forecaster: yesterday's peak, scaled to today's level.
+
+It is the baseline every other model must beat, and what `peakwise backtest` falls back to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.series import FloatArray, Series
+
+
+def forward_max(values: FloatArray, width: int) -> FloatArray:
+    """``out[j] = max(values[j : j + width])`` ignoring gaps; NaN if none known."""
+    n = values.shape[0]
+    out = np.full(n, np.nan)
+    if n < width:
+        return out
+    filled = np.where(np.isnan(values), -np.inf, values)
+    peaks = sliding_window_view(filled, width).max(axis=-1)
+    peaks[np.isneginf(peaks)] = np.nan
+    out[: peaks.shape[0]] = peaks
+    return out
+
+
+def trailing_mean(values: FloatArray, width: int) -> FloatArray:
+    """``out[j] = mean(values[j - width + 1 : j + 1])`` ignoring gaps; NaN without data."""
+    known = ~np.isnan(values)
+    sums = np.concatenate(([0.0], np.cumsum(np.where(known, values, 0.0))))
+    counts = np.concatenate(([0], np.cumsum(known)))
+    idx = np.arange(values.shape[0]) + 1
+    lo = np.maximum(idx - width, 0)
+    total, count = sums[idx] - sums[lo], counts[idx] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+class SeasonalPeakForecaster:
+    """Window peak one season ago × (recent level / level one season ago) × a learned margin.
+
+    The margin for quantile q is the q-quantile of actual/base ratios on the training history,
+    so the forecast is calibrated on the service's own data. With less than a season of
+    history it falls back to the recent maximum with its own learned margin.
+    """
+
+    def __init__(
+        self,
+        season: int = 1440,
+        level_window: int = 60,
+        max_level_ratio: float = 2.0,
+        default_margin: float = 1.25,
+    ) -> None:
+        self.season = season
+        self.level_window = level_window
+        self.max_level_ratio = max_level_ratio
+        self.default_margin = default_margin
+
+    def _bases(
+        self, values: FloatArray, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, FloatArray]:
+        """Seasonal and recent-level bases for each origin (NaN where not available)."""
+        peaks = forward_max(values, width)
+        level = trailing_mean(values, self.level_window)
+        recent_max = np.flip(forward_max(np.flip(values), self.level_window))
+        seasonal = np.full(origins.shape[0], np.nan)
+        past = origins + lead + 1 - self.season
+        ok = (past >= 0) & (origins - self.season >= 0)
+        if ok.any():
+            then = level[origins[ok] - self.season]
+            now = level[origins[ok]]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(then > 0, now / then, 1.0)
+            ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, self.max_level_ratio)
+            seasonal[ok] = peaks[past[ok]] * ratio
+        return seasonal, recent_max[origins]
+
+    def fit(self, series: Series) -> Self:
+        values = series.values
+        self.training_steps_ = len(series)
+        # Margins are learned for a typical planning window; they are ratios, so they transfer.
+        lead, width = 10, 30
+        origins = np.arange(0, max(0, len(series) - lead - width), dtype=np.int64)
+        actual = forward_max(values, width)[origins + lead + 1] if origins.size else np.empty(0)
+        seasonal, recent = self._bases(values, origins, lead, width)
+        self.seasonal_ratios_ = _ratios(actual, seasonal)
+        self.recent_ratios_ = _ratios(actual, recent)
+        return self
+
+    def predict_peak(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        lead: int,
+        width: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        seasonal, recent = self._bases(series.values, origins, lead, width)
+        out = np.empty((origins.shape[0], len(quantiles)))
+        for k, q in enumerate(quantiles):
+            m_seasonal = _margin(self.seasonal_ratios_, q, self.default_margin)
+            m_recent = _margin(self.recent_ratios_, q, self.default_margin)
+            out[:, k] = np.where(np.isnan(seasonal), recent * m_recent, seasonal * m_seasonal)
+        return out
+
+    @property
+    def info_(self) -> ForecastInfo:
+        return ForecastInfo(
+            model="seasonal-peak",
+            training_steps=self.training_steps_,
+            short_history=self.seasonal_ratios_.size == 0,
+        )
+
+
+def _ratios(actual: FloatArray, base: FloatArray) -> FloatArray:
+    ok = ~np.isnan(actual) & ~np.isnan(base) & (base > 0)
+    return np.sort(actual[ok] / base[ok])
+
+
+def _margin(ratios: FloatArray, quantile: float, default: float) -> float:
+    # A handful of ratios is noise; below a day of origins use the default margin.
+    if ratios.size < 60:
+        return default
+    return float(np.quantile(ratios, quantile))
