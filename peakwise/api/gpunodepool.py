@@ -1,0 +1,152 @@
+"""GPUNodePool: a cluster-wide pool of GPU nodes of one type and one capacity tier."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import Field
+
+from peakwise.api.common import (
+    CapacityType,
+    Condition,
+    Duration,
+    ObjectMeta,
+    Rule,
+    StatusModel,
+    WireModel,
+)
+
+
+class Taint(WireModel):
+    """A taint carried by the pool's nodes; replicas placed there tolerate it."""
+
+    key: str = Field(min_length=1, max_length=316)
+    """Taint key."""
+    value: str = Field(default="", max_length=63)
+    """Taint value."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+    """Taint effect."""
+
+
+class KwokProvider(WireModel):
+    """Simulated nodes managed by kwok: for local clusters and tests."""
+
+    node_name_prefix: str = Field(default="", max_length=40)
+    """Prefix of the simulated Node names; default: the pool's name."""
+
+
+class ClusterAPIProvider(WireModel):
+    """Nodes come from a Cluster API MachineDeployment, scaled through its scale subresource."""
+
+    machine_deployment: str = Field(min_length=1, max_length=253)
+    """MachineDeployment name."""
+    namespace: str = Field(min_length=1, max_length=63)
+    """MachineDeployment namespace."""
+
+
+class KarpenterProvider(WireModel):
+    """Nodes come from a Karpenter NodePool, bounded through its GPU limit."""
+
+    node_pool: str = Field(min_length=1, max_length=253)
+    """Karpenter NodePool name."""
+
+
+class ProviderSpec(WireModel):
+    """How the pool's nodes are created and removed; exactly one backend."""
+
+    cel_rules = (
+        Rule(
+            "[has(self.kwok), has(self.clusterAPI), has(self.karpenter)].filter(x, x).size() == 1",
+            "provider must set exactly one of kwok, clusterAPI, karpenter",
+            lambda s: [s.kwok, s.cluster_api, s.karpenter].count(None) == 2,
+        ),
+    )
+
+    kwok: KwokProvider | None = None
+    """Simulated nodes (local clusters, tests)."""
+    cluster_api: ClusterAPIProvider | None = Field(default=None, alias="clusterAPI")
+    """Cluster API MachineDeployment."""
+    karpenter: KarpenterProvider | None = None
+    """Karpenter NodePool."""
+
+
+class GPUNodePoolSpec(WireModel):
+    """A pool of identical GPU nodes the platform team offers to inference services."""
+
+    cel_rules = (
+        Rule(
+            "self.minNodes <= self.maxNodes",
+            "minNodes must not exceed maxNodes",
+            lambda s: s.min_nodes <= s.max_nodes,
+        ),
+        Rule(
+            "self.reservedNodes <= self.maxNodes",
+            "reservedNodes must not exceed maxNodes",
+            lambda s: s.reserved_nodes <= s.max_nodes,
+        ),
+        Rule(
+            "self.capacityType == 'reserved' || self.reservedNodes == 0",
+            "reservedNodes may only be set when capacityType is reserved",
+            lambda s: s.capacity_type == "reserved" or s.reserved_nodes == 0,
+        ),
+    )
+
+    gpu_type: str = Field(min_length=1, max_length=63)
+    """GPU type of every node (e.g. nvidia-h100-80gb); matches InferenceDeployment gpuProfiles."""
+    gpus_per_node: int = Field(ge=1, le=64)
+    """GPUs on each node (nvidia.com/gpu capacity)."""
+    capacity_type: CapacityType
+    """reserved (already paid for), spot (cheap, interruptible) or onDemand."""
+    price_per_node_hour: float = Field(gt=0)
+    """Price of one node for one hour, in the budgets' currency. For reserved pools it is the
+    effective price, used for reporting; reserved nodes cost nothing extra to use."""
+    reserved_nodes: int = Field(default=0, ge=0, le=100000)
+    """Nodes already paid for (reserved pools only)."""
+    min_nodes: int = Field(default=0, ge=0, le=100000)
+    """Fewest nodes the pool keeps."""
+    max_nodes: int = Field(ge=1, le=100000)
+    """Most nodes the pool may have."""
+    provisioning_time: Duration = timedelta(minutes=5)
+    """Time from asking for a node to it being Ready."""
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels that mark the pool's nodes; replicas select them."""
+    node_taints: list[Taint] = Field(default_factory=list, max_length=16)
+    """Taints on the pool's nodes; replicas tolerate them."""
+    provider: ProviderSpec
+    """The node backend."""
+
+
+class GPUNodePoolStatus(StatusModel):
+    """What the pool has and how it behaved."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation this status was computed from."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Degraded."""
+    nodes: int = 0
+    """Nodes that exist."""
+    ready_nodes: int = 0
+    """Nodes that are Ready."""
+    desired_nodes: int = 0
+    """Nodes the plan wants."""
+    allocatable_gpus: int = 0
+    """GPUs allocatable on Ready nodes."""
+    interruptions_observed: int = 0
+    """Spot interruptions seen since the pool was created."""
+    interruption_rate: float = 0.0
+    """Interruptions per node-hour, smoothed; feeds the planner's spot hedge."""
+    last_interruption_time: datetime | None = None
+    """When the latest interruption was seen."""
+
+
+class GPUNodePool(WireModel):
+    """A cluster-scoped pool of GPU nodes of one type and capacity tier."""
+
+    model_config = WireModel.model_config | {"extra": "ignore"}
+
+    api_version: Literal["peakwise.dev/v1alpha1"] = "peakwise.dev/v1alpha1"
+    kind: Literal["GPUNodePool"] = "GPUNodePool"
+    metadata: ObjectMeta
+    spec: GPUNodePoolSpec
+    status: GPUNodePoolStatus | None = None

@@ -1,0 +1,239 @@
+"""InferenceDeployment: a model server that Peakwise sizes ahead of its demand peaks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, WithJsonSchema
+
+from peakwise.api.common import (
+    CapacityType,
+    Condition,
+    Duration,
+    ObjectMeta,
+    Rule,
+    StatusModel,
+    WireModel,
+)
+
+PodTemplate = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class GPUProfile(WireModel):
+    """One acceptable hardware shape for a replica and the demand it sustains on it."""
+
+    gpu_type: str = Field(min_length=1, max_length=63)
+    """GPU type, matching a GPUNodePool's gpuType (e.g. nvidia-h100-80gb)."""
+    gpus_per_replica: int = Field(default=1, ge=1, le=64)
+    """GPUs one replica requests (nvidia.com/gpu)."""
+    throughput_per_replica: float = Field(gt=0)
+    """Demand units per second one replica serves at full utilisation on this GPU type."""
+
+
+class DemandSpec(WireModel):
+    """Where the service's demand comes from and how hard replicas may be driven."""
+
+    query: str = Field(min_length=1)
+    """PromQL returning one series: the service's demand in units per second."""
+    target_utilization: float = Field(default=0.8, gt=0, le=1)
+    """Share of a replica's throughput to plan for; the rest is headroom for bursts."""
+
+
+class ReplicaBounds(WireModel):
+    """Bounds on the total number of replicas across all pools."""
+
+    cel_rules = (
+        Rule(
+            "self.min <= self.max",
+            "replicas.min must not exceed replicas.max",
+            lambda s: s.min <= s.max,
+        ),
+        Rule(
+            "!has(self.floor) || self.floor <= self.max",
+            "replicas.floor must not exceed replicas.max",
+            lambda s: s.floor is None or s.floor <= s.max,
+        ),
+    )
+
+    min: int = Field(default=1, ge=0, le=10000)
+    """Fewest replicas, whatever the forecast or budget (unless even the minimums of a Hard
+    budget's namespace do not fit; then status says so)."""
+    max: int = Field(default=10, ge=1, le=10000)
+    """Most replicas, whatever the forecast."""
+    floor: int | None = Field(default=None, ge=0, le=10000)
+    """Manual floor set by `kubectl scale`: Peakwise plans at least this many replicas (still
+    within min and max) until it is removed."""
+
+
+class ForecastSpec(WireModel):
+    """How demand is forecast."""
+
+    history: Duration = timedelta(days=14)
+    """How much history to learn from."""
+    horizon: Duration = timedelta(hours=1)
+    """How far ahead the forecast reaches."""
+    quantile: float = Field(default=0.95, gt=0, lt=1)
+    """Quantile of the demand peak to provision for: higher is safer and dearer."""
+    lead_time: Duration | None = None
+    """How early capacity must be asked for. Default: the slowest usable pool's
+    provisioningTime plus modelLoadTime."""
+
+
+class SpotPolicy(WireModel):
+    """How much of the service may run on interruptible capacity."""
+
+    max_fraction: float = Field(default=0.6, ge=0, le=1)
+    """Largest share of replicas on spot capacity."""
+
+
+class OnDemandPolicy(WireModel):
+    """The guaranteed, never-interrupted part of the service."""
+
+    min_replicas: int = Field(default=0, ge=0, le=10000)
+    """Replicas always kept on on-demand or reserved capacity (never on spot)."""
+
+
+class CapacityPolicy(WireModel):
+    """How replicas are spread over capacity tiers (reserved first, then spot, then on-demand)."""
+
+    spot: SpotPolicy = SpotPolicy()
+    """Spot capacity limits."""
+    on_demand: OnDemandPolicy = OnDemandPolicy()
+    """On-demand floor."""
+
+
+class ScaleDownPolicy(WireModel):
+    """How capacity is released."""
+
+    stabilization_window: Duration = timedelta(minutes=15)
+    """Capacity is only released after the plan has wanted less for this long."""
+
+
+class InferenceDeploymentSpec(WireModel):
+    """What the service needs; Peakwise decides how many replicas run where."""
+
+    cel_rules = (
+        Rule(
+            "self.capacity.onDemand.minReplicas <= self.replicas.max",
+            "capacity.onDemand.minReplicas must not exceed replicas.max",
+            lambda s: s.capacity.on_demand.min_replicas <= s.replicas.max,
+        ),
+        Rule(
+            "self.gpuProfiles.all(p, self.gpuProfiles.exists_one(q, "
+            "q.gpuType == p.gpuType && q.gpusPerReplica == p.gpusPerReplica))",
+            "gpuProfiles must not list the same gpuType and gpusPerReplica twice",
+            lambda s: (
+                len({(p.gpu_type, p.gpus_per_replica) for p in s.gpu_profiles})
+                == len(s.gpu_profiles)
+            ),
+        ),
+    )
+
+    mode: Literal["Recommend", "Enforce"] = "Recommend"
+    """Recommend writes status and events only; Enforce scales child Deployments and pools."""
+    priority: int = Field(default=100, ge=0, le=1000000)
+    """Who keeps capacity when the namespace budget binds: higher keeps it longer."""
+    template: PodTemplate
+    """Pod template of the model server; one child Deployment per pool runs it."""
+    gpu_profiles: list[GPUProfile] = Field(min_length=1, max_length=16)
+    """Acceptable GPU shapes; the planner picks the cheapest mix that meets demand."""
+    demand: DemandSpec
+    """The demand signal."""
+    replicas: ReplicaBounds = ReplicaBounds()
+    """Replica bounds."""
+    forecast: ForecastSpec = ForecastSpec()
+    """Forecast settings."""
+    model_load_time: Duration = timedelta(minutes=2)
+    """Time from a pod starting on a ready node to serving (image pull, weights load)."""
+    capacity: CapacityPolicy = CapacityPolicy()
+    """Spread over capacity tiers."""
+    scale_down: ScaleDownPolicy = ScaleDownPolicy()
+    """Scale-down damping."""
+
+
+class PoolReplicas(StatusModel):
+    """Replicas of this service in one GPU pool."""
+
+    pool: str
+    """GPUNodePool name."""
+    capacity_type: CapacityType
+    """The pool's capacity type."""
+    gpu_type: str
+    """The pool's GPU type."""
+    replicas: int = 0
+    """Ready replicas now."""
+    desired_replicas: int = 0
+    """Replicas the plan wants."""
+
+
+class ForecastStatus(StatusModel):
+    """The latest demand forecast."""
+
+    peak: float | None = None
+    """Forecast demand peak (units/s) at the requested quantile over the planning window."""
+    peak_at: datetime | None = None
+    """When the forecast peak is expected."""
+    quantile: float | None = None
+    """Quantile the peak is forecast at."""
+    model: str = ""
+    """Forecasting model in use."""
+    backtest_loss: float | None = None
+    """Pinball loss of the model on this service's own history."""
+    coverage: float | None = None
+    """Share of past peaks the forecast covered on this service's own history."""
+    lead_time: str = ""
+    """Lead time the plan used."""
+
+
+class CostStatus(StatusModel):
+    """What the current plan costs."""
+
+    hourly: float = 0.0
+    """Spend rate of spot and on-demand capacity the service uses."""
+    reserved_hourly: float = 0.0
+    """Share of already paid-for reserved capacity the service uses (not billed again)."""
+    currency: str = "USD"
+    """Currency of the amounts."""
+
+
+class InferenceDeploymentStatus(StatusModel):
+    """What Peakwise observed and decided."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation this status was computed from."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, Forecasting, BudgetLimited, Degraded."""
+    replicas: int = 0
+    """Ready replicas across all pools."""
+    desired_replicas: int = 0
+    """Replicas the plan wants across all pools."""
+    selector: str = ""
+    """Label selector of the service's pods (for the scale subresource)."""
+    tiers: str = ""
+    """Desired replicas by tier, e.g. reserved=4 spot=6 onDemand=2."""
+    pools: list[PoolReplicas] = Field(default_factory=list)
+    """Replicas per pool."""
+    forecast: ForecastStatus | None = None
+    """The latest forecast."""
+    cost: CostStatus | None = None
+    """What the plan costs."""
+    budget_state: str = ""
+    """Within, Warning or Limited: how the namespace budget affects this service."""
+    last_plan_time: datetime | None = None
+    """When the plan was last computed."""
+
+
+class InferenceDeployment(WireModel):
+    """A GenAI model server whose replicas and GPU capacity Peakwise plans."""
+
+    model_config = WireModel.model_config | {"extra": "ignore"}
+
+    api_version: Literal["peakwise.dev/v1alpha1"] = "peakwise.dev/v1alpha1"
+    kind: Literal["InferenceDeployment"] = "InferenceDeployment"
+    metadata: ObjectMeta
+    spec: InferenceDeploymentSpec
+    status: InferenceDeploymentStatus | None = None
