@@ -1,0 +1,1 @@
+"""End-to-end test helpers and tests (real Prometheus and the local cluster)."""
