@@ -1,0 +1,301 @@
+"""The planner: forecasts, pools, budgets and current state in; replicas, nodes and reasons out.
+
+Pure: no I/O, no clock (``now`` is an input), no globals. The operator and
+`peakwise backtest` both call :func:`plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from peakwise.api.common import CAPACITY_TYPES
+from peakwise.planner import greedy, milp
+from peakwise.planner.budget import TrimResult, allocation_cost, hourly_cap, trim_to_cap
+from peakwise.planner.capacity import (
+    Demand,
+    Slice,
+    build_slices,
+    nodes_needed,
+    options_for,
+)
+from peakwise.planner.greedy import Allocation
+from peakwise.planner.types import (
+    DeploymentPlan,
+    DeploymentState,
+    NamespacePlan,
+    Plan,
+    PlanInput,
+    PoolPlan,
+)
+
+# Exact solving pays while the problem is small enough for HiGHS to prove optimality quickly.
+MILP_MAX_VARIABLES = 4000
+
+
+def stabilized_target(
+    raw: float, history: Sequence[tuple[datetime, float]], now: datetime, window: timedelta
+) -> tuple[float, tuple[tuple[datetime, float], ...]]:
+    """Scale up at once, scale down only to the highest target of the last `window`."""
+    kept = tuple((t, v) for t, v in history if now - t < window and t <= now)
+    target = max([raw, *(v for _, v in kept)])
+    # Only targets that could still matter are kept: an entry below a newer one never will.
+    pruned: list[tuple[datetime, float]] = []
+    for t, v in (*kept, (now, raw)):
+        while pruned and pruned[-1][1] <= v:
+            pruned.pop()
+        pruned.append((t, v))
+    return target, tuple(pruned)
+
+
+def _current_capacity(
+    state: DeploymentState, demand_options: Demand, slices: Sequence[Slice]
+) -> float:
+    by_pool: dict[str, float] = {}
+    for o in demand_options.options:
+        by_pool.setdefault(slices[o.slice].pool, o.effective)
+    return sum(by_pool.get(pool, 0.0) * n for pool, n in state.current.items())
+
+
+def _demands(
+    request: PlanInput, slices: Sequence[Slice]
+) -> tuple[list[Demand], list[tuple[tuple[datetime, float], ...]], list[list[str]]]:
+    demands, histories, reasons = [], [], []
+    for state in request.deployments:
+        spec = state.spec
+        hi = spec.replicas.max
+        lo = spec.replicas.min
+        if spec.replicas.floor is not None:
+            lo = max(lo, min(spec.replicas.floor, hi))
+        options = options_for(spec, slices)
+        shell = Demand(state.key, spec.priority, 0.0, lo, hi, 0.0, 0, options)
+        why: list[str] = []
+        forecast = state.forecast
+        if forecast is None or not math.isfinite(forecast.peak) or forecast.peak < 0:
+            # Never scale down for lack of data: hold what runs now (at least the minimum).
+            raw = _current_capacity(state, shell, slices)
+            why.append(
+                f"no usable forecast: holding current capacity ({sum(state.current.values())} "
+                "replicas)"
+            )
+        else:
+            raw = forecast.peak
+            model = f", {forecast.model}" if forecast.model else ""
+            why.append(
+                f"forecast peak {forecast.peak:,.1f}/s (q{forecast.quantile:g}{model}); "
+                f"planning at {spec.demand.target_utilization:.0%} target utilisation"
+            )
+        target, history = stabilized_target(
+            raw, state.demand_history, request.now, spec.scale_down.stabilization_window
+        )
+        if target > raw + 1e-9:
+            why.append(
+                f"holding capacity for {target:,.1f}/s: targets in the last "
+                f"{_fmt(spec.scale_down.stabilization_window)} were higher "
+                "(scale-down stabilisation)"
+            )
+        demands.append(
+            Demand(
+                key=state.key,
+                priority=spec.priority,
+                target=target,
+                lo=lo,
+                hi=hi,
+                spot_fraction=spec.capacity.spot.max_fraction,
+                on_demand_min=min(spec.capacity.on_demand.min_replicas, hi),
+                options=options,
+            )
+        )
+        histories.append(history)
+        reasons.append(why)
+    return demands, histories, reasons
+
+
+def _fmt(d: timedelta) -> str:
+    seconds = int(d.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def _solve(
+    request: PlanInput, demands: Sequence[Demand], slices: Sequence[Slice]
+) -> tuple[dict[int, Allocation], str]:
+    size = sum(len(d.options) for d in demands)
+    if request.solver == "greedy":
+        return greedy.allocate(demands, slices), "greedy"
+    if request.solver == "auto" and size > MILP_MAX_VARIABLES:
+        return greedy.allocate(demands, slices), f"greedy ({size} variables: too many for exact)"
+    solved = milp.allocate(demands, slices, request.time_limit.total_seconds())
+    if solved is None:
+        return greedy.allocate(demands, slices), "greedy (exact solver found no solution in time)"
+    return solved, "milp"
+
+
+def plan(request: PlanInput) -> Plan:
+    """Plan replicas per pool and nodes per pool for every deployment, jointly."""
+    load = max((d.spec.model_load_time for d in request.deployments), default=timedelta(0))
+    slices = build_slices(request.pools, load)
+    demands, histories, reasons = _demands(request, slices)
+    allocations, solver = _solve(request, demands, slices)
+    for d in range(len(demands)):
+        allocations.setdefault(d, {})
+
+    # Budgets bind after the cheapest allocation: lowest priority gives way first.
+    budgets = {b.namespace: b for b in request.budgets}
+    by_namespace: dict[str, list[int]] = defaultdict(list)
+    for d, demand in enumerate(demands):
+        by_namespace[demand.key[0]].append(d)
+    namespaces: dict[str, NamespacePlan] = {}
+    limited: set[int] = set()
+    for ns, members in sorted(by_namespace.items()):
+        budget = budgets.get(ns)
+        cap = hourly_cap(budget) if budget else None
+        ns_reasons: list[str] = []
+        names: list[str] = []
+        if budget is not None and cap is not None:
+            wanted = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+            if wanted > cap + 1e-9:
+                if budget.spec.enforcement == "Hard":
+                    trim = trim_to_cap(demands, allocations, members, cap)
+                    limited |= set(trim.removed)
+                    names = sorted(demands[d].key[1] for d in trim.removed)
+                    ns_reasons.append(_budget_reason(wanted, cap, budget.spec.currency, trim))
+                    for d, n in trim.removed.items():
+                        reasons[d].append(
+                            f"gave up {n} replica(s) to the namespace's Hard budget "
+                            f"({cap:,.2f} {budget.spec.currency}/h; priority {demands[d].priority})"
+                            + ("; even the minimums do not fit" if trim.below_minimum else "")
+                        )
+                else:
+                    ns_reasons.append(
+                        f"plan costs {wanted:,.2f} {budget.spec.currency}/h, over the Soft "
+                        f"budget of {cap:,.2f}/h: warning only"
+                    )
+        cost = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+        namespaces[ns] = NamespacePlan(
+            namespace=ns,
+            hourly_cost=cost,
+            hourly_cap=cap,
+            enforcement=budget.spec.enforcement if budget else None,
+            limited=tuple(names),
+            reasons=tuple(ns_reasons),
+        )
+
+    deployment_plans = {}
+    for d, (demand, state) in enumerate(zip(demands, request.deployments, strict=True)):
+        deployment_plans[demand.key] = _deployment_plan(
+            demand, state, allocations[d], slices, histories[d], reasons[d], d in limited
+        )
+    return Plan(
+        deployments=deployment_plans,
+        pools=_pool_plans(request, demands, allocations, slices),
+        namespaces=namespaces,
+        solver=solver,
+    )
+
+
+def _budget_reason(wanted: float, cap: float, currency: str, trim: TrimResult) -> str:
+    text = (
+        f"wanted {wanted:,.2f} {currency}/h, Hard budget allows {cap:,.2f}/h: "
+        f"lower-priority deployments gave up {sum(trim.removed.values())} replica(s)"
+    )
+    if trim.below_minimum:
+        text += "; even the minimum replica counts do not fit, so some run below their minimum"
+    return text
+
+
+def _deployment_plan(
+    demand: Demand,
+    state: DeploymentState,
+    allocation: Allocation,
+    slices: Sequence[Slice],
+    history: tuple[tuple[datetime, float], ...],
+    why: list[str],
+    budget_limited: bool,
+) -> DeploymentPlan:
+    replicas: dict[str, int] = defaultdict(int)
+    tiers: dict[str, int] = dict.fromkeys(CAPACITY_TYPES, 0)
+    placed: dict[str, int] = defaultdict(int)
+    capacity = cost = reserved_cost = 0.0
+    for i, n in allocation.items():
+        o = demand.options[i]
+        s = slices[o.slice]
+        replicas[s.pool] += n
+        tiers[s.tier] += n
+        placed[f"{s.tier} {s.pool}"] += n
+        capacity += n * o.throughput * (o.effective / o.throughput if o.throughput else 0)
+        cost += n * o.price
+        if s.tier == "reserved":
+            reserved_cost += n * o.list_price
+    total, before = sum(replicas.values()), sum(state.current.values())
+    reasons = list(why)
+    if total > before:
+        reasons.insert(0, f"scale up {before} → {total} replicas")
+    elif total < before:
+        reasons.insert(0, f"scale down {before} → {total} replicas")
+    else:
+        reasons.insert(0, f"keep {total} replicas")
+    if placed:
+        reasons.append("placed " + ", ".join(f"{n} on {k}" for k, n in sorted(placed.items())))
+    if capacity + 1e-9 < demand.target and not budget_limited:
+        bound = "replicas.max" if total >= demand.hi else "pool capacity"
+        reasons.append(
+            f"short of the target by {demand.target - capacity:,.1f}/s: limited by {bound}"
+        )
+    if total < demand.lo and not budget_limited:
+        reasons.append(f"below replicas.min ({demand.lo}): the pools have no room left")
+    return DeploymentPlan(
+        namespace=demand.key[0],
+        name=demand.key[1],
+        replicas={p: n for p, n in sorted(replicas.items()) if n > 0},
+        replicas_by_tier=tiers,
+        demand_target=demand.target,
+        capacity=capacity,
+        hourly_cost=cost,
+        reserved_hourly=reserved_cost,
+        budget_limited=budget_limited,
+        reasons=tuple(reasons),
+        demand_history=history,
+    )
+
+
+def _pool_plans(
+    request: PlanInput,
+    demands: Sequence[Demand],
+    allocations: Mapping[int, Allocation],
+    slices: Sequence[Slice],
+) -> dict[str, PoolPlan]:
+    by_slice: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for d, allocation in allocations.items():
+        for i, n in allocation.items():
+            o = demands[d].options[i]
+            by_slice[o.slice][o.gpus] += n
+    plans = {}
+    for pool in sorted(request.pools, key=lambda p: p.name):
+        spec = pool.spec
+        nodes = gpus = 0
+        billed = 0.0
+        for s in slices:
+            if s.pool != pool.name:
+                continue
+            counts = by_slice.get(s.index, {})
+            needed = nodes_needed(counts, s.gpus_per_node)
+            gpus += sum(g * n for g, n in counts.items())
+            if s.tier == "reserved":
+                needed = max(needed, spec.reserved_nodes)  # paid for: keep them up
+            nodes += needed
+            billed += needed * s.node_price
+        if nodes < spec.min_nodes:
+            extra = spec.min_nodes - nodes
+            price = 0.0 if spec.capacity_type == "reserved" else spec.price_per_node_hour
+            billed += extra * price
+            nodes = spec.min_nodes
+        plans[pool.name] = PoolPlan(
+            name=pool.name, nodes=nodes, gpus_requested=gpus, hourly_cost=billed
+        )
+    return plans

@@ -1,0 +1,131 @@
+"""Inputs and outputs of the planner. Plain frozen dataclasses: the planner does no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from peakwise.api.costbudget import CostBudgetSpec
+from peakwise.api.gpunodepool import GPUNodePoolSpec
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+
+DeploymentKey = tuple[str, str]
+"""(namespace, name)."""
+
+
+@dataclass(frozen=True)
+class DemandForecast:
+    """Demand (units/s) to be ready for: a quantile of the peak over the planning window."""
+
+    peak: float
+    quantile: float
+    peak_at: datetime | None = None
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """A GPU pool as observed now."""
+
+    name: str
+    spec: GPUNodePoolSpec
+    nodes: int = 0
+    interruption_rate: float = 0.0
+    """Spot interruptions per node-hour, observed."""
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """An InferenceDeployment as observed now, with its forecast."""
+
+    namespace: str
+    name: str
+    spec: InferenceDeploymentSpec
+    forecast: DemandForecast | None
+    """None when there is no usable forecast: the planner then holds current capacity."""
+    current: Mapping[str, int] = field(default_factory=dict)
+    """Replicas per pool now (ready or starting)."""
+    demand_history: tuple[tuple[datetime, float], ...] = ()
+    """Recent demand targets, for scale-down stabilisation (returned by the previous plan)."""
+
+    @property
+    def key(self) -> DeploymentKey:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """A namespace's CostBudget with the spend accrued so far in its period."""
+
+    namespace: str
+    spec: CostBudgetSpec
+    spend: float = 0.0
+    hours_left_in_period: float | None = None
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    now: datetime
+    deployments: tuple[DeploymentState, ...]
+    pools: tuple[PoolState, ...]
+    budgets: tuple[BudgetState, ...] = ()
+    solver: str = "auto"
+    """auto (exact MILP with a time limit, greedy fallback), milp or greedy."""
+    time_limit: timedelta = timedelta(seconds=1.5)
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    namespace: str
+    name: str
+    replicas: Mapping[str, int]
+    """Desired replicas per pool (only pools with replicas)."""
+    replicas_by_tier: Mapping[str, int]
+    demand_target: float
+    """Demand (units/s) the plan is sized for, after stabilisation."""
+    capacity: float
+    """Demand (units/s) the planned replicas serve at target utilisation."""
+    hourly_cost: float
+    """Attributed spend rate on spot and on-demand capacity."""
+    reserved_hourly: float
+    """Attributed share of reserved capacity (already paid for)."""
+    budget_limited: bool
+    reasons: tuple[str, ...]
+    demand_history: tuple[tuple[datetime, float], ...]
+
+    @property
+    def key(self) -> DeploymentKey:
+        return (self.namespace, self.name)
+
+    @property
+    def total(self) -> int:
+        return sum(self.replicas.values())
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    name: str
+    nodes: int
+    gpus_requested: int
+    hourly_cost: float
+    """Billed spend rate of the pool's nodes (reserved pools: 0, already paid)."""
+
+
+@dataclass(frozen=True)
+class NamespacePlan:
+    namespace: str
+    hourly_cost: float
+    hourly_cap: float | None
+    enforcement: str | None
+    limited: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployments: Mapping[DeploymentKey, DeploymentPlan]
+    pools: Mapping[str, PoolPlan]
+    namespaces: Mapping[str, NamespacePlan]
+    solver: str
+    """Which solver produced the allocation: milp, or greedy (and why, if it was a fallback)."""
