@@ -40,6 +40,42 @@ def _run_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "synth-trace",
+        help="write a synthetic per-minute demand trace (CSV) to try backtests on",
+        description="Generate a realistic per-minute trace of a chat service (daily and weekly "
+        "seasonality, morning ramp, evening peak, noise, bursts) in the format "
+        "`peakwise backtest` reads: timestamp,requests,input_tokens,output_tokens.",
+    )
+    p.add_argument("--days", type=_positive_int, default=14, help="length in days (default 14)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument(
+        "--peak",
+        type=float,
+        default=3000.0,
+        help="typical weekday peak in requests per minute (default 3000)",
+    )
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.set_defaults(run=_run_synth_trace)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _run_synth_trace(args: argparse.Namespace) -> int:
+    from peakwise.trace import synthesize_trace, write_trace_csv
+
+    table = synthesize_trace(args.days, args.seed, peak_requests_per_minute=args.peak)
+    path = write_trace_csv(args.out, table)
+    print(f"{path}: {len(table)} minutes from {table.start:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peakwise",
@@ -48,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"peakwise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_crds(sub)
+    _add_synth_trace(sub)
     return parser
 
 
