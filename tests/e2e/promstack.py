@@ -125,7 +125,86 @@ def snappy_literal(data: bytes) -> bytes:
 # --- the server ----------------------------------------------------------------------------
 
 
-class PrometheusServer:
+class PrometheusAPI:
+    """The HTTP side of a Prometheus at ``url``: remote write in, queries out."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def remote_write_url(self) -> str:
+        return f"{self.url}/api/v1/write"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    # --- data in ---------------------------------------------------------------------------
+
+    def push(
+        self,
+        series: Iterable[tuple[Mapping[str, str], Sequence[tuple[float, float]]]],
+        timeout: float = 30,
+    ) -> None:
+        """Remote-write samples: ``[({"__name__": "m", "k": "v"}, [(epoch_s, value), ...])]``."""
+        grouped: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        for labels, samples in series:
+            if "__name__" not in labels:
+                raise ValueError("each series needs a __name__ label")
+            grouped.setdefault(tuple(sorted(labels.items())), []).extend(samples)
+        body = snappy_literal(encode_write_request(grouped))
+        req = urllib.request.Request(
+            self.remote_write_url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/x-protobuf",
+                "Content-Encoding": "snappy",
+                "X-Prometheus-Remote-Write-Version": "0.1.0",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise PrometheusError(f"remote write failed: {exc.code} {detail}") from exc
+
+    # --- data out --------------------------------------------------------------------------
+
+    def api(self, path: str, params: Mapping[str, Any], timeout: float = 60) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                payload = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            raise PrometheusError(
+                f"{path} failed: {exc.code} {exc.read().decode(errors='replace')}"
+            ) from exc
+        if payload.get("status") != "success":
+            raise PrometheusError(f"{path} failed: {payload}")
+        return payload["data"]
+
+    def query(self, promql: str, at: float | None = None) -> Any:
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        return self.api("/api/v1/query", params)
+
+    def query_range(self, promql: str, start: float, end: float, step: float | str) -> Any:
+        return self.api(
+            "/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step}
+        )
+
+
+class PrometheusServer(PrometheusAPI):
     """One Prometheus process; ``start()``/``stop()``; state under ``root``."""
 
     def __init__(self, root: str | os.PathLike[str], port: int | None = None) -> None:
@@ -134,16 +213,9 @@ class PrometheusServer:
         self.config_file = self.root / "prometheus.yml"
         self.log_file = self.root / "prometheus.log"
         self.port = port or free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_scrape_configs: list[dict[str, Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def remote_write_url(self) -> str:
-        return f"{self.url}/api/v1/write"
 
     def write_config(self) -> None:
         # JSON is YAML; no YAML library needed.
@@ -263,58 +335,3 @@ class PrometheusServer:
             if was_running:
                 self.start()
         return result
-
-    def push(
-        self,
-        series: Iterable[tuple[Mapping[str, str], Sequence[tuple[float, float]]]],
-        timeout: float = 30,
-    ) -> None:
-        """Remote-write samples: ``[({"__name__": "m", "k": "v"}, [(epoch_s, value), ...])]``."""
-        grouped: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
-        for labels, samples in series:
-            if "__name__" not in labels:
-                raise ValueError("each series needs a __name__ label")
-            grouped.setdefault(tuple(sorted(labels.items())), []).extend(samples)
-        body = snappy_literal(encode_write_request(grouped))
-        req = urllib.request.Request(
-            self.remote_write_url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/x-protobuf",
-                "Content-Encoding": "snappy",
-                "X-Prometheus-Remote-Write-Version": "0.1.0",
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            raise PrometheusError(f"remote write failed: {exc.code} {detail}") from exc
-
-    # --- data out --------------------------------------------------------------------------
-
-    def api(self, path: str, params: Mapping[str, Any], timeout: float = 60) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                payload = json.load(resp)
-        except urllib.error.HTTPError as exc:
-            raise PrometheusError(
-                f"{path} failed: {exc.code} {exc.read().decode(errors='replace')}"
-            ) from exc
-        if payload.get("status") != "success":
-            raise PrometheusError(f"{path} failed: {payload}")
-        return payload["data"]
-
-    def query(self, promql: str, at: float | None = None) -> Any:
-        params: dict[str, Any] = {"query": promql}
-        if at is not None:
-            params["time"] = at
-        return self.api("/api/v1/query", params)
-
-    def query_range(self, promql: str, start: float, end: float, step: float | str) -> Any:
-        return self.api(
-            "/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step}
-        )
