@@ -54,11 +54,15 @@ class SeasonalPeakForecaster:
         level_window: int = 60,
         max_level_ratio: float = 2.0,
         default_margin: float = 1.25,
+        lead: int = 10,
+        width: int = 30,
     ) -> None:
         self.season = season
         self.level_window = level_window
         self.max_level_ratio = max_level_ratio
         self.default_margin = default_margin
+        self.lead = lead
+        self.width = width
 
     def _bases(
         self, values: FloatArray, origins: IntArray, lead: int, width: int
@@ -82,8 +86,8 @@ class SeasonalPeakForecaster:
     def fit(self, series: Series) -> Self:
         values = series.values
         self.training_steps_ = len(series)
-        # Margins are learned for a typical planning window; they are ratios, so they transfer.
-        lead, width = 10, 30
+        # Margins are learned for the window the forecasts will be asked for.
+        lead, width = self.lead, self.width
         origins = np.arange(0, max(0, len(series) - lead - width), dtype=np.int64)
         actual = forward_max(values, width)[origins + lead + 1] if origins.size else np.empty(0)
         seasonal, recent = self._bases(values, origins, lead, width)

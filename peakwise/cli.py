@@ -76,6 +76,84 @@ def _run_synth_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "backtest",
+        help="replay a demand trace through Peakwise and the usual alternatives",
+        description="Replay a per-minute demand trace, minute by minute, through four policies "
+        "(static capacity for the peak, reactive HPA-like, reactive tuned with headroom, and "
+        "Peakwise: forecast then plan) and a perfect-foresight oracle, with provisioning delay, "
+        "tier prices and spot interruptions simulated. Prints a table; writes per-minute CSVs "
+        "and a plot.",
+    )
+    p.add_argument("--trace", required=True, help="CSV: timestamp,requests,input_tokens,...")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML with the GPUNodePools, the InferenceDeployment and optionally its CostBudget",
+    )
+    p.add_argument("--out", help="directory for the per-policy CSVs")
+    p.add_argument("--plot", help="PNG file for the plot")
+    p.add_argument(
+        "--column",
+        default="requests",
+        choices=["requests", "input_tokens", "output_tokens", "tokens"],
+        help="which trace column is the demand (default requests; read as a rate per second)",
+    )
+    p.add_argument("--deployment", help="which InferenceDeployment of the config to replay")
+    p.add_argument(
+        "--replicas-at-peak",
+        type=_positive_int,
+        help="rescale throughputPerReplica so the trace's peak needs this many replicas",
+    )
+    p.add_argument(
+        "--spot-interruptions",
+        type=float,
+        default=0.0,
+        help="spot interruptions per node-hour to simulate (default 0)",
+    )
+    p.add_argument(
+        "--zero-gap-minutes",
+        type=_positive_int,
+        help="treat runs of at least this many zero minutes as missing data, not idle time",
+    )
+    p.add_argument("--warmup", default="1d", help="replayed but not measured (default 1d)")
+    p.add_argument("--seed", type=int, default=1, help="seed for spot interruptions")
+    p.set_defaults(run=_run_backtest)
+
+
+def _run_backtest(args: argparse.Namespace) -> int:
+    from peakwise.api.common import parse_duration
+    from peakwise.backtest.config import ConfigError, load_config, with_replicas_at_peak
+    from peakwise.backtest.progress import ProgressBar
+    from peakwise.backtest.report import plot, table, write_csvs
+    from peakwise.backtest.run import BacktestOptions, run_backtest
+    from peakwise.trace import TraceError, read_trace
+
+    try:
+        trace = read_trace(args.trace, args.column, zero_is_gap_min_run=args.zero_gap_minutes)
+        config = load_config(args.config, args.deployment)
+        if args.replicas_at_peak:
+            config = with_replicas_at_peak(config, trace.series, args.replicas_at_peak)
+        options = BacktestOptions(
+            warmup=parse_duration(args.warmup),
+            spot_interruptions_per_node_hour=args.spot_interruptions,
+            seed=args.seed,
+        )
+        with ProgressBar() as bar:
+            result = run_backtest(trace.series, config, options, progress=bar.update)
+    except (TraceError, ConfigError, ValueError) as e:
+        print(f"peakwise backtest: error: {e}", file=sys.stderr)
+        return 2
+    print(table(result, trace.unit))
+    if args.out:
+        paths = write_csvs(result, args.out)
+        print(f"wrote {len(paths)} CSVs to {args.out}")
+    if args.plot:
+        print(f"wrote {plot(result, args.plot, trace.unit)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peakwise",
@@ -85,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_crds(sub)
     _add_synth_trace(sub)
+    _add_backtest(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ from peakwise.planner.capacity import (
     Demand,
     Slice,
     build_slices,
+    lead_time,
     nodes_needed,
     options_for,
 )
@@ -87,9 +88,10 @@ def _demands(
                 f"forecast peak {forecast.peak:,.1f}/s (q{forecast.quantile:g}{model}); "
                 f"planning at {spec.demand.target_utilization:.0%} target utilisation"
             )
-        target, history = stabilized_target(
-            raw, state.demand_history, request.now, spec.scale_down.stabilization_window
-        )
+        # Capacity removed now is gone at once, but capacity added now only arrives after
+        # the lead time: hold targets at least that long so the gap stays covered.
+        window = max(spec.scale_down.stabilization_window, lead_time(spec, request.pools))
+        target, history = stabilized_target(raw, state.demand_history, request.now, window)
         if target > raw + 1e-9:
             why.append(
                 f"holding capacity for {target:,.1f}/s: targets in the last "

@@ -1,0 +1,1 @@
+"""`peakwise backtest`: replay a demand trace through Peakwise and the usual alternatives."""

@@ -1,0 +1,158 @@
+"""The policies a backtest compares. Each decides, at the start of minute t, the replicas it
+wants per pool, from the demand of minutes before t only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from peakwise.api.costbudget import CostBudgetSpec
+from peakwise.api.gpunodepool import GPUNodePool
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.series import FloatArray, Series
+from peakwise.planner import (
+    BudgetState,
+    DemandForecast,
+    DeploymentState,
+    PlanInput,
+    PoolState,
+    plan,
+)
+
+Decide = Callable[[int, Mapping[str, int]], dict[str, int]]
+"""(minute, replicas per pool now) -> desired replicas per pool."""
+
+
+def replicas_for(demand: float, throughput: float, utilization: float) -> int:
+    return math.ceil(demand / (throughput * utilization) - 1e-9) if demand > 0 else 0
+
+
+def static_policy(pool: str, replicas: int) -> Decide:
+    """Capacity for the peak, all the time."""
+    return lambda _t, _now: {pool: replicas}
+
+
+@dataclass
+class ReactivePolicy:
+    """HPA-like: size for the demand just observed (plus headroom), scale down only after
+    the stabilisation window, on one on-demand pool. Capacity arrives after the lead time."""
+
+    pool: str
+    demand: FloatArray
+    throughput: float
+    utilization: float
+    min_replicas: int
+    max_replicas: int
+    window: int
+    headroom: float = 0.0
+    _recent: list[int] = field(default_factory=list)
+    _last: int = 0
+
+    def __call__(self, t: int, _current: Mapping[str, int]) -> dict[str, int]:
+        observed = self.demand[t - 1] if t > 0 else np.nan
+        if np.isnan(observed):
+            want = self._last  # no data: hold
+        else:
+            want = replicas_for(observed * (1 + self.headroom), self.throughput, self.utilization)
+        want = min(max(want, self.min_replicas), self.max_replicas)
+        self._recent.append(want)
+        if len(self._recent) > self.window:
+            self._recent.pop(0)
+        self._last = max(self._recent)
+        return {self.pool: self._last}
+
+
+def forecast_peaks(
+    forecaster_factory: Callable[[int, int], PeakForecaster],
+    series: Series,
+    *,
+    lead: int,
+    width: int,
+    quantile: float,
+    refit_every: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[FloatArray, list[str]]:
+    """The forecast window peak for every origin, refitting every `refit_every` minutes.
+
+    Each block of origins is predicted by a model fitted on the history up to the block's
+    first origin, from a series cut at the block's last origin: nothing after an origin is
+    visible to its forecast.
+    """
+    n = len(series)
+    peaks = np.full(n, np.nan)
+    models = [""] * n
+    for start in range(0, n, refit_every):
+        stop = min(n, start + refit_every)
+        model = forecaster_factory(lead, width).fit(series.head(start + 1))
+        origins = np.arange(start, stop, dtype=np.int64)
+        predicted = model.predict_peak(
+            series.head(stop), origins, lead=lead, width=width, quantiles=[quantile]
+        )
+        peaks[start:stop] = np.maximum(predicted[:, 0], 0.0)
+        models[start:stop] = [model.info_.model] * (stop - start)
+        if progress:
+            progress(stop)
+    return peaks, models
+
+
+@dataclass
+class PeakwisePolicy:
+    """Forecast → planner, exactly as the operator runs it, one plan per minute."""
+
+    namespace: str
+    name: str
+    spec: InferenceDeploymentSpec
+    pools: Sequence[GPUNodePool]
+    peaks: FloatArray
+    quantile: float
+    model_names: list[str]
+    timestamps: Callable[[int], datetime]
+    budget: CostBudgetSpec | None = None
+    interruption_rates: Mapping[str, float] = field(default_factory=dict)
+    spend: float = 0.0
+    history: tuple[tuple[datetime, float], ...] = ()
+    limited_minutes: int = 0
+
+    def __call__(self, t: int, current: Mapping[str, int]) -> dict[str, int]:
+        origin = t - 1
+        peak = self.peaks[origin] if origin >= 0 else np.nan
+        forecast = (
+            None
+            if np.isnan(peak)
+            else DemandForecast(float(peak), self.quantile, model=self.model_names[origin])
+        )
+        now = self.timestamps(t)
+        state = DeploymentState(
+            self.namespace, self.name, self.spec, forecast, dict(current), self.history
+        )
+        pools = tuple(
+            PoolState(
+                p.metadata.name,
+                p.spec,
+                interruption_rate=self.interruption_rates.get(p.metadata.name, 0.0),
+            )
+            for p in self.pools
+        )
+        budgets: tuple[BudgetState, ...] = ()
+        if self.budget is not None:
+            budgets = (BudgetState(self.namespace, self.budget, self.spend, _hours_left(now)),)
+        result = plan(PlanInput(now, (state,), pools, budgets, solver="greedy"))
+        planned = result.deployments[(self.namespace, self.name)]
+        self.history = planned.demand_history
+        self.spend += planned.hourly_cost / 60.0
+        self.limited_minutes += planned.budget_limited
+        return dict(planned.replicas)
+
+
+def _hours_left(now: datetime) -> float:
+    """Hours to the end of the calendar month (UTC)."""
+    first_next = (now.replace(day=28) + timedelta(days=4)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    return (first_next - now).total_seconds() / 3600.0

@@ -1,0 +1,344 @@
+"""Replays a demand trace through every policy and measures cost and service."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from peakwise.api.gpunodepool import GPUNodePool
+from peakwise.api.inferencedeployment import ForecastSpec, InferenceDeploymentSpec, ScaleDownPolicy
+from peakwise.backtest.config import BacktestConfig, ConfigError
+from peakwise.backtest.policies import (
+    Decide,
+    PeakwisePolicy,
+    ReactivePolicy,
+    forecast_peaks,
+    replicas_for,
+    static_policy,
+)
+from peakwise.backtest.simulator import SimPool, Simulator
+from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.seasonal import SeasonalPeakForecaster
+from peakwise.forecasting.series import FloatArray, Series
+from peakwise.planner import DemandForecast, DeploymentState, PlanInput, PoolState, plan
+from peakwise.planner.capacity import lead_time
+
+TIERS = ("reserved", "spot", "onDemand")
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class BacktestOptions:
+    decision_interval: timedelta = timedelta(minutes=1)
+    """Width of the forecast window each decision covers."""
+    refit_every: timedelta = timedelta(days=1)
+    warmup: timedelta = timedelta(days=1)
+    """Minutes before this are replayed but not measured (the forecaster has no history yet)."""
+    spot_interruptions_per_node_hour: float = 0.0
+    seed: int = 1
+
+
+@dataclass
+class PolicyRun:
+    name: str
+    demand: FloatArray
+    forecast: FloatArray
+    capacity: FloatArray
+    replicas: dict[str, np.ndarray]
+    cost: FloatArray
+    actions: int
+    interruptions: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    cost: float
+    cost_vs_oracle: float
+    under_provisioned: float
+    """Share of measured minutes where demand exceeded what ready replicas serve."""
+    unserved: float
+    """Share of measured demand not served."""
+    actions: int
+    note: str
+
+
+@dataclass
+class BacktestResult:
+    start: datetime
+    runs: list[PolicyRun]
+    summaries: list[Summary]
+    warmup_minutes: int
+    lead_minutes: int
+
+
+def _sim_pools(
+    spec: InferenceDeploymentSpec, pools: list[GPUNodePool], interruption_rate: float
+) -> list[SimPool]:
+    out = []
+    load = _minutes(spec.model_load_time)
+    for pool in pools:
+        profiles = [
+            p
+            for p in spec.gpu_profiles
+            if p.gpu_type == pool.spec.gpu_type and p.gpus_per_replica <= pool.spec.gpus_per_node
+        ]
+        if not profiles:
+            continue
+        best = max(profiles, key=lambda p: p.throughput_per_replica / p.gpus_per_replica)
+        out.append(
+            SimPool(
+                name=pool.metadata.name,
+                tier=pool.spec.capacity_type,
+                slots=pool.spec.gpus_per_node // best.gpus_per_replica,
+                throughput=best.throughput_per_replica,
+                node_price=pool.spec.price_per_node_hour,
+                reserved_nodes=pool.spec.reserved_nodes,
+                max_nodes=pool.spec.max_nodes,
+                provisioning_minutes=_minutes(pool.spec.provisioning_time),
+                load_minutes=load,
+                interruptions_per_node_hour=(
+                    interruption_rate if pool.spec.capacity_type == "spot" else 0.0
+                ),
+            )
+        )
+    return out
+
+
+def _minutes(d: timedelta) -> int:
+    return max(0, round(d.total_seconds() / 60))
+
+
+def _simulate(
+    name: str,
+    decide: Decide,
+    pools: list[SimPool],
+    demand: FloatArray,
+    seed: int,
+    initial: dict[str, int] | None = None,
+    progress: Progress | None = None,
+) -> PolicyRun:
+    n = demand.shape[0]
+    sim = Simulator(pools, seed)
+    if initial:
+        sim.start_with(initial)
+    capacity = np.zeros(n)
+    cost = np.zeros(n)
+    replicas = {tier: np.zeros(n, dtype=np.int64) for tier in TIERS}
+    tier_of = {p.name: p.tier for p in pools}
+    throughput = {p.name: p.throughput for p in pools}
+    actions = 0
+    last: dict[str, int] = dict(initial or {})
+    for t in range(n):
+        desired = decide(t, sim.requested())
+        actions += sum(1 for p in set(desired) | set(last) if desired.get(p, 0) != last.get(p, 0))
+        last = desired
+        ready, cost[t] = sim.step(t, desired)
+        for pool_name, count in ready.items():
+            capacity[t] += count * throughput[pool_name]
+            replicas[tier_of[pool_name]][t] += count
+        if progress and t % 500 == 0:
+            progress(name, t / n)
+    return PolicyRun(
+        name, demand, np.full(n, np.nan), capacity, replicas, cost, actions, sim.interruptions
+    )
+
+
+def _oracle(
+    namespace: str,
+    spec: InferenceDeploymentSpec,
+    pools: list[GPUNodePool],
+    sim_pools: list[SimPool],
+    demand: FloatArray,
+    start: datetime,
+) -> PolicyRun:
+    """Perfect foresight, no lag: exactly the cheapest capacity for each minute's demand."""
+    instant = spec.model_copy(
+        update={
+            "scale_down": ScaleDownPolicy(stabilization_window=timedelta(0)),
+            "forecast": ForecastSpec(lead_time=timedelta(0)),
+        }
+    )
+    states = tuple(PoolState(p.metadata.name, p.spec) for p in pools)
+    n = demand.shape[0]
+    capacity, cost = np.zeros(n), np.zeros(n)
+    replicas = {tier: np.zeros(n, dtype=np.int64) for tier in TIERS}
+    by_name = {p.name: p for p in sim_pools}
+    cache: dict[float, tuple[dict[str, int], float]] = {}
+    held = 0.0
+    for t in range(n):
+        d = held if np.isnan(demand[t]) else float(demand[t])
+        held = d
+        if d not in cache:
+            state = DeploymentState(namespace, "oracle", instant, DemandForecast(d, 1.0))
+            result = plan(PlanInput(start, (state,), states, solver="greedy"))
+            wanted = dict(result.deployments[(namespace, "oracle")].replicas)
+            cache[d] = (wanted, sum(p.hourly_cost for p in result.pools.values()))
+        wanted, hourly = cache[d]
+        reserved = sum(p.reserved_nodes * p.node_price for p in sim_pools if p.tier == "reserved")
+        cost[t] = (hourly + reserved) / 60.0
+        for name, count in wanted.items():
+            capacity[t] += count * by_name[name].throughput
+            replicas[by_name[name].tier][t] += count
+    return PolicyRun("oracle", demand, np.full(n, np.nan), capacity, replicas, cost, 0)
+
+
+def summarize(run: PolicyRun, oracle_cost: float, warmup: int) -> Summary:
+    demand = run.demand[warmup:]
+    capacity = run.capacity[warmup:]
+    known = ~np.isnan(demand)
+    short = np.maximum(demand[known] - capacity[known], 0.0)
+    total_demand = float(demand[known].sum())
+    cost = float(run.cost[warmup:].sum())
+    return Summary(
+        name=run.name,
+        cost=cost,
+        cost_vs_oracle=cost / oracle_cost if oracle_cost > 0 else math.nan,
+        under_provisioned=float((short > 1e-9).mean()) if known.any() else math.nan,
+        unserved=float(short.sum() / total_demand) if total_demand > 0 else 0.0,
+        actions=run.actions,
+        note=run.note,
+    )
+
+
+def default_forecaster(lead: int, width: int) -> PeakForecaster:
+    """The forecaster Peakwise uses, calibrated for windows of this lead and width."""
+    return SeasonalPeakForecaster(lead=lead, width=width)
+
+
+def run_backtest(
+    series: Series,
+    config: BacktestConfig,
+    options: BacktestOptions = BacktestOptions(),
+    forecaster: Callable[[int, int], PeakForecaster] | None = None,
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """Replay `series` (demand/s per minute; NaN = gap) through every policy."""
+    if series.step_seconds != 60:
+        raise ConfigError("backtests replay per-minute traces (step 60 s)")
+    deployment = config.deployment
+    spec = deployment.spec
+    namespace = deployment.metadata.namespace or "default"
+    demand = series.values
+    n = demand.shape[0]
+    warmup = min(_minutes(options.warmup), max(0, n - 1))
+    pools = list(config.pools)
+    rate = options.spot_interruptions_per_node_hour
+    sim_pools = _sim_pools(spec, pools, rate)
+    lead = _minutes(lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools]))
+    width = max(1, _minutes(options.decision_interval))
+    utilization = spec.demand.target_utilization
+    peak_demand = float(np.nanmax(demand))
+
+    on_demand = [p for p in sim_pools if p.tier == "onDemand"]
+    if not on_demand:
+        raise ConfigError("the baselines (static, reactive) need an onDemand pool in the config")
+    baseline = min(on_demand, key=lambda p: p.node_price / p.slots / p.throughput)
+    runs: list[PolicyRun] = []
+
+    static_replicas = min(
+        max(replicas_for(peak_demand, baseline.throughput, utilization), spec.replicas.min),
+        spec.replicas.max,
+    )
+    static = _simulate(
+        "static-peak",
+        static_policy(baseline.name, static_replicas),
+        [baseline],
+        demand,
+        options.seed,
+        {baseline.name: static_replicas},
+        progress,
+    )
+    static.note = f"{static_replicas} on-demand replicas all the time"
+
+    def reactive(headroom: float) -> PolicyRun:
+        policy = ReactivePolicy(
+            pool=baseline.name,
+            demand=demand,
+            throughput=baseline.throughput,
+            utilization=utilization,
+            min_replicas=spec.replicas.min,
+            max_replicas=spec.replicas.max,
+            window=_minutes(spec.scale_down.stabilization_window),
+            headroom=headroom,
+        )
+        return _simulate("reactive", policy, [baseline], demand, options.seed)
+
+    peaks, models = forecast_peaks(
+        forecaster or default_forecaster,
+        series,
+        lead=lead,
+        width=width,
+        quantile=spec.forecast.quantile,
+        refit_every=_minutes(options.refit_every),
+        progress=(lambda done: progress("forecast", done / n)) if progress else None,
+    )
+    peakwise = PeakwisePolicy(
+        namespace=namespace,
+        name=deployment.metadata.name,
+        spec=spec,
+        pools=pools,
+        peaks=peaks,
+        quantile=spec.forecast.quantile,
+        model_names=models,
+        timestamps=series.time_at,
+        budget=config.budget.spec if config.budget else None,
+        interruption_rates={p.metadata.name: rate for p in pools if p.spec.capacity_type == "spot"},
+    )
+    pw = _simulate("peakwise", peakwise, sim_pools, demand, options.seed, None, progress)
+    # Shown against the minutes it forecast: the decision at t (origin t - 1) looks at
+    # the window that starts `lead` minutes after t.
+    pw.forecast = np.full(n, np.nan)
+    shift = lead + 1
+    if n > shift:
+        pw.forecast[shift:] = peaks[: n - shift]
+    pw.note = f"forecast: {models[-1]}; lead {lead} min"
+    if peakwise.limited_minutes:
+        pw.note += f"; budget-limited {peakwise.limited_minutes} min"
+
+    oracle = _oracle(namespace, spec, pools, sim_pools, demand, series.start)
+    oracle.note = "perfect foresight, no provisioning delay"
+    oracle_cost = float(oracle.cost[warmup:].sum())
+
+    plain = reactive(0.0)
+    plain.note = "HPA-like on current demand, no headroom"
+    target = summarize(pw, oracle_cost, warmup).under_provisioned
+    tuned, headroom = _tune_reactive(reactive, oracle_cost, warmup, target, progress)
+    tuned.name = "reactive-tuned"
+    tuned.note = f"headroom {headroom:.0%} to match Peakwise's under-provisioning"
+    runs = [static, plain, tuned, pw, oracle]
+    return BacktestResult(
+        start=series.start,
+        runs=runs,
+        summaries=[summarize(r, oracle_cost, warmup) for r in runs],
+        warmup_minutes=warmup,
+        lead_minutes=lead,
+    )
+
+
+def _tune_reactive(
+    reactive: Callable[[float], PolicyRun],
+    oracle_cost: float,
+    warmup: int,
+    target: float,
+    progress: Progress | None,
+) -> tuple[PolicyRun, float]:
+    """The least headroom at which the reactive policy is under-provisioned no more often."""
+    lo, hi = 0.0, 4.0
+    best = reactive(hi)
+    best_headroom = hi
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        run = reactive(mid)
+        if summarize(run, oracle_cost, warmup).under_provisioned <= target:
+            hi, best, best_headroom = mid, run, mid
+        else:
+            lo = mid
+        if progress:
+            progress("reactive-tuned", _ / 12)
+    return best, best_headroom
