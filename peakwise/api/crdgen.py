@@ -233,7 +233,10 @@ def crd(kind: Kind) -> JSON:
                                     "type": "string",
                                     "description": "REST resource this object represents.",
                                 },
-                                "metadata": {"type": "object"},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Standard Kubernetes object metadata.",
+                                },
                                 "spec": model_schema(kind.spec),
                                 "status": _status_schema(kind.status),
                             },
