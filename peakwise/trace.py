@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +42,8 @@ TRACE_COLUMNS: tuple[TraceColumn, ...] = get_args(TraceColumn)
 FILE_COLUMNS: tuple[str, ...] = ("timestamp", "requests", "input_tokens", "output_tokens")
 """The columns a trace file may have, in the order they are written."""
 STEP_SECONDS = 60
+# Gaps are filled with NaN, so one mistyped year would otherwise allocate gigabytes.
+MAX_MINUTES = 5_000_000
 
 _COUNT_COLUMNS = FILE_COLUMNS[1:]
 _GAP_CELLS = frozenset({"", "nan", "NaN", "NAN"})
@@ -151,9 +153,18 @@ def _header_columns(header: list[str], source: str) -> list[str]:
     return names
 
 
-def parse_trace_table(lines: Iterable[str], source: str = "<trace>") -> TraceTable:
-    """Parse the lines of a trace CSV; ``source`` names it in error messages."""
-    reader = csv.reader(lines)
+Rows = tuple[list[datetime], list[tuple[float, float, float]], list[int]]
+
+
+class _CsvReader(Protocol):
+    line_num: int
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+    def __next__(self) -> list[str]: ...
+
+
+def _read_rows(reader: _CsvReader, source: str) -> Rows:
+    """Timestamps, (requests, input, output) counts and line numbers of the data rows."""
     header = next((row for row in reader if row), None)
     if header is None:
         raise TraceError(f"{source}: empty file; expected the header {','.join(FILE_COLUMNS)}")
@@ -167,7 +178,8 @@ def parse_trace_table(lines: Iterable[str], source: str = "<trace>") -> TraceTab
     for row in reader:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank lines, e.g. a trailing newline
-        where = f"{source}:{reader.line_num}"
+        line_num = reader.line_num
+        where = f"{source}:{line_num}"
         if len(row) != len(names):
             expected = f"{len(names)} ({','.join(names)})"
             raise TraceError(f"{where}: {len(row)} fields, expected {expected}")
@@ -177,7 +189,17 @@ def parse_trace_table(lines: Iterable[str], source: str = "<trace>") -> TraceTab
             for idx, name in count_indexes
         )
         counts.append((r, i, o))
-        lines_of.append(reader.line_num)
+        lines_of.append(line_num)
+    return stamps, counts, lines_of
+
+
+def parse_trace_table(lines: Iterable[str], source: str = "<trace>") -> TraceTable:
+    """Parse the lines of a trace CSV; ``source`` names it in error messages."""
+    reader = csv.reader(lines)
+    try:
+        stamps, counts, lines_of = _read_rows(reader, source)
+    except csv.Error as err:  # e.g. a NUL byte or an unterminated quote
+        raise TraceError(f"{source}:{reader.line_num}: not valid CSV ({err})") from None
     if not stamps:
         raise TraceError(f"{source}: no data rows after the header")
 
@@ -186,6 +208,11 @@ def parse_trace_table(lines: Iterable[str], source: str = "<trace>") -> TraceTab
     _check_steps(offsets, lines_of, source)
     minute = (offsets // STEP_SECONDS).astype(np.int64)
     length = int(minute[-1]) + 1
+    if length > MAX_MINUTES:
+        raise TraceError(
+            f"{source}:{lines_of[-1]}: the trace would span {length:,} minutes; "
+            f"at most {MAX_MINUTES:,} (about 9 years) are read"
+        )
     table = np.full((length, 3), np.nan)
     table[minute] = np.array(counts, dtype=np.float64)
     has_row = np.zeros(length, dtype=np.bool_)

@@ -304,3 +304,18 @@ def test_synth_trace_command(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         read_trace(out).series.values * 60, synthesize_trace(days=2, seed=5).requests
     )
+
+
+def test_malformed_csv_and_absurd_spans_are_clear_errors(tmp_path: Path) -> None:
+    # A stray quote swallows the rest of the file into one huge field.
+    huge = _write(tmp_path, _rows('2024-03-01T10:00:00Z,"5,,', "1" * 200_000), "quote.csv")
+    with pytest.raises(TraceError, match=r"quote\.csv:\d+: not valid CSV \(field larger"):
+        read_trace(huge)
+    # A mistyped year on the last row must not allocate decades of NaN.
+    typo = _write(
+        tmp_path,
+        _rows("2024-03-01T10:00:00Z,5,,", "2024-03-01T10:01:00Z,5,,", "2204-03-01T10:02:00Z,5,,"),
+        "typo.csv",
+    )
+    with pytest.raises(TraceError, match=r"typo\.csv:4: the trace would span"):
+        read_trace(typo)
