@@ -15,7 +15,8 @@ How bad or irregular input is treated (the rule: a gap is a gap, never zero dema
 * everything else that is wrong raises ``TraceError`` (a ``ValueError``) with a one-line
   message naming the file and, where there is one, the line: an empty file, an unknown or
   missing column, a timestamp that is not ISO 8601, timestamps out of order or repeated, a
-  step other than 60 s, a negative, infinite or non-numeric count.
+  step other than 60 s, a negative, infinite or non-numeric count, a row with the wrong
+  number of fields, malformed CSV, or a span of more than MAX_MINUTES.
 """
 
 from __future__ import annotations
