@@ -1,0 +1,135 @@
+import csv
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peakwise.backtest.config import ConfigError, load_config, parse_config
+from peakwise.backtest.report import CSV_COLUMNS, table, write_csvs
+from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
+from peakwise.forecasting.series import Series
+from peakwise.trace import demand_from_table, synthesize_trace
+
+REPO = Path(__file__).resolve().parents[2]
+TIERED = REPO / "examples" / "backtest" / "tiered.yaml"
+ON_DEMAND = REPO / "examples" / "backtest" / "on-demand.yaml"
+OPTIONS = BacktestOptions(warmup=timedelta(hours=6), spot_interruptions_per_node_hour=0.05)
+
+
+def _series(days: int, seed: int = 3) -> Series:
+    # Peak about 40 req/s: with 10 req/s per replica the example configs need ~5 replicas.
+    return demand_from_table(synthesize_trace(days, seed, peak_requests_per_minute=2400)).series
+
+
+@pytest.fixture(scope="module")
+def tiered_result() -> BacktestResult:
+    return run_backtest(_series(3), load_config(TIERED), OPTIONS)
+
+
+def test_every_policy_is_measured_against_the_oracle(tiered_result: BacktestResult) -> None:
+    summaries = {s.name: s for s in tiered_result.summaries}
+    assert set(summaries) == {"static-peak", "reactive", "reactive-tuned", "peakwise", "oracle"}
+    assert summaries["oracle"].cost_vs_oracle == pytest.approx(1.0)
+    assert summaries["oracle"].under_provisioned == 0.0
+    assert summaries["static-peak"].under_provisioned == 0.0
+    # The tuned reactive policy is tuned to be under-provisioned no more often than Peakwise.
+    assert summaries["reactive-tuned"].under_provisioned <= summaries["peakwise"].under_provisioned
+    assert summaries["peakwise"].cost < summaries["static-peak"].cost
+
+
+def test_peakwise_uses_the_tiers(tiered_result: BacktestResult) -> None:
+    run = next(r for r in tiered_result.runs if r.name == "peakwise")
+    assert run.replicas["reserved"].max() > 0
+    assert run.replicas["spot"].max() > 0
+    total = run.replicas["reserved"] + run.replicas["spot"] + run.replicas["onDemand"]
+    # Spot stays within the deployment's maxFraction of 0.6 (interruptions only lower it).
+    busy = total > 0
+    assert np.all(run.replicas["spot"][busy] <= 0.6 * total[busy] + 1)
+
+
+def test_csvs_follow_the_output_contract(tiered_result: BacktestResult, tmp_path: Path) -> None:
+    paths = write_csvs(tiered_result, tmp_path)
+    assert {p.stem for p in paths} == {r.name for r in tiered_result.runs}
+    with (tmp_path / "peakwise.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 3 * 1440
+    run = next(r for r in tiered_result.runs if r.name == "peakwise")
+    assert float(rows[-1]["capacity"]) == pytest.approx(run.capacity[-1], abs=1e-3)
+    assert sum(float(r["cost_usd"]) for r in rows) == pytest.approx(run.cost.sum(), rel=1e-3)
+
+
+def test_table_names_every_policy(tiered_result: BacktestResult) -> None:
+    text = table(tiered_result, "requests/s")
+    for name in ("static-peak", "reactive-tuned", "peakwise", "oracle"):
+        assert name in text
+
+
+def test_no_lookahead_appending_data_keeps_the_schedule() -> None:
+    full = _series(3, seed=5)
+    cut = int(2.4 * 1440)
+    early = full.head(cut)
+    config = load_config(ON_DEMAND)
+    options = BacktestOptions(warmup=timedelta(hours=1))
+    short_runs = {r.name: r for r in run_backtest(early, config, options).runs}
+    long_runs = {r.name: r for r in run_backtest(full, config, options).runs}
+    for name in ("peakwise", "reactive"):
+        for tier in ("reserved", "spot", "onDemand"):
+            np.testing.assert_array_equal(
+                short_runs[name].replicas[tier], long_runs[name].replicas[tier][:cut]
+            )
+        np.testing.assert_array_equal(short_runs[name].cost, long_runs[name].cost[:cut])
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ConfigError, match="no GPUNodePool"):
+        parse_config("kind: Namespace\nmetadata: {name: x}\n")
+    text = TIERED.read_text().replace("pricePerNodeHour: 19.2", "pricePerNodeHour: -1")
+    with pytest.raises(ConfigError, match=r"h100-spot: spec\.pricePerNodeHour"):
+        parse_config(text)
+    with pytest.raises(ConfigError, match="no InferenceDeployment named 'nope'"):
+        parse_config(TIERED.read_text(), deployment="nope")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "peakwise", "backtest", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_cli_reports_a_bad_trace_in_one_line(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.csv"
+    trace.write_text(
+        "timestamp,requests,input_tokens,output_tokens\n"
+        "2024-01-01T00:01:00Z,5,,\n"
+        "2024-01-01T00:00:00Z,5,,\n"
+    )
+    result = _cli("--trace", str(trace), "--config", str(TIERED))
+    assert result.returncode == 2
+    assert result.stderr.startswith("peakwise backtest: error:")
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_runs_end_to_end(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    subprocess.run(
+        [sys.executable, "-m", "peakwise", "synth-trace", "--days", "2", "--out", str(trace)],
+        check=True,
+        capture_output=True,
+    )
+    plot = tmp_path / "plot.png"
+    result = _cli(
+        "--trace", str(trace), "--config", str(TIERED), "--replicas-at-peak", "30",
+        "--out", str(tmp_path / "out"), "--plot", str(plot), "--warmup", "6h",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "peakwise" in result.stdout and "oracle" in result.stdout
+    assert plot.stat().st_size > 20_000
+    assert (tmp_path / "out" / "peakwise.csv").exists()
