@@ -70,9 +70,9 @@ class PlanInput:
     deployments: tuple[DeploymentState, ...]
     pools: tuple[PoolState, ...]
     budgets: tuple[BudgetState, ...] = ()
-    solver: str = "auto"
-    """auto (exact MILP with a time limit, greedy fallback), milp or greedy."""
-    time_limit: timedelta = timedelta(seconds=1.5)
+    solver: str = "milp"
+    """milp (exact within the time limit, greedy if it finds nothing) or greedy (fast)."""
+    time_limit: timedelta = timedelta(seconds=1.2)
 
 
 @dataclass(frozen=True)
