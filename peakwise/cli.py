@@ -117,6 +117,11 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_positive_int,
         help="treat runs of at least this many zero minutes as missing data, not idle time",
     )
+    p.add_argument(
+        "--window",
+        default="30m",
+        help="forecast window each decision covers, one lead time ahead (default 30m)",
+    )
     p.add_argument("--warmup", default="1d", help="replayed but not measured (default 1d)")
     p.add_argument("--seed", type=int, default=1, help="seed for spot interruptions")
     p.set_defaults(run=_run_backtest)
@@ -137,6 +142,7 @@ def _run_backtest(args: argparse.Namespace) -> int:
             config = with_replicas_at_peak(config, trace.series, args.replicas_at_peak)
         options = BacktestOptions(
             warmup=parse_duration(args.warmup),
+            window=parse_duration(args.window),
             spot_interruptions_per_node_hour=args.spot_interruptions,
             seed=args.seed,
         )

@@ -33,8 +33,8 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class BacktestOptions:
-    decision_interval: timedelta = timedelta(minutes=1)
-    """Width of the forecast window each decision covers."""
+    window: timedelta = timedelta(minutes=30)
+    """Width of the forecast window each decision covers, starting one lead time ahead."""
     refit_every: timedelta = timedelta(days=1)
     warmup: timedelta = timedelta(days=1)
     """Minutes before this are replayed but not measured (the forecaster has no history yet)."""
@@ -231,7 +231,7 @@ def run_backtest(
     rate = options.spot_interruptions_per_node_hour
     sim_pools = _sim_pools(spec, pools, rate)
     lead = _minutes(lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools]))
-    width = max(1, _minutes(options.decision_interval))
+    width = max(1, _minutes(options.window))
     utilization = spec.demand.target_utilization
     peak_demand = float(np.nanmax(demand))
 
