@@ -1,0 +1,56 @@
+# The Peakwise operator image.
+#
+#   docker build -t peakwise:dev .
+#   docker run --rm peakwise:dev --help          # any peakwise subcommand
+#
+# The base is pinned by exact tag (Python patch release and Debian release); both
+# stages start from the same one, so the venv built in the first runs unchanged in
+# the second. Pin by digest as well (`python:3.11.14-slim-bookworm@sha256:...`) in a
+# release pipeline that can resolve it.
+FROM python:3.11.14-slim-bookworm AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# --- build: the wheel, and a venv with it and its dependencies -----------------------
+FROM base AS build
+WORKDIR /src
+# requirements.lock pins every package of the project and its test tools; it is used
+# as a constraints file, so only the operator's runtime dependencies are installed,
+# each at the locked version (setuptools too, for building the wheel).
+COPY requirements.lock ./
+RUN python -m venv /opt/buildtools \
+    && /opt/buildtools/bin/pip install --constraint requirements.lock setuptools
+COPY pyproject.toml README.md ./
+# peakwise/operator and peakwise/forecasting are symlinks to these two folders.
+COPY operator/ operator/
+COPY forecasting/ forecasting/
+COPY peakwise/ peakwise/
+RUN /opt/buildtools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && python -m venv /opt/peakwise \
+    && /opt/peakwise/bin/pip install --constraint requirements.lock /wheels/peakwise-*.whl \
+    && /opt/peakwise/bin/pip uninstall --yes pip \
+    && /opt/peakwise/bin/peakwise --help >/dev/null
+
+# --- runtime: the venv only, a non-root user -----------------------------------------
+FROM base AS runtime
+LABEL org.opencontainers.image.title="peakwise" \
+      org.opencontainers.image.description="Kubernetes operator that right-sizes GPU inference services from demand forecasts under per-namespace cost ceilings" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 65532 peakwise \
+    && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin peakwise
+COPY --from=build /opt/peakwise /opt/peakwise
+# The chart mounts an emptyDir on /tmp and keeps the root filesystem read-only;
+# matplotlib (used by `peakwise backtest --plot`) keeps its cache there.
+ENV PATH=/opt/peakwise/bin:$PATH \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+WORKDIR /tmp
+# Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
+USER 65532:65532
+# 8080: Prometheus /metrics; 8081: kopf's /healthz liveness endpoint.
+EXPOSE 8080 8081
+ENTRYPOINT ["peakwise"]
+CMD ["operator", "run"]
