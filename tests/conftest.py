@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e.clusterfix import LocalCluster
 from e2e.promstack import PrometheusServer
 
 _LOG_DIRS: list[tuple[str, Path]] = []
@@ -34,6 +35,18 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    state = tmp_path_factory.mktemp("cluster")
+    _LOG_DIRS.append(("cluster", state))
+    local = LocalCluster(state)
+    local.up()
+    try:
+        yield local
+    finally:
+        local.down()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
