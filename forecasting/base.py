@@ -35,6 +35,12 @@ class ForecastInfo:
     coverage: float | None = None
     # True when the model had too little history for seasonality and fell back to recent level.
     short_history: bool = False
+    # Seconds of history the model was fitted on (training_steps × step).
+    training_span_seconds: float | None = None
+    # Quantile the loss and coverage refer to.
+    quantile: float | None = None
+    # Validation pinball loss of every candidate a selecting model compared, best first.
+    candidates: tuple[tuple[str, float], ...] = ()
 
 
 class PeakForecaster(Protocol):

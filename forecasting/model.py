@@ -1,0 +1,222 @@
+"""The shared skeleton of Peakwise's window-peak estimators.
+
+A concrete model only says how to learn its state and how to turn a history into a *base*
+forecast per origin; this class adds what they all need:
+
+* scikit-learn conventions: hyperparameters stored unchanged by ``__init__`` (``get_params``,
+  ``set_params`` and ``sklearn.base.clone`` work), ``fit`` returns ``self``, learned
+  attributes end in ``_``;
+* a fit per window shape: the model is fitted for ``(lead, width)`` given to ``__init__``; when
+  ``predict_peak`` asks for another shape it is fitted for that one too, from the stored
+  training history, once (margins learned for a 30-minute window do not fit a 1-minute one);
+* residual calibration (see ``calibration.py``), separately for the model's main form and for
+  its recent-level fallback (too little history, or gaps where the main form needs data);
+* the metadata in ``info_``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.calibration import (
+    MIN_CALIBRATION_PAIRS,
+    RatioCalibration,
+    demand_floor,
+    score,
+)
+from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.windows import valid_origins, window_peak_targets
+
+BoolArray = NDArray[np.bool_]
+StateT = TypeVar("StateT")
+
+
+@dataclass(frozen=True)
+class FittedWindow(Generic[StateT]):
+    """What a model learned for one window shape ``(lead, width)``."""
+
+    state: StateT
+    primary: RatioCalibration
+    fallback: RatioCalibration
+    loss: float | None
+    coverage: float | None
+    short_history: bool
+
+
+class PeakModel(ABC, Generic[StateT]):
+    """Base class: calibrated window-peak quantiles from a model-specific base forecast."""
+
+    name: ClassVar[str] = "peak-model"
+
+    def __init__(
+        self,
+        *,
+        lead: int = 10,
+        width: int = 30,
+        quantile: float = 0.95,
+        floor_fraction: float = 0.05,
+        default_margin: float = 1.25,
+    ) -> None:
+        self.lead = lead
+        self.width = width
+        self.quantile = quantile
+        self.floor_fraction = floor_fraction
+        self.default_margin = default_margin
+
+    # --- what a concrete model provides -------------------------------------------------
+    @abstractmethod
+    def _fit_state(self, series: Series, lead: int, width: int) -> StateT:
+        """Learn from the training history for this window shape."""
+
+    @abstractmethod
+    def _base(
+        self, state: StateT, series: Series, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, BoolArray]:
+        """Base forecast per origin and whether the fallback produced it.
+
+        Must be causal: the entry for origin ``o`` may depend on ``series.values[: o + 1]``
+        only.
+        NaN means no forecast is possible (nothing known yet).
+        """
+
+    def _calibration_start(self, length: int, lead: int, width: int) -> int:
+        """First origin whose residual calibrates the model.
+
+        Parameter-free models calibrate on all of their history; models that learn from the
+        history override this to keep a held-out tail (split conformal).
+        """
+        return 0
+
+    def _model_name(self) -> str:
+        return self.name
+
+    # --- scikit-learn conventions --------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in signature.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {key!r}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # --- fitting and predicting ----------------------------------------------------------
+    def fit(self, series: Series) -> Self:
+        values = np.asarray(series.values, dtype=np.float64).copy()
+        self.training_series_: Series = Series(series.start, series.step_seconds, values)
+        self.step_seconds_: int = series.step_seconds
+        self.floor_: float = demand_floor(values, self.floor_fraction)
+        self.fits_: dict[tuple[int, int], FittedWindow[StateT]] = {}
+        self.fitted_window(self.lead, self.width)
+        return self
+
+    def steps(self, seconds: float) -> int:
+        """A duration in steps of the fitted series (at least one)."""
+        return max(1, round(seconds / self.step_seconds_))
+
+    def fitted_window(self, lead: int, width: int) -> FittedWindow[StateT]:
+        """The fit for this window shape, learning it from the training history if needed."""
+        if not hasattr(self, "fits_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        if lead < 0 or width < 1:
+            raise ValueError(f"need lead ≥ 0 and width ≥ 1, got lead={lead}, width={width}")
+        key = (lead, width)
+        if key not in self.fits_:
+            self.fits_[key] = self._fit_window(lead, width)
+        return self.fits_[key]
+
+    def _fit_window(self, lead: int, width: int) -> FittedWindow[StateT]:
+        training = self.training_series_
+        values = training.values
+        state = self._fit_state(training, lead, width)
+        n = values.shape[0]
+        origins = np.arange(self._calibration_start(n, lead, width), max(0, n - lead - width))
+        origins = origins.astype(np.int64)
+        actual = window_peak_targets(values, lead, width)[origins]
+        if origins.size:
+            base, fallback = self._base(state, training, origins, lead, width)
+        else:
+            base, fallback = np.empty(0), np.empty(0, dtype=np.bool_)
+        primary = RatioCalibration.from_pairs(
+            actual[~fallback], base[~fallback], self.floor_, self.default_margin
+        )
+        backup = RatioCalibration.from_pairs(
+            actual[fallback], base[fallback], self.floor_, self.default_margin
+        )
+        loss: float | None = None
+        cover: float | None = None
+        if origins.size:
+            predicted = np.where(
+                fallback,
+                backup.apply(base, [self.quantile])[:, 0],
+                primary.apply(base, [self.quantile])[:, 0],
+            )
+            raw_loss, raw_cover = score(actual, predicted, self.quantile)
+            if not np.isnan(raw_loss):
+                loss, cover = raw_loss, raw_cover
+        return FittedWindow(
+            state=state,
+            primary=primary,
+            fallback=backup,
+            loss=loss,
+            coverage=cover,
+            short_history=primary.pairs < MIN_CALIBRATION_PAIRS,
+        )
+
+    def predict_peak(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        lead: int,
+        width: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        origins = np.asarray(origins, dtype=np.int64)
+        valid_origins(origins, len(series))
+        fitted = self.fitted_window(lead, width)
+        if origins.size == 0:
+            return np.empty((0, len(quantiles)))
+        # Cut at the last origin: nothing later can leak into any forecast.
+        values = np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
+        known = Series(series.start, series.step_seconds, values)
+        base, fallback = self._base(fitted.state, known, origins, lead, width)
+        main = fitted.primary.apply(base, quantiles)
+        backup = fitted.fallback.apply(base, quantiles)
+        return np.where(fallback[:, None], backup, main)
+
+    @property
+    def info_(self) -> ForecastInfo:
+        fitted = self.fitted_window(self.lead, self.width)
+        return ForecastInfo(
+            model=self._model_name(),
+            training_steps=len(self.training_series_),
+            backtest_loss=fitted.loss,
+            coverage=fitted.coverage,
+            short_history=fitted.short_history,
+            training_span_seconds=float(len(self.training_series_) * self.step_seconds_),
+            quantile=self.quantile,
+        )

@@ -1,0 +1,120 @@
+"""The simplest honest forecasters: the same window one season ago, and the recent peak.
+
+Both have no parameters to learn, so their residuals on the whole training history are
+out-of-sample and calibrate them directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from peakwise.forecasting.base import IntArray
+from peakwise.forecasting.model import BoolArray, PeakModel
+from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.windows import last_known, trailing_max
+
+DAY_SECONDS = 86_400
+WEEK_SECONDS = 7 * DAY_SECONDS
+
+
+def recent_peak_base(values: FloatArray, origins: IntArray, window: int) -> FloatArray:
+    """Highest known value over the last ``window`` steps, else the last known value at all."""
+    recent = trailing_max(values, window)[origins]
+    return np.where(np.isnan(recent), last_known(values)[origins], recent)
+
+
+class RecentPeakForecaster(PeakModel[None]):
+    """Forecast = recent peak × calibrated margin; the model for brand-new services.
+
+    It needs no seasonality, so it works from the first minute of history, and it reacts to
+    level shifts at once, which seasonal models cannot.
+    """
+
+    name = "recent-peak"
+
+    def __init__(
+        self,
+        window_seconds: int = 7200,
+        *,
+        lead: int = 10,
+        width: int = 30,
+        quantile: float = 0.95,
+        floor_fraction: float = 0.05,
+        default_margin: float = 1.25,
+    ) -> None:
+        super().__init__(
+            lead=lead,
+            width=width,
+            quantile=quantile,
+            floor_fraction=floor_fraction,
+            default_margin=default_margin,
+        )
+        self.window_seconds = window_seconds
+
+    def _fit_state(self, series: Series, lead: int, width: int) -> None:
+        return None
+
+    def _base(
+        self, state: None, series: Series, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, BoolArray]:
+        base = recent_peak_base(series.values, origins, self.steps(self.window_seconds))
+        # One form only: nothing to fall back to, so every origin is "primary".
+        return base, np.zeros(origins.shape[0], dtype=np.bool_)
+
+
+class SeasonalNaivePeakForecaster(PeakModel[None]):
+    """Forecast = the actual peak of the same window one season ago × calibrated margin.
+
+    ``season_seconds`` is a day or a week. Where that window is not in the history (the first
+    season, a gap, or a window longer than the season) it falls back to the recent peak, with
+    its own margin, and ``info_.short_history`` says so when that is all it ever had.
+    """
+
+    name = "seasonal-naive"
+
+    def __init__(
+        self,
+        season_seconds: int = DAY_SECONDS,
+        fallback_window_seconds: int = 7200,
+        *,
+        lead: int = 10,
+        width: int = 30,
+        quantile: float = 0.95,
+        floor_fraction: float = 0.05,
+        default_margin: float = 1.25,
+    ) -> None:
+        super().__init__(
+            lead=lead,
+            width=width,
+            quantile=quantile,
+            floor_fraction=floor_fraction,
+            default_margin=default_margin,
+        )
+        self.season_seconds = season_seconds
+        self.fallback_window_seconds = fallback_window_seconds
+
+    def _model_name(self) -> str:
+        if self.season_seconds == DAY_SECONDS:
+            return "seasonal-naive-day"
+        if self.season_seconds == WEEK_SECONDS:
+            return "seasonal-naive-week"
+        return f"seasonal-naive-{self.season_seconds}s"
+
+    def _fit_state(self, series: Series, lead: int, width: int) -> None:
+        return None
+
+    def _base(
+        self, state: None, series: Series, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        season = self.steps(self.season_seconds)
+        seasonal = np.full(origins.shape[0], np.nan)
+        # The window one season back ends at o + lead + width - season, which must be known.
+        if lead + width <= season:
+            window_max = trailing_max(values, width)
+            last_step = origins + lead + width - season
+            known = last_step >= 0
+            seasonal[known] = window_max[last_step[known]]
+        fallback = np.isnan(seasonal)
+        recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        return np.where(fallback, recent, seasonal), fallback
