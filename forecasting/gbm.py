@@ -68,7 +68,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         learning_rate: float = 0.1,
         max_leaf_nodes: int = 15,
         min_samples_leaf: int = 40,
-        stride: int = 7,
+        stride: int = 3,
         calibration_fraction: float = 0.2,
         min_training_rows: int = 300,
         threads: int = 1,

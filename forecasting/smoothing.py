@@ -159,6 +159,12 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
             return SmoothingState(alpha=self.alphas[0], gamma=0.0, bucket=bucket, season=season)
         return SmoothingState(alpha=best[1], gamma=best[2], bucket=bucket, season=season)
 
+    def _calibration_start(self, length: int, lead: int, width: int) -> int:
+        # Residuals of the first season come from half-initialised slots; with two seasons
+        # or more, calibrate on what the model looks like once warmed up.
+        season = self.steps(self.season_seconds)
+        return season if length >= 2 * season + lead + width else 0
+
     def _base(
         self, state: SmoothingState, series: Series, origins: IntArray, lead: int, width: int
     ) -> tuple[FloatArray, BoolArray]:

@@ -1,0 +1,204 @@
+"""Every window-peak estimator: conventions, causality, gaps, edge cases, calibration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from forecast_data import constant, daily_demand
+from sklearn.base import clone
+
+from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.calibration import coverage
+from peakwise.forecasting.gbm import QuantileGBMPeakForecaster
+from peakwise.forecasting.naive import (
+    WEEK_SECONDS,
+    RecentPeakForecaster,
+    SeasonalNaivePeakForecaster,
+)
+from peakwise.forecasting.select import AutoForecaster
+from peakwise.forecasting.series import Series
+from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
+from peakwise.forecasting.windows import trailing_max, window_peak_targets
+
+LEAD, WIDTH = 10, 30
+
+MODELS: dict[str, Callable[[], Any]] = {
+    "seasonal-naive-day": lambda: SeasonalNaivePeakForecaster(lead=LEAD, width=WIDTH),
+    "seasonal-naive-week": lambda: SeasonalNaivePeakForecaster(WEEK_SECONDS),
+    "recent-peak": RecentPeakForecaster,
+    "exp-smoothing": ExponentialSmoothingPeakForecaster,
+    "quantile-gbm": QuantileGBMPeakForecaster,
+    "auto": AutoForecaster,
+}
+ALL = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+
+
+def _predict(model: PeakForecaster, series: Series, origins: Any, q: float = 0.95) -> Any:
+    origins = np.asarray(origins, dtype=np.int64)
+    return model.predict_peak(series, origins, lead=LEAD, width=WIDTH, quantiles=[q])[:, 0]
+
+
+def test_trailing_max_matches_a_plain_loop() -> None:
+    values = np.random.default_rng(3).random(200)
+    values[[5, 50]] = np.nan
+    for width in (1, 2, 7, 60):
+        expected = [np.nanmax(values[max(0, j - width + 1) : j + 1]) for j in range(200)]
+        np.testing.assert_allclose(trailing_max(values, width), expected)
+
+
+def test_window_peak_targets_follow_the_indexing_convention() -> None:
+    values = np.arange(100, dtype=np.float64)
+    targets = window_peak_targets(values, LEAD, WIDTH)
+    assert targets[0] == values[LEAD + WIDTH]  # max(values[11:41]) = 40
+    assert np.isnan(targets[100 - LEAD - WIDTH])
+    assert not np.isnan(targets[100 - LEAD - WIDTH - 1])
+
+
+@ALL
+def test_scikit_learn_conventions(make: Callable[[], Any]) -> None:
+    model = make()
+    params = model.get_params()
+    copy = clone(model)
+    assert type(copy) is type(model) and copy.get_params() == params
+    assert not any(name.endswith("_") for name in vars(model))  # nothing learned yet
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _ = model.info_
+    series = daily_demand(3)
+    assert model.fit(series) is model
+    assert model.get_params() == params  # fit does not touch hyperparameters
+    with pytest.raises(ValueError):
+        model.set_params(no_such_parameter=1)
+
+
+@ALL
+def test_no_lookahead(make: Callable[[], Any]) -> None:
+    series = daily_demand(4, seed=1)
+    model = make().fit(series.head(3 * 1440))
+    origins = np.arange(3 * 1440, 3 * 1440 + 300)
+    before = _predict(model, series.head(3 * 1440 + 300), origins)
+    # Whatever comes after the last origin, including a huge spike, changes nothing.
+    changed = series.values.copy()
+    changed[3 * 1440 + 300 :] = 1e6
+    after = _predict(model, Series(series.start, 60, changed), origins)
+    np.testing.assert_array_equal(before, after)
+    # And an early origin predicted alone equals the same origin predicted in a batch.
+    alone = _predict(model, series, origins[:1])
+    np.testing.assert_array_equal(alone, before[:1])
+
+
+@ALL
+def test_shapes_quantile_order_and_non_negative(make: Callable[[], Any]) -> None:
+    series = daily_demand(3, seed=2)
+    model = make().fit(series)
+    origins = np.arange(0, len(series), 97, dtype=np.int64)
+    out = model.predict_peak(series, origins, lead=LEAD, width=WIDTH, quantiles=[0.5, 0.9, 0.99])
+    assert out.shape == (origins.shape[0], 3)
+    known = ~np.isnan(out).any(axis=1)
+    assert known[1:].all()
+    assert (out[known] >= 0).all()
+    assert (np.diff(out[known], axis=1) >= 0).all()  # quantiles do not cross
+
+
+@ALL
+def test_gaps_are_missing_not_zero(make: Callable[[], Any]) -> None:
+    values = constant(3, 100.0).values.copy()
+    values[2 * 1440 : 2 * 1440 + 90] = np.nan  # a 90-minute scrape outage
+    values[1000:1003] = np.nan
+    series = Series(constant(1, 0).start, 60, values)
+    model = make().fit(series)
+    origins = np.arange(2 * 1440, 2 * 1440 + 90)  # forecasting from inside the gap
+    predicted = _predict(model, series, origins)
+    assert np.isfinite(predicted).all()
+    # A gap read as zero demand would pull these forecasts far below 100.
+    assert predicted.min() >= 99.0
+
+
+@ALL
+def test_all_zero_series(make: Callable[[], Any]) -> None:
+    series = constant(3, 0.0)
+    model = make().fit(series)
+    predicted = _predict(model, series, np.arange(0, len(series), 60))
+    np.testing.assert_array_equal(predicted, 0.0)
+
+
+@ALL
+def test_flat_series_forecasts_its_level(make: Callable[[], Any]) -> None:
+    series = constant(3, 42.0)
+    model = make().fit(series)
+    predicted = _predict(model, series, np.arange(1440, len(series), 60))
+    np.testing.assert_allclose(predicted, 42.0, rtol=1e-6)
+
+
+@ALL
+def test_brand_new_service(make: Callable[[], Any]) -> None:
+    # The backtest fits on the first minute alone; a forecast must still come out.
+    series = daily_demand(0.2, seed=4)
+    model = make().fit(series.head(1))
+    predicted = _predict(model, series, [0, 5, 200])
+    assert np.isfinite(predicted).all() and (predicted > 0).all()
+    assert model.info_.short_history
+
+
+def test_empty_history_gives_no_forecast() -> None:
+    series = Series(constant(1, 0).start, 60, np.full(100, np.nan))
+    model = AutoForecaster().fit(series)
+    assert np.isnan(_predict(model, series, [10, 50])).all()
+
+
+def test_short_history_falls_back_to_recent_level_and_says_so() -> None:
+    series = daily_demand(0.5, seed=5)
+    info = AutoForecaster().fit(series).info_
+    assert info.short_history
+    assert "recent-peak" in info.model
+    long_info = AutoForecaster().fit(daily_demand(4, seed=5)).info_
+    assert not long_info.short_history
+    assert long_info.candidates and long_info.backtest_loss is not None
+    assert long_info.training_span_seconds == 4 * 86400
+
+
+def test_seasonal_models_report_short_history_under_a_season() -> None:
+    one_day = daily_demand(0.9, seed=6)
+    assert SeasonalNaivePeakForecaster().fit(one_day).info_.short_history
+    assert ExponentialSmoothingPeakForecaster().fit(one_day).info_.short_history
+    three_days = daily_demand(3, seed=6)
+    assert not SeasonalNaivePeakForecaster().fit(three_days).info_.short_history
+    assert not ExponentialSmoothingPeakForecaster().fit(three_days).info_.short_history
+
+
+def test_other_window_shapes_are_fitted_on_demand() -> None:
+    series = daily_demand(3, seed=7)
+    model = RecentPeakForecaster(lead=LEAD, width=WIDTH).fit(series)
+    origins = np.arange(1440, 2 * 1440, dtype=np.int64)
+    one_minute = model.predict_peak(series, origins, lead=5, width=1, quantiles=[0.95])[:, 0]
+    actual = window_peak_targets(series.values, 5, 1)[origins]
+    assert 0.85 <= coverage(actual, one_minute) <= 1.0
+    assert set(model.fits_) == {(LEAD, WIDTH), (5, 1)}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [MODELS["seasonal-naive-day"], MODELS["exp-smoothing"], MODELS["quantile-gbm"], MODELS["auto"]],
+    ids=["seasonal-naive-day", "exp-smoothing", "quantile-gbm", "auto"],
+)
+def test_calibrated_on_held_out_days(make: Callable[[], Any]) -> None:
+    series = daily_demand(7, seed=8)
+    train_days = 5
+    model = make().fit(series.head(train_days * 1440))
+    origins = np.arange(train_days * 1440, len(series) - LEAD - WIDTH)
+    actual = window_peak_targets(series.values, LEAD, WIDTH)[origins]
+    # Two held-out days of 10-minute noise blocks: sampling error alone is a few points.
+    for q, low, high in ((0.8, 0.7, 0.92), (0.95, 0.9, 0.99)):
+        predicted = _predict(model, series, origins, q)
+        assert low <= coverage(actual, predicted) <= high, q
+
+
+def test_predict_before_fit_and_bad_origins() -> None:
+    series = daily_demand(1)
+    with pytest.raises(RuntimeError):
+        _predict(RecentPeakForecaster(), series, [1])
+    model = RecentPeakForecaster().fit(series)
+    with pytest.raises(ValueError, match="origins"):
+        _predict(model, series, [len(series)])
