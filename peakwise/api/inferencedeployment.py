@@ -200,6 +200,15 @@ class CostStatus(StatusModel):
     """Currency of the amounts."""
 
 
+class DemandTarget(StatusModel):
+    """A demand target the planner sized for, kept for scale-down stabilisation."""
+
+    time: datetime
+    """When the target was set."""
+    demand: float
+    """Demand (units/s) planned for."""
+
+
 class InferenceDeploymentStatus(StatusModel):
     """What Peakwise observed and decided."""
 
@@ -225,6 +234,9 @@ class InferenceDeploymentStatus(StatusModel):
     """Within, Warning or Limited: how the namespace budget affects this service."""
     last_plan_time: datetime | None = None
     """When the plan was last computed."""
+    recent_targets: list[DemandTarget] = Field(default_factory=list)
+    """Recent demand targets: scale-down waits until the highest of them is old enough.
+    Kept in status so a restarted operator makes the same decisions."""
 
 
 class InferenceDeployment(WireModel):
