@@ -160,6 +160,12 @@ def _run_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from peakwise.operator.main import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peakwise",
@@ -170,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_crds(sub)
     _add_synth_trace(sub)
     _add_backtest(sub)
+    _add_operator(sub)
     return parser
 
 

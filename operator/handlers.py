@@ -1,0 +1,566 @@
+"""kopf handlers: read the object, call the core, write status through kopf's patch.
+
+Registered on a registry by `register`, so the timer interval and the namespaces come from the
+command line rather than from module globals. Reconciliation is level-based: timers re-plan
+from observed state; the create/update handler only checks the object and rolls template
+changes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from peakwise.api.costbudget import CostBudget
+from peakwise.api.gpunodepool import GPUNodePool
+from peakwise.api.inferencedeployment import InferenceDeployment
+from peakwise.operator import metrics
+from peakwise.operator.children import child_deployment
+from peakwise.operator.controller import Controller, Snapshot
+from peakwise.operator.kube import KubeAdapter
+from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
+from peakwise.operator.providers import KwokProvider, NodePoolProvider, ProviderError, provider_for
+from peakwise.operator.state import (
+    PoolObservation,
+    condition,
+    deployment_status,
+    hours_left_in_month,
+    month_start,
+)
+
+GROUP, VERSION = "peakwise.dev", "v1alpha1"
+TEMPLATE_HASH = "peakwise.dev/template-hash"
+# Taints cloud providers and node termination handlers put on a spot node about to go.
+INTERRUPTION_TAINTS = (
+    "peakwise.dev/interrupted",
+    "aws-node-termination-handler/spot-itn",
+    "cloud.google.com/impending-node-termination",
+    "kubernetes.azure.com/scalesetpriority-evicting",
+)
+
+
+@dataclass
+class Runtime:
+    """What the handlers share; lives in kopf's memo."""
+
+    controller: Controller
+    kube: KubeAdapter
+    api_client: Any
+    interruptions: dict[str, int] = field(default_factory=dict)
+    """Spot interruptions seen per pool since its status last counted them."""
+    interrupted_nodes: set[str] = field(default_factory=set)
+    deleting: set[str] = field(default_factory=set)
+    """Nodes this operator deletes itself (not interruptions)."""
+
+    def provider(self, pool: GPUNodePool) -> NodePoolProvider:
+        if pool.spec.provider.kwok is not None:
+            return KwokProvider(self.api_client, on_delete=self.deleting.add)
+        return provider_for(pool, self.api_client)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _first_value(store: Any) -> Any:
+    return next(iter(store), None)
+
+
+def snapshot(
+    infd_index: Mapping[Any, Any],
+    pool_index: Mapping[Any, Any],
+    budget_index: Mapping[Any, Any],
+    child_index: Mapping[Any, Any],
+    node_index: Mapping[Any, Any],
+) -> Snapshot:
+    children: dict[tuple[str, str], dict[str, int]] = {}
+    for key, store in child_index.items():
+        for child in store:
+            children.setdefault(key, {})[child["pool"]] = child["replicas"]
+    pool_nodes = {}
+    for pool, store in node_index.items():
+        nodes = list(store)
+        pool_nodes[pool] = PoolObservation(
+            nodes=len(nodes),
+            ready_nodes=sum(1 for n in nodes if n["ready"]),
+            allocatable_gpus=sum(n["gpus"] for n in nodes if n["ready"]),
+        )
+    return Snapshot(
+        deployments={k: _first_value(v) for k, v in infd_index.items()},
+        pools={k: _first_value(v) for k, v in pool_index.items()},
+        budgets={k: _first_value(v) for k, v in budget_index.items()},
+        children=children,
+        pool_nodes=pool_nodes,
+    )
+
+
+def _ready_by_pool(child_index: Mapping[Any, Any], key: tuple[str, str]) -> dict[str, int]:
+    if key not in child_index:
+        return {}
+    return {c["pool"]: c["ready"] for c in child_index[key]}
+
+
+def _template_hash(manifest: Mapping[str, Any]) -> str:
+    spec = {k: v for k, v in manifest["spec"].items() if k != "replicas"}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _node_ready(status: Mapping[str, Any]) -> bool:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
+    every = interval.total_seconds()
+
+    # --- Indexes: the in-memory view every round plans from (fed by kopf's watches). ---
+
+    @kopf.index(GROUP, VERSION, "inferencedeployments", registry=registry)
+    def infd_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> Any:
+        return {(namespace, name): dict(body)}
+
+    @kopf.index(GROUP, VERSION, "gpunodepools", registry=registry)
+    def pool_index(body: kopf.Body, name: str, **_: Any) -> Any:
+        return {name: dict(body)}
+
+    @kopf.index(GROUP, VERSION, "costbudgets", registry=registry)
+    def budget_index(body: kopf.Body, namespace: str, **_: Any) -> Any:
+        return {namespace: dict(body)}
+
+    @kopf.index(
+        "apps",
+        "v1",
+        "deployments",
+        labels={INFERENCE_DEPLOYMENT: kopf.PRESENT, POOL: kopf.PRESENT},
+        registry=registry,
+    )
+    def child_index(
+        body: kopf.Body, namespace: str, name: str, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        return {
+            (namespace, labels[INFERENCE_DEPLOYMENT]): {
+                "name": name,
+                "pool": labels[POOL],
+                "replicas": body.get("spec", {}).get("replicas", 0),
+                "ready": body.get("status", {}).get("readyReplicas", 0) or 0,
+                "hash": body.get("metadata", {}).get("annotations", {}).get(TEMPLATE_HASH, ""),
+            }
+        }
+
+    @kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry)
+    def node_index(body: kopf.Body, name: str, labels: Mapping[str, str], **_: Any) -> Any:
+        capacity = body.get("status", {}).get("allocatable", {}) or {}
+        return {
+            labels[POOL]: {
+                "name": name,
+                "ready": _node_ready(body.get("status", {})),
+                "gpus": int(capacity.get("nvidia.com/gpu", 0) or 0),
+            }
+        }
+
+    # --- InferenceDeployment ---
+
+    @kopf.on.create(GROUP, VERSION, "inferencedeployments", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, "inferencedeployments", registry=registry)
+    @kopf.on.update(GROUP, VERSION, "inferencedeployments", field="spec", registry=registry)
+    async def check_and_roll_out(
+        body: kopf.Body,
+        uid: str,
+        namespace: str,
+        memo: kopf.Memo,
+        child_index: kopf.Index[Any, Any],
+        pool_index: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        try:
+            infd = InferenceDeployment.model_validate(dict(body))
+        except ValidationError as error:
+            raise kopf.PermanentError(
+                f"invalid InferenceDeployment: {error.errors()[0]['msg']}"
+            ) from None
+        if infd.spec.mode != "Enforce":
+            return
+        # The template changed: roll it out to every child at its current size.
+        runtime: Runtime = memo.runtime
+        key = (namespace, infd.metadata.name)
+        pools = {
+            name: GPUNodePool.model_validate(_first_value(store))
+            for name, store in pool_index.items()
+        }
+        for child in child_index.get(key, []):
+            pool = pools.get(child["pool"])
+            if pool is None:
+                continue
+            manifest = child_deployment(infd, uid, pool, child["replicas"])
+            manifest["metadata"]["annotations"] = {TEMPLATE_HASH: _template_hash(manifest)}
+            await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
+
+    @kopf.timer(
+        GROUP, VERSION, "inferencedeployments", interval=every, initial_delay=1.0, registry=registry
+    )
+    async def reconcile_deployment(
+        body: kopf.Body,
+        uid: str,
+        namespace: str,
+        name: str,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        infd_index: kopf.Index[Any, Any],
+        pool_index: kopf.Index[Any, Any],
+        budget_index: kopf.Index[Any, Any],
+        child_index: kopf.Index[Any, Any],
+        node_index: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        runtime: Runtime = memo.runtime
+        key = (namespace, name)
+        round_ = await runtime.controller.round(
+            snapshot(infd_index, pool_index, budget_index, child_index, node_index)
+        )
+        infd = round_.deployments.get(key)
+        if infd is None:
+            reason = round_.invalid.get(
+                f"InferenceDeployment {namespace}/{name}", "not indexed yet"
+            )
+            patch.setdefault("status", {})["conditions"] = [
+                condition(
+                    [],
+                    "Degraded",
+                    True,
+                    "InvalidSpec",
+                    reason,
+                    _now(),
+                    body.get("metadata", {}).get("generation"),
+                )
+            ]
+            return
+        planned = round_.plan.deployments[key]
+        ready = _ready_by_pool(child_index, key)
+        if infd.spec.mode == "Enforce":
+            try:
+                await _actuate(
+                    runtime, infd, uid, planned.replicas, round_.pools, child_index.get(key, [])
+                )
+            except Exception as error:
+                metrics.reconcile_errors.labels("actuate").inc()
+                raise kopf.TemporaryError(
+                    f"scaling children failed: {error}", delay=every
+                ) from error
+        budget = round_.plan.namespaces.get(namespace)
+        currency = "USD"
+        if namespace in budget_index:
+            currency = (_first_value(budget_index[namespace]).get("spec") or {}).get(
+                "currency", "USD"
+            )
+        status = deployment_status(
+            infd,
+            planned,
+            budget,
+            round_.forecasts.get(key),
+            ready,
+            round_.pools,
+            round_.at,
+            currency,
+        )
+        previous = infd.status.desired_replicas if infd.status else None
+        if previous is None or previous != planned.total:
+            verb = "Recommend" if infd.spec.mode == "Recommend" else "Scale"
+            kopf.info(body, reason=f"{verb}Replicas", message="; ".join(planned.reasons)[:1000])
+        if planned.budget_limited:
+            kopf.warn(
+                body,
+                reason="BudgetLimited",
+                message="; ".join(r for r in planned.reasons if "budget" in r)[:1000],
+            )
+        for pool_name, n in ready.items():
+            tier = (
+                round_.pools[pool_name].spec.capacity_type
+                if pool_name in round_.pools
+                else "unknown"
+            )
+            metrics.replicas.labels(namespace, name, pool_name, tier).set(n)
+        patch.setdefault("status", {}).update(status)
+
+    # --- GPUNodePool ---
+
+    @kopf.timer(
+        GROUP, VERSION, "gpunodepools", interval=every, initial_delay=2.0, registry=registry
+    )
+    async def reconcile_pool(
+        body: kopf.Body,
+        name: str,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        infd_index: kopf.Index[Any, Any],
+        pool_index: kopf.Index[Any, Any],
+        budget_index: kopf.Index[Any, Any],
+        child_index: kopf.Index[Any, Any],
+        node_index: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        runtime: Runtime = memo.runtime
+        try:
+            pool = GPUNodePool.model_validate(dict(body))
+        except ValidationError as error:
+            raise kopf.PermanentError(f"invalid GPUNodePool: {error.errors()[0]['msg']}") from None
+        view = snapshot(infd_index, pool_index, budget_index, child_index, node_index)
+        round_ = await runtime.controller.round(view)
+        observed = view.pool_nodes.get(name, PoolObservation())
+        used_by_enforce = any(
+            d.spec.mode == "Enforce"
+            and any(p.gpu_type == pool.spec.gpu_type for p in d.spec.gpu_profiles)
+            for d in round_.deployments.values()
+        )
+        desired = round_.pool_targets.get(name, observed.nodes)
+        conditions = []
+        now = _now()
+        previous = pool.status.conditions if pool.status else []
+        if used_by_enforce and desired != observed.nodes:
+            try:
+                await asyncio.to_thread(runtime.provider(pool).set_nodes, pool, desired)
+                conditions.append(
+                    condition(
+                        previous,
+                        "Degraded",
+                        False,
+                        "Scaling",
+                        f"asked for {desired} nodes",
+                        now,
+                        pool.metadata.generation,
+                    )
+                )
+            except ProviderError as error:
+                metrics.reconcile_errors.labels("provider").inc()
+                conditions.append(
+                    condition(
+                        previous,
+                        "Degraded",
+                        True,
+                        "ProviderError",
+                        str(error),
+                        now,
+                        pool.metadata.generation,
+                    )
+                )
+        else:
+            conditions.append(
+                condition(
+                    previous,
+                    "Degraded",
+                    False,
+                    "Steady",
+                    "the pool has what the plan needs",
+                    now,
+                    pool.metadata.generation,
+                )
+            )
+        conditions.append(
+            condition(
+                previous,
+                "Ready",
+                observed.ready_nodes >= observed.nodes,
+                "NodesReady" if observed.ready_nodes >= observed.nodes else "NodesStarting",
+                f"{observed.ready_nodes} of {observed.nodes} nodes ready",
+                now,
+                pool.metadata.generation,
+            )
+        )
+        seen = runtime.interruptions.pop(name, 0)
+        old = pool.status
+        count = (old.interruptions_observed if old else 0) + seen
+        rate = old.interruption_rate if old else 0.0
+        last = old.last_interruption_time if old else None
+        elapsed_h = every / 3600.0
+        # An exponentially decaying rate (one-hour memory) of interruptions per node-hour.
+        rate = rate * math.exp(-elapsed_h) + (seen / max(observed.nodes + seen, 1)) * 1.0
+        status: dict[str, Any] = {
+            "observedGeneration": pool.metadata.generation,
+            "conditions": conditions,
+            "nodes": observed.nodes,
+            "readyNodes": observed.ready_nodes,
+            "desiredNodes": desired if used_by_enforce else observed.nodes,
+            "allocatableGpus": observed.allocatable_gpus,
+            "interruptionsObserved": count,
+            "interruptionRate": round(rate, 6),
+        }
+        if seen:
+            last = now
+            kopf.warn(
+                body,
+                reason="SpotInterruption",
+                message=f"{seen} node(s) interrupted; re-planning",
+            )
+        if last is not None:
+            status["lastInterruptionTime"] = last.isoformat()
+        patch.setdefault("status", {}).update(status)
+
+    @kopf.on.event("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry)
+    def watch_nodes(
+        event: Mapping[str, Any], name: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+    ) -> None:
+        runtime: Runtime = memo.runtime
+        pool = labels[POOL]
+        body = event.get("object") or {}
+        taints = {t.get("key") for t in (body.get("spec") or {}).get("taints") or []}
+        gone = event.get("type") == "DELETED"
+        if gone and name in runtime.deleting:
+            runtime.deleting.discard(name)
+            runtime.interrupted_nodes.discard(name)
+            return
+        interrupted = gone or bool(taints & set(INTERRUPTION_TAINTS))
+        if interrupted and name not in runtime.interrupted_nodes:
+            runtime.interrupted_nodes.add(name)
+            runtime.interruptions[pool] = runtime.interruptions.get(pool, 0) + 1
+            runtime.controller.invalidate()
+        if gone:
+            runtime.interrupted_nodes.discard(name)
+
+    # --- CostBudget ---
+
+    @kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, registry=registry)
+    async def accrue_budget(
+        body: kopf.Body,
+        namespace: str,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        infd_index: kopf.Index[Any, Any],
+        pool_index: kopf.Index[Any, Any],
+        budget_index: kopf.Index[Any, Any],
+        child_index: kopf.Index[Any, Any],
+        node_index: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        runtime: Runtime = memo.runtime
+        try:
+            budget = CostBudget.model_validate(dict(body))
+        except ValidationError as error:
+            raise kopf.PermanentError(f"invalid CostBudget: {error.errors()[0]['msg']}") from None
+        round_ = await runtime.controller.round(
+            snapshot(infd_index, pool_index, budget_index, child_index, node_index)
+        )
+        now = _now()
+        rate = _namespace_spend_rate(namespace, round_.deployments, round_.pools, child_index)
+        status = budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
+        changed = budget.status is None or budget.status.state != status["state"]
+        if changed and status["state"] != "Within":
+            kopf.warn(
+                body,
+                reason=f"Budget{status['state']}",
+                message=status["conditions"][-1]["message"],
+            )
+        metrics.budget_spend.labels(namespace).set(status["spend"])
+        patch.setdefault("status", {}).update(status)
+
+
+async def _actuate(
+    runtime: Runtime,
+    infd: InferenceDeployment,
+    uid: str,
+    replicas: Mapping[str, int],
+    pools: Mapping[str, GPUNodePool],
+    children: Any,
+) -> None:
+    """Make the children match the plan: apply what changed, delete unused pools' children."""
+    existing = {c["pool"]: c for c in children}
+    for pool_name, n in replicas.items():
+        pool = pools.get(pool_name)
+        if pool is None:
+            continue
+        manifest = child_deployment(infd, uid, pool, n)
+        digest = _template_hash(manifest)
+        manifest["metadata"]["annotations"] = {TEMPLATE_HASH: digest}
+        child = existing.get(pool_name)
+        if child is None or child["replicas"] != n or child["hash"] != digest:
+            await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
+    namespace = infd.metadata.namespace or "default"
+    for pool_name, child in existing.items():
+        if replicas.get(pool_name, 0) == 0:
+            await asyncio.to_thread(runtime.kube.delete_deployment, namespace, child["name"])
+
+
+def _namespace_spend_rate(
+    namespace: str,
+    deployments: Mapping[tuple[str, str], InferenceDeployment],
+    pools: Mapping[str, GPUNodePool],
+    child_index: Mapping[Any, Any],
+) -> float:
+    """$/h of the replicas actually running in the namespace, at their share of a node."""
+    from peakwise.operator.children import profile_for
+
+    rate = 0.0
+    for key, infd in deployments.items():
+        if key[0] != namespace:
+            continue
+        for pool_name, ready in _ready_by_pool(child_index, key).items():
+            pool = pools.get(pool_name)
+            profile = profile_for(infd, pool) if pool else None
+            if pool is None or profile is None or pool.spec.capacity_type == "reserved":
+                continue
+            slots = pool.spec.gpus_per_node // profile.gpus_per_replica
+            rate += ready * pool.spec.price_per_node_hour / slots
+    return rate
+
+
+def budget_status(budget: CostBudget, rate: float, now: datetime, planned: Any) -> dict[str, Any]:
+    """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start."""
+    old = budget.status
+    period = month_start(now)
+    spend = old.spend if old and old.period_start and old.period_start >= period else 0.0
+    since = old.last_accrual_time if old and old.last_accrual_time else now
+    since = max(since, period)
+    spend += rate * max(0.0, (now - since).total_seconds()) / 3600.0
+    projected = spend + rate * hours_left_in_month(now)
+    limits = budget.spec.limits
+    shares = []
+    if limits.hourly:
+        shares.append(rate / limits.hourly)
+    if limits.monthly:
+        shares.append(projected / limits.monthly)
+    share = max(shares, default=0.0)
+    thresholds = sorted(budget.spec.alert_thresholds)
+    if share > 1.0 + 1e-9:
+        state = "Exceeded"
+    elif thresholds and share >= thresholds[0]:
+        state = "Warning"
+    else:
+        state = "Within"
+    crossed = [t for t in thresholds if share >= t]
+    message = (
+        f"spending {rate:,.2f} {budget.spec.currency}/h; {spend:,.2f} so far this month, "
+        f"{projected:,.2f} projected"
+    )
+    if crossed:
+        message += f"; at {share:.0%} of a limit (alert threshold {crossed[-1]:.0%})"
+    previous = old.conditions if old else []
+    gen = budget.metadata.generation
+    headroom = (limits.hourly - rate) if limits.hourly else None
+    limited = list(planned.limited) if planned is not None else []
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "periodStart": period.isoformat(),
+        "spend": round(spend, 6),
+        "projectedSpend": round(projected, 4),
+        "hourlySpend": round(rate, 4),
+        "limitedDeployments": limited,
+        "lastAccrualTime": now.isoformat(),
+        "state": state,
+        "conditions": [
+            condition(previous, "Exceeded", state == "Exceeded", state, message, now, gen),
+            condition(previous, "Warning", state != "Within", state, message, now, gen),
+            condition(previous, "Ready", True, "Accruing", message, now, gen),
+        ],
+    }
+    if headroom is not None:
+        status["hourlyHeadroom"] = round(headroom, 4)
+    return status

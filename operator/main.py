@@ -1,0 +1,116 @@
+"""`peakwise operator run`: wire the adapters and the core together and start kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from peakwise.api.common import parse_duration
+from peakwise.forecasting.base import PeakForecaster
+from peakwise.operator import metrics
+from peakwise.operator.controller import Controller
+from peakwise.operator.forecasts import ForecastService, HistorySource
+from peakwise.operator.handlers import Runtime, register
+from peakwise.operator.kube import KubeAdapter, api_client
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Run the Peakwise operator: watch InferenceDeployments, GPUNodePools and "
+        "CostBudgets, forecast demand from Prometheus, plan and scale.",
+    )
+    ops = p.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)
+    run = ops.add_parser(
+        "run",
+        help="run the operator against the cluster of $KUBECONFIG or the pod's ServiceAccount",
+        description="Run the operator until interrupted.",
+    )
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--interval", default="30s", help="re-plan every (default 30s)")
+    run.add_argument(
+        "--prometheus-url", default="http://127.0.0.1:9090", help="where demand history lives"
+    )
+    run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
+    run.add_argument("--refit-every", default="6h", help="refit each service's model (6h)")
+    run.add_argument("--window", default="30m", help="forecast window per decision (30m)")
+    run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
+    run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.set_defaults(run=run_operator)
+
+
+def _forecaster(lead: int, width: int) -> PeakForecaster:
+    from peakwise.forecasting.select import AutoForecaster
+
+    return AutoForecaster(lead=lead, width=width)
+
+
+def history_source(url: str) -> HistorySource:
+    from peakwise.operator.history import PrometheusHistorySource
+
+    return PrometheusHistorySource(url)
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
+    )
+    interval = parse_duration(args.interval)
+    registry = kopf.OperatorRegistry()
+    register(registry, interval)
+    client = api_client()
+    forecasts = ForecastService(
+        history_source(args.prometheus_url),
+        _forecaster,
+        refit_every=parse_duration(args.refit_every),
+        window=parse_duration(args.window),
+    )
+    runtime = Runtime(
+        controller=Controller(forecasts, interval, lambda: datetime.now(UTC)),
+        kube=KubeAdapter(client),
+        api_client=client,
+    )
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300
+        settings.persistence.finalizer = "peakwise.dev/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="peakwise.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="peakwise.dev"
+        )
+        if args.metrics_port:
+            start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.REGISTRY)
+
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            memo=kopf.Memo(runtime=runtime),
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=args.priority,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0

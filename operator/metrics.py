@@ -1,0 +1,60 @@
+"""Prometheus metrics the operator exports on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+_DEPLOYMENT = ("namespace", "name")
+
+demand_forecast = Gauge(
+    "peakwise_demand_forecast", "Forecast demand peak (units/s)", _DEPLOYMENT, registry=REGISTRY
+)
+demand_actual = Gauge(
+    "peakwise_demand_actual", "Latest observed demand (units/s)", _DEPLOYMENT, registry=REGISTRY
+)
+replicas = Gauge(
+    "peakwise_replicas",
+    "Ready replicas per pool and tier",
+    (*_DEPLOYMENT, "pool", "tier"),
+    registry=REGISTRY,
+)
+desired_replicas = Gauge(
+    "peakwise_desired_replicas",
+    "Planned replicas per pool and tier",
+    (*_DEPLOYMENT, "pool", "tier"),
+    registry=REGISTRY,
+)
+cost_hourly = Gauge(
+    "peakwise_cost_hourly", "Planned spend rate per namespace", ("namespace",), registry=REGISTRY
+)
+budget_spend = Gauge(
+    "peakwise_budget_spend", "Spend this period per namespace", ("namespace",), registry=REGISTRY
+)
+budget_limit_hourly = Gauge(
+    "peakwise_budget_limit_hourly", "Hourly cap in force", ("namespace",), registry=REGISTRY
+)
+budget_headroom_hourly = Gauge(
+    "peakwise_budget_headroom_hourly",
+    "Hourly spend still allowed",
+    ("namespace",),
+    registry=REGISTRY,
+)
+forecast_loss = Gauge(
+    "peakwise_forecast_loss", "Backtest pinball loss of the model", _DEPLOYMENT, registry=REGISTRY
+)
+forecast_coverage = Gauge(
+    "peakwise_forecast_coverage",
+    "Backtest coverage of the quantile",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
+round_seconds = Histogram(
+    "peakwise_planning_round_seconds",
+    "Time to forecast and plan every deployment",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+reconcile_errors = Counter(
+    "peakwise_reconcile_errors", "Reconcile errors by kind", ("kind",), registry=REGISTRY
+)
