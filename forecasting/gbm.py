@@ -20,10 +20,11 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, PeakModel
-from peakwise.forecasting.naive import DAY_SECONDS, recent_peak_base
+from peakwise.forecasting.naive import DAY_SECONDS
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     last_known,
+    recent_peak_base,
     trailing_gap_fraction,
     trailing_max,
     trailing_mean,

@@ -33,7 +33,7 @@ from peakwise.forecasting.calibration import (
     score,
 )
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import valid_origins, window_peak_targets
+from peakwise.forecasting.windows import recent_peak_base, valid_origins, window_peak_targets
 
 BoolArray = NDArray[np.bool_]
 StateT = TypeVar("StateT")
@@ -97,6 +97,10 @@ class PeakModel(ABC, Generic[StateT]):
 
     def _model_name(self) -> str:
         return self.name
+
+    def _fallback_window_seconds(self) -> float:
+        """Window of the recent-peak fallback (models with a fallback have this parameter)."""
+        return float(getattr(self, "fallback_window_seconds", 7200))
 
     # --- scikit-learn conventions --------------------------------------------------------
     @classmethod
@@ -204,6 +208,11 @@ class PeakModel(ABC, Generic[StateT]):
         values = np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
         known = Series(series.start, series.step_seconds, values)
         base, fallback = self._base(fitted.state, known, origins, lead, width)
+        if fitted.short_history and fitted.fallback.pairs >= MIN_CALIBRATION_PAIRS:
+            # The main form never had enough history to be calibrated (a weekly model with
+            # barely a week): trust the calibrated fallback everywhere instead.
+            base = recent_peak_base(values, origins, self.steps(self._fallback_window_seconds()))
+            fallback = np.ones(origins.shape[0], dtype=np.bool_)
         main = fitted.primary.apply(base, quantiles)
         backup = fitted.fallback.apply(base, quantiles)
         return np.where(fallback[:, None], backup, main)

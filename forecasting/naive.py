@@ -11,16 +11,10 @@ import numpy as np
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, PeakModel
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import last_known, trailing_max
+from peakwise.forecasting.windows import recent_peak_base, trailing_max
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
-
-
-def recent_peak_base(values: FloatArray, origins: IntArray, window: int) -> FloatArray:
-    """Highest known value over the last ``window`` steps, else the last known value at all."""
-    recent = trailing_max(values, window)[origins]
-    return np.where(np.isnan(recent), last_known(values)[origins], recent)
 
 
 class RecentPeakForecaster(PeakModel[None]):

@@ -21,8 +21,9 @@ import numpy as np
 
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, FittedWindow, PeakModel
-from peakwise.forecasting.naive import DAY_SECONDS, recent_peak_base
+from peakwise.forecasting.naive import DAY_SECONDS
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.windows import recent_peak_base
 
 
 @dataclass(frozen=True)

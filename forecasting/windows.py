@@ -59,6 +59,12 @@ def last_known(values: FloatArray) -> FloatArray:
     return out
 
 
+def recent_peak_base(values: FloatArray, origins: IntArray, window: int) -> FloatArray:
+    """Highest known value over the last ``window`` steps, else the last known value at all."""
+    recent = trailing_max(values, window)[origins]
+    return np.where(np.isnan(recent), last_known(values)[origins], recent)
+
+
 def window_peak_targets(values: FloatArray, lead: int, width: int) -> FloatArray:
     """``out[o]`` = the actual window peak for origin ``o`` (NaN when unknown or off the end).
 
