@@ -4,8 +4,9 @@
 (every port free and chosen at start), then reads the ``cluster.env`` it wrote.
 Attributes: ``kubeconfig`` (path), ``state_dir``, ``bin_dir`` (kubectl, helm, kwok of the
 pinned versions), ``api_url``, ``prometheus_url``, ``prometheus`` (a ``PrometheusAPI``).
-Helpers: ``kubectl(*args)``, ``helm(*args)``, ``api_client()``, ``add_gpu_pool(pool, n)``,
-``backfill_trace(csv)`` (through ``hack/cluster prometheus backfill``).
+Helpers: ``kubectl(*args)``, ``kubectl_json(*args)``, ``helm(*args)``, ``api_client()``,
+``service_account_kubeconfig(ns, name)``, ``add_gpu_pool(pool, n)``, ``backfill_trace(csv)``
+(through ``hack/cluster prometheus backfill``).
 """
 
 from __future__ import annotations
@@ -157,6 +158,44 @@ class LocalCluster:
 
             self._api_client = config.new_client_from_config(config_file=self.kubeconfig)
         return self._api_client
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: str | os.PathLike[str] | None = None
+    ) -> str:
+        """A kubeconfig that acts as ServiceAccount ``namespace/name`` (a bound token from
+        the TokenRequest API), to run e.g. the operator with only the RBAC it declares."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, "--duration=24h"
+        ).stdout.strip()
+        target = Path(path) if path else self.state_dir / f"sa-{namespace}-{name}.kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "peakwise-local",
+                    "cluster": {
+                        "server": self.api_url,
+                        "certificate-authority": str(self.state_dir / "pki" / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": f"{namespace}-{name}", "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "sa",
+                    "context": {
+                        "cluster": "peakwise-local",
+                        "user": f"{namespace}-{name}",
+                        "namespace": namespace,
+                    },
+                }
+            ],
+            "current-context": "sa",
+        }
+        target.write_text(json.dumps(config, indent=2))
+        target.chmod(0o600)
+        return str(target)
 
     # --- simulated GPU nodes and Prometheus history ---------------------------------------
 

@@ -111,6 +111,28 @@ def test_crd_and_custom_object(cluster: LocalCluster, ns: str) -> None:
 
 def test_rbac_is_enforced(cluster: LocalCluster, ns: str) -> None:
     cluster.kubectl("create", "serviceaccount", "nobody", "-n", ns)
+    cluster.kubectl(
+        "create", "role", "cm-reader", "-n", ns, "--verb=get,list", "--resource=configmaps"
+    )
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "nobody-reads",
+        "-n",
+        ns,
+        "--role=cm-reader",
+        f"--serviceaccount={ns}:nobody",
+    )
+    sa_config = cluster.service_account_kubeconfig(ns, "nobody")
+    as_sa = ["--kubeconfig", sa_config]
+    wait_for(
+        "the RoleBinding to take effect",
+        lambda: cluster.kubectl("get", "configmaps", *as_sa, check=False).returncode == 0,
+        timeout=30,
+    )
+    denied = cluster.kubectl("get", "nodes", *as_sa, check=False)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr.lower()
     who = f"--as=system:serviceaccount:{ns}:nobody"
     assert (
         cluster.kubectl("auth", "can-i", "list", "nodes", who, check=False).stdout.strip() == "no"
@@ -251,6 +273,23 @@ def test_spot_taint(cluster: LocalCluster, ns: str) -> None:
     (waiting,) = _pods(cluster, ns, "app=intolerant")
     assert waiting["status"]["phase"] == "Pending"
     assert not waiting["spec"].get("nodeName")
+
+
+def test_helm_install(cluster: LocalCluster, ns: str, tmp_path: Path) -> None:
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    cluster.helm("install", "tiny", str(chart), "-n", ns, "--set", "greeting=hi", "--wait")
+    cm = cluster.kubectl_json("get", "configmap", "tiny-cm", "-n", ns)
+    assert cm["data"] == {"greeting": "hi"}
+    cluster.helm("uninstall", "tiny", "-n", ns, "--wait")
+    gone = cluster.kubectl("get", "configmap", "tiny-cm", "-n", ns, check=False)
+    assert gone.returncode != 0
 
 
 def test_prometheus_backfilled_history(cluster: LocalCluster) -> None:

@@ -80,6 +80,7 @@ def test_backfill_history_matches_trace(prometheus: PrometheusServer, tmp_path: 
     assert rate and float(rate[0]["value"][1]) > 0
 
 
+@pytest.mark.slow
 def test_servegen_fourteen_days(prometheus: PrometheusServer) -> None:
     trace = TRACES / "servegen_m-mid_per_minute.csv"
     if not trace.exists():
