@@ -18,11 +18,11 @@ import pytest
 from e2e import kwok_nodes
 from e2e.clusterfix import LocalCluster
 from e2e.kwok_nodes import CAPACITY_TYPE_LABEL, GPU_RESOURCE, POOL_LABEL, GPUPool
-from e2e.trace_backfill import REQUESTS_GAUGE, read_trace
+from e2e.trace_backfill import REQUESTS_GAUGE, read_trace, traces_dir
 
 pytestmark = pytest.mark.e2e
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TRACES = traces_dir()
 NS = "smoke"
 
 CRD = {

@@ -12,7 +12,7 @@ from e2e.promstack import PrometheusServer, encode_write_request, snappy_literal
 
 pytestmark = pytest.mark.e2e
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TRACES = trace_backfill.traces_dir()
 
 
 def _small_trace(tmp_path: Path) -> Path:

@@ -182,6 +182,15 @@ def metrics_written(rows: Sequence[TraceRow]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def traces_dir() -> Path:
+    """The shared demand traces: ``$PEAKWISE_TRACES_DIR``, else ``shared/traces`` beside the
+    repository (where CI and the work tree have it)."""
+    env = os.environ.get("PEAKWISE_TRACES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "traces"
+
+
 def promtool_path() -> str:
     found = shutil.which("promtool")
     if not found:
