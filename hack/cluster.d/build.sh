@@ -116,7 +116,8 @@ cmd_build() {
     fi
     need_go
     dir="$(cluster_bin_dir)"
-    local work="$PEAKWISE_CACHE/build/clusterbuild-$(cluster_bin_key)"
+    local work
+    work="$PEAKWISE_CACHE/build/clusterbuild-$(cluster_bin_key)"
     local stamp start
     start=$(date +%s)
     mkdir -p "$dir" "$work"
@@ -126,7 +127,7 @@ cmd_build() {
 
     write_k8s_wrapper "$work/k8s"
     (
-        cd "$work/k8s"
+        cd "$work/k8s" || exit 1
         log "resolving the wrapper module (k8s.io/kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION)"
         go mod tidy >"$work/tidy.log" 2>&1 || { cat "$work/tidy.log" >&2; die "go mod tidy failed for the wrapper module in $work/k8s"; }
         local b
