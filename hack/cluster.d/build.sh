@@ -116,6 +116,18 @@ cmd_build() {
     fi
     need_go
     dir="$(cluster_bin_dir)"
+    # One build at a time per cache (two test runs on a fresh machine would otherwise
+    # write the same files); the second waits, then finds everything built.
+    mkdir -p "$PEAKWISE_CACHE/build"
+    exec 9>"$PEAKWISE_CACHE/build/cluster-build.lock"
+    if ! flock -n 9; then
+        log "another hack/cluster build is running; waiting for it (up to 90 minutes)"
+        flock -w 5400 9 || die "gave up waiting for the other build (lock $PEAKWISE_CACHE/build/cluster-build.lock)"
+    fi
+    if cluster_binaries_present "$dir"; then
+        log "cluster binaries ready: $dir"
+        return 0
+    fi
     local work
     work="$PEAKWISE_CACHE/build/clusterbuild-$(cluster_bin_key)"
     local stamp start
