@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from forecast_data import constant, daily_demand
+from forecast_data import SERVEGEN, constant, daily_demand
 from sklearn.base import clone
 
-from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.base import PeakForecaster, pinball_loss
 from peakwise.forecasting.calibration import coverage
 from peakwise.forecasting.gbm import QuantileGBMPeakForecaster
 from peakwise.forecasting.naive import (
@@ -22,6 +22,7 @@ from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
 from peakwise.forecasting.windows import trailing_max, window_peak_targets
+from peakwise.trace import read_trace
 
 LEAD, WIDTH = 10, 30
 
@@ -45,7 +46,8 @@ def test_trailing_max_matches_a_plain_loop() -> None:
     values = np.random.default_rng(3).random(200)
     values[[5, 50]] = np.nan
     for width in (1, 2, 7, 60):
-        expected = [np.nanmax(values[max(0, j - width + 1) : j + 1]) for j in range(200)]
+        windows = [values[max(0, j - width + 1) : j + 1] for j in range(200)]
+        expected = [np.nan if np.isnan(w).all() else np.nanmax(w) for w in windows]
         np.testing.assert_allclose(trailing_max(values, width), expected)
 
 
@@ -202,3 +204,22 @@ def test_predict_before_fit_and_bad_origins() -> None:
     model = RecentPeakForecaster().fit(series)
     with pytest.raises(ValueError, match="origins"):
         _predict(model, series, [len(series)])
+
+
+def test_servegen_selected_model_beats_the_baselines() -> None:
+    """The issue's targets on the real trace, on one held-out stretch (days 11-13)."""
+    series = read_trace(SERVEGEN, zero_is_gap_min_run=10).series
+    cut = 11 * 1440
+    origins = np.arange(cut, len(series) - LEAD - WIDTH)
+    actual = window_peak_targets(series.values, LEAD, WIDTH)[origins]
+    losses = {}
+    for name, make in (("auto", AutoForecaster), ("naive", SeasonalNaivePeakForecaster)):
+        model = make().fit(series.head(cut))
+        predicted = _predict(model, series, origins)
+        losses[name] = pinball_loss(actual, predicted, 0.95)
+        if name == "auto":
+            assert 0.92 <= coverage(actual, predicted) <= 0.98
+    smoothing = ExponentialSmoothingPeakForecaster().fit(series.head(cut))
+    losses["smoothing"] = pinball_loss(actual, _predict(smoothing, series, origins), 0.95)
+    assert losses["auto"] <= 0.75 * losses["naive"]
+    assert losses["auto"] < losses["smoothing"]
