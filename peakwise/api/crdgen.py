@@ -233,10 +233,8 @@ def crd(kind: Kind) -> JSON:
                                     "type": "string",
                                     "description": "REST resource this object represents.",
                                 },
-                                "metadata": {
-                                    "type": "object",
-                                    "description": "Standard Kubernetes object metadata.",
-                                },
+                                # The API server allows nothing else here: metadata is its own.
+                                "metadata": {"type": "object"},
                                 "spec": model_schema(kind.spec),
                                 "status": _status_schema(kind.status),
                             },
