@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peakwise.forecasting.evaluate import default_models, evaluate, format_table
+from peakwise.forecasting.scoring import default_models, evaluate, format_table
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.trace import read_trace
 

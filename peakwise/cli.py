@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_trace(sub)
     _add_backtest(sub)
     _add_operator(sub)
+    from peakwise.forecasting.evaluate import add_forecast_eval_parser
+
+    add_forecast_eval_parser(sub)
     return parser
 
 

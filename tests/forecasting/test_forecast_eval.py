@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from forecast_data import daily_demand
 
-from peakwise.forecasting.evaluate import add_forecast_eval_parser, default_models, evaluate
+from peakwise.forecasting.evaluate import MODEL_NAMES, add_forecast_eval_parser
+from peakwise.forecasting.scoring import default_models, evaluate
 from peakwise.trace import TraceTable, write_trace_csv
 
 
@@ -70,3 +71,17 @@ def test_command_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
     args = _parser().parse_args(["forecast-eval", "--trace", str(tmp_path / "missing.csv")])
     assert args.run(args) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_model_names_match_and_registration_is_light() -> None:
+    assert tuple(default_models()) == MODEL_NAMES
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, argparse; from peakwise.forecasting.evaluate import add_forecast_eval_parser;"
+        "add_forecast_eval_parser(argparse.ArgumentParser().add_subparsers());"
+        "print('sklearn' in sys.modules, 'numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
