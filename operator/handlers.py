@@ -126,15 +126,15 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
 
     # --- Indexes: the in-memory view every round plans from (fed by kopf's watches). ---
 
-    @kopf.index(GROUP, VERSION, "inferencedeployments", registry=registry)
+    @kopf.index(GROUP, VERSION, "inferencedeployments", registry=registry, id="infd_index")
     def infd_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> Any:
         return {(namespace, name): dict(body)}
 
-    @kopf.index(GROUP, VERSION, "gpunodepools", registry=registry)
+    @kopf.index(GROUP, VERSION, "gpunodepools", registry=registry, id="pool_index")
     def pool_index(body: kopf.Body, name: str, **_: Any) -> Any:
         return {name: dict(body)}
 
-    @kopf.index(GROUP, VERSION, "costbudgets", registry=registry)
+    @kopf.index(GROUP, VERSION, "costbudgets", registry=registry, id="budget_index")
     def budget_index(body: kopf.Body, namespace: str, **_: Any) -> Any:
         return {namespace: dict(body)}
 
@@ -144,6 +144,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         "deployments",
         labels={INFERENCE_DEPLOYMENT: kopf.PRESENT, POOL: kopf.PRESENT},
         registry=registry,
+        id="child_index",
     )
     def child_index(
         body: kopf.Body, namespace: str, name: str, labels: Mapping[str, str], **_: Any
@@ -158,7 +159,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
             }
         }
 
-    @kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry)
+    @kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry, id="node_index")
     def node_index(body: kopf.Body, name: str, labels: Mapping[str, str], **_: Any) -> Any:
         capacity = body.get("status", {}).get("allocatable", {}) or {}
         return {

@@ -60,9 +60,9 @@ def _forecaster(lead: int, width: int) -> PeakForecaster:
 
 
 def history_source(url: str) -> HistorySource:
-    from peakwise.operator.history import PrometheusHistorySource
+    from peakwise.forecasting.prometheus import PrometheusHistory
 
-    return PrometheusHistorySource(url)
+    return PrometheusHistory(url)
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -85,6 +85,11 @@ def run_operator(args: argparse.Namespace) -> int:
         kube=KubeAdapter(client),
         api_client=client,
     )
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as the kubernetes client: the pod's ServiceAccount or kubeconfig.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

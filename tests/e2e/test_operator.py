@@ -1,0 +1,267 @@
+"""The operator end to end: a real API server, kwok GPU nodes, Prometheus with history.
+
+One operator process (`peakwise operator run`) runs for the module, as it would in a cluster,
+against the CRDs of crds/ and objects applied with kubectl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.clusterfix import LocalCluster
+from e2e.promstack import free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "e2e-op"
+INTERVAL = "3s"
+QUERY = 'peakwise_trace_requests_per_minute{service="e2e-chat"} / 60'
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as error:
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def _apply(cluster: LocalCluster, *docs: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+
+def _pool(name: str, capacity_type: str, price: float, taint: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "gpuType": "e2e-gpu",
+        "gpusPerNode": 4,
+        "capacityType": capacity_type,
+        "pricePerNodeHour": price,
+        "maxNodes": 6,
+        "provisioningTime": "1m",
+        "nodeLabels": {"peakwise.dev/capacity-type": capacity_type},
+        "provider": {"kwok": {}},
+    }
+    if taint:
+        spec["nodeTaints"] = [{"key": "peakwise.dev/capacity-type", "value": "spot"}]
+    return {
+        "apiVersion": "peakwise.dev/v1alpha1",
+        "kind": "GPUNodePool",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def _deployment(name: str, mode: str, query: str = QUERY, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "mode": mode,
+        "template": {"spec": {"containers": [{"name": "server", "image": "e2e/server:1"}]}},
+        "gpuProfiles": [{"gpuType": "e2e-gpu", "gpusPerReplica": 1, "throughputPerReplica": 4}],
+        "demand": {"query": query, "targetUtilization": 1.0},
+        "replicas": {"min": 1, "max": 16},
+        "forecast": {"history": "2d", "leadTime": "2m"},
+        "capacity": {"spot": {"maxFraction": 0.5}},
+    }
+    spec.update(extra)
+    return {
+        "apiVersion": "peakwise.dev/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+class OperatorProcess:
+    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "peakwise",
+                "operator",
+                "run",
+                "--interval",
+                INTERVAL,
+                "--prometheus-url",
+                self.cluster.prometheus_url,
+                "--metrics-port",
+                str(free_port()),
+                "--liveness-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    work = tmp_path_factory.mktemp("operator")
+    trace = work / "e2e-chat.csv"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peakwise",
+            "synth-trace",
+            "--days",
+            "3",
+            "--peak",
+            "1200",
+            "--out",
+            str(trace),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cluster.backfill_trace(trace, "service=e2e-chat")
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.kubectl("create", "namespace", NS, check=False)
+    _apply(cluster, _pool("e2e-od", "onDemand", 40.0), _pool("e2e-spot", "spot", 12.0, taint=True))
+    process = OperatorProcess(cluster, work / "operator.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        lines = [x for x in process.log.read_text().splitlines() if '"DEBUG"' not in x]
+        print(f"operator log: {process.log}; its last lines:")
+        print("\n".join(line[:400] for line in lines[-40:]))
+
+
+def _status(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    obj = cluster.kubectl_json("get", "inferencedeployment", name, "-n", NS)
+    return dict(obj.get("status") or {})
+
+
+def _children(cluster: LocalCluster, name: str) -> list[dict[str, Any]]:
+    items = cluster.kubectl_json(
+        "get", "deployments", "-n", NS, "-l", f"peakwise.dev/inference-deployment={name}"
+    )["items"]
+    return list(items)
+
+
+def test_enforce_creates_children_and_pods_run_on_pool_nodes(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    _apply(cluster, _deployment("chat", "Enforce"))
+    status = _wait(
+        "a plan in status", lambda: (s := _status(cluster, "chat")).get("desiredReplicas") and s
+    )
+    assert status["forecast"]["peak"] > 0
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Forecasting"]["status"] == "True"
+    want = status["desiredReplicas"]
+
+    def running() -> bool:
+        pods = cluster.kubectl_json(
+            "get", "pods", "-n", NS, "-l", "peakwise.dev/inference-deployment=chat"
+        )["items"]
+        ok = [p for p in pods if p["status"].get("phase") == "Running"]
+        return len(ok) == want and ok
+
+    pods = _wait("the planned pods Running", running, timeout=120)
+    nodes = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
+    for pod in pods:
+        node = nodes[pod["spec"]["nodeName"]]
+        pool = pod["metadata"]["labels"]["peakwise.dev/pool"]
+        assert node["metadata"]["labels"]["peakwise.dev/pool"] == pool
+    children = _children(cluster, "chat")
+    assert sum(c["spec"]["replicas"] for c in children) == want
+    for child in children:
+        assert child["metadata"]["ownerReferences"][0]["kind"] == "InferenceDeployment"
+    _wait(
+        "Ready in status",
+        lambda: (
+            {c["type"]: c["status"] for c in _status(cluster, "chat")["conditions"]}["Ready"]
+            == "True"
+        ),
+    )
+
+
+def test_recommend_mode_changes_nothing_but_status(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    _apply(cluster, _deployment("advisor", "Recommend"))
+    status = _wait(
+        "a recommendation", lambda: (s := _status(cluster, "advisor")).get("desiredReplicas") and s
+    )
+    assert status["pools"] and all(p["replicas"] == 0 for p in status["pools"])
+    time.sleep(8)  # a few rounds
+    assert _children(cluster, "advisor") == []
+
+
+def test_missing_metric_holds_the_minimum_and_says_why(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    _apply(
+        cluster,
+        _deployment(
+            "blind", "Enforce", query='absent_metric_for_e2e{x="y"}', replicas={"min": 2, "max": 8}
+        ),
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in _status(cluster, "blind").get("conditions", [])}
+        return conditions if conditions.get("Degraded", {}).get("status") == "True" else None
+
+    conditions = _wait("Degraded with a reason", degraded)
+    assert conditions["Forecasting"]["status"] == "False"
+    assert "no data" in conditions["Forecasting"]["message"]
+    _wait(
+        "the minimum kept running",
+        lambda: sum(c["spec"]["replicas"] for c in _children(cluster, "blind")) == 2,
+    )
+
+
+def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    _wait("chat planned", lambda: _children(cluster, "chat"))
+    before = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
+    operator.kill()
+    operator.start()
+    time.sleep(10)
+    after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
+    assert set(after) == set(before)  # no duplicates, none lost
+    assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
