@@ -293,6 +293,13 @@ def test_helm_install(cluster: LocalCluster, ns: str, tmp_path: Path) -> None:
 
 
 def test_prometheus_backfilled_history(cluster: LocalCluster) -> None:
+    # The cluster's Prometheus also scrapes the apiserver with the admin certificate.
+    up = wait_for(
+        "apiserver scraped",
+        lambda: cluster.prometheus.query('up{job="kube-apiserver"} == 1')["result"] or None,
+        timeout=60,
+    )
+    assert up
     trace = TRACES / "azure_llm_2023_conv_per_minute.csv"
     rows = read_trace(trace)
     result = cluster.backfill_trace(trace, "service=smoke")
@@ -303,10 +310,3 @@ def test_prometheus_backfilled_history(cluster: LocalCluster) -> None:
     (series,) = data["result"]
     got = [(int(float(t)), float(v)) for t, v in series["values"]]
     assert got == [(r.ts + result.shift_seconds, r.requests) for r in rows]
-    # The cluster's Prometheus also scrapes the apiserver with the admin certificate.
-    up = wait_for(
-        "apiserver scraped",
-        lambda: cluster.prometheus.query('up{job="kube-apiserver"} == 1')["result"] or None,
-        timeout=60,
-    )
-    assert up
