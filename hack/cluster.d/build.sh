@@ -133,7 +133,7 @@ cmd_build() {
     local stamp start
     start=$(date +%s)
     mkdir -p "$dir" "$work"
-    log "building the cluster's binaries into $dir (first time only; about 30-40 minutes on 2 cores)"
+    log "building the cluster's binaries into $dir (first time only; about 20-30 minutes on 2 cores)"
     export GOFLAGS="-trimpath -buildvcs=false"
     export CGO_ENABLED=0
 
