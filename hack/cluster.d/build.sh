@@ -107,10 +107,26 @@ etcd_ldflags() {
     echo "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-proxy-$ETCD_VERSION"
 }
 
+# The modules listed in crd-modules.txt, into the Go module cache (their CRD files
+# are read from there by the tests). `go mod download` may report that a module wants
+# a newer Go; the files are extracted all the same, and only they are used.
+download_crd_modules() {
+    local module version _ dir
+    while read -r module version _; do
+        [[ -z "$module" || "$module" == \#* ]] && continue
+        dir="$(go env GOMODCACHE)/$module@$version"
+        [[ -d "$dir" ]] && continue
+        log "go mod download $module@$version (CRDs for the tests)"
+        (cd / && go mod download "$module@$version" >/dev/null 2>&1) || true
+        [[ -d "$dir" ]] || die "could not download $module@$version from the Go module proxy"
+    done <"$REPO_ROOT/hack/cluster.d/crd-modules.txt"
+}
+
 cmd_build() {
     local dir
     dir="$(cluster_bin_dir 2>/dev/null || true)"
     if [[ -n "$dir" ]] && command -v go >/dev/null && cluster_binaries_present "$dir"; then
+        download_crd_modules
         log "cluster binaries ready: $dir"
         return 0
     fi
@@ -176,6 +192,7 @@ cmd_build() {
             "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "go install of helm failed"
         log "built helm in $(($(date +%s) - stamp))s"
     fi
+    download_crd_modules
     touch "$dir/.complete"
     log "cluster binaries ready in $(($(date +%s) - start))s: $dir ($(du -sh "$dir" | cut -f1))"
 }

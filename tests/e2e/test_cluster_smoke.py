@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from e2e import kwok_nodes
+from e2e import kwok_nodes, thirdparty_crds
 from e2e.clusterfix import LocalCluster
 from e2e.kwok_nodes import CAPACITY_TYPE_LABEL, GPU_RESOURCE, POOL_LABEL, GPUPool
 from e2e.trace_backfill import REQUESTS_GAUGE, read_trace, traces_dir
@@ -310,3 +310,15 @@ def test_prometheus_backfilled_history(cluster: LocalCluster) -> None:
     (series,) = data["result"]
     got = [(int(float(t)), float(v)) for t, v in series["values"]]
     assert got == [(r.ts + result.shift_seconds, r.requests) for r in rows]
+
+
+def test_third_party_crds_from_go_modules(cluster: LocalCluster) -> None:
+    """Cluster API MachineDeployment and Karpenter NodePool, from their Go modules."""
+    for module in ("sigs.k8s.io/cluster-api", "sigs.k8s.io/karpenter"):
+        for crd in thirdparty_crds.crd_files(module):
+            cluster.kubectl("apply", "--server-side", "-f", str(crd), timeout=120)
+    for name in ("machinedeployments.cluster.x-k8s.io", "nodepools.karpenter.sh"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    resources = cluster.kubectl("api-resources", "-o", "name").stdout.split()
+    assert "nodepools.karpenter.sh" in resources
+    assert "machinedeployments.cluster.x-k8s.io" in resources
