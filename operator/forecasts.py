@@ -48,7 +48,8 @@ class _Fitted:
     fitted_at: datetime
 
 
-ForecasterFactory = Callable[[int, int], PeakForecaster]
+ForecasterFactory = Callable[[int, int, float], PeakForecaster]
+"""(lead steps, window steps, quantile) -> an unfitted forecaster."""
 
 
 class ForecastService:
@@ -85,7 +86,8 @@ class ForecastService:
         width = max(1, round(self.window.total_seconds() / STEP_SECONDS))
         fitted = self._fitted.get(key)
         if fitted is None or now - fitted.fitted_at >= self.refit_every:
-            fitted = _Fitted(self.factory(lead_steps, width).fit(series), now)
+            model = self.factory(lead_steps, width, spec.forecast.quantile)
+            fitted = _Fitted(model.fit(series), now)
             self._fitted[key] = fitted
         origin = np.array([len(series) - 1], dtype=np.int64)
         predicted = fitted.model.predict_peak(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--interval", default="30s", help="re-plan every (default 30s)")
     run.add_argument(
-        "--prometheus-url", default="http://127.0.0.1:9090", help="where demand history lives"
+        "--prometheus-url",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL or 127.0.0.1:9090)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
     run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
@@ -53,10 +56,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.set_defaults(run=run_operator)
 
 
-def _forecaster(lead: int, width: int) -> PeakForecaster:
+def _forecaster(lead: int, width: int, quantile: float) -> PeakForecaster:
     from peakwise.forecasting.select import AutoForecaster
 
-    return AutoForecaster(lead=lead, width=width)
+    return AutoForecaster(lead=lead, width=width, quantile=quantile)
 
 
 def history_source(url: str) -> HistorySource:

@@ -22,7 +22,7 @@ from peakwise.backtest.policies import (
 )
 from peakwise.backtest.simulator import SimPool, Simulator
 from peakwise.forecasting.base import PeakForecaster
-from peakwise.forecasting.seasonal import SeasonalPeakForecaster
+from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.planner import DemandForecast, DeploymentState, PlanInput, PoolState, plan
 from peakwise.planner.capacity import lead_time
@@ -206,9 +206,10 @@ def summarize(run: PolicyRun, oracle_cost: float, warmup: int) -> Summary:
     )
 
 
-def default_forecaster(lead: int, width: int) -> PeakForecaster:
-    """The forecaster Peakwise uses, calibrated for windows of this lead and width."""
-    return SeasonalPeakForecaster(lead=lead, width=width)
+def default_forecaster(lead: int, width: int, quantile: float = 0.95) -> PeakForecaster:
+    """The forecaster the operator uses: the best model (or blend) on the service's own
+    history, calibrated for windows of this lead and width."""
+    return AutoForecaster(lead=lead, width=width, quantile=quantile)
 
 
 def run_backtest(
@@ -269,8 +270,9 @@ def run_backtest(
         )
         return _simulate("reactive", policy, [baseline], demand, options.seed)
 
+    quantile = spec.forecast.quantile
     peaks, models = forecast_peaks(
-        forecaster or default_forecaster,
+        forecaster or (lambda lead, width: default_forecaster(lead, width, quantile)),
         series,
         lead=lead,
         width=width,
