@@ -312,7 +312,11 @@ def run_backtest(
     target = summarize(pw, oracle_cost, warmup).under_provisioned
     tuned, headroom = _tune_reactive(reactive, oracle_cost, warmup, target, progress)
     tuned.name = "reactive-tuned"
-    tuned.note = f"headroom {headroom:.0%} to match Peakwise's under-provisioning"
+    tuned.note = (
+        f"headroom {headroom:.0%} to match Peakwise's under-provisioning"
+        if headroom > 0
+        else "no headroom needed: under-provisioned no more often than Peakwise"
+    )
     runs = [static, plain, tuned, pw, oracle]
     return BacktestResult(
         start=series.start,
