@@ -2,9 +2,16 @@
 
 Karpenter launches nodes for pending pods itself, so the pool's size follows the replicas
 Peakwise schedules; the limit makes sure it never grows past the plan.
+
+Version: `karpenter.sh/v1`, the only version Karpenter's NodePool CRD has served since
+Karpenter 1.0 (checked against v1.14's CRD by tests/e2e/test_providers.py). The limit is a
+resource quantity string (`"16"`), as the CRD's `spec.limits` schema asks; a merge patch
+touches only that key, so other limits (cpu, memory) the platform team set are kept.
 """
 
 from __future__ import annotations
+
+import json
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -25,12 +32,26 @@ class KarpenterProvider:
         if ref is None:
             raise ProviderError(f"{pool.metadata.name}: provider.karpenter is not set")
         limit = str(nodes * pool.spec.gpus_per_node)
+        where = f"Karpenter NodePool {ref.node_pool} (pool {pool.metadata.name})"
         try:
             self.custom.patch_cluster_custom_object(
                 GROUP, VERSION, PLURAL, ref.node_pool, {"spec": {"limits": {GPU_RESOURCE: limit}}}
             )
         except ApiException as error:
+            if error.status == 404:
+                raise ProviderError(
+                    f"{where} not found ({GROUP}/{VERSION}): is Karpenter installed and the "
+                    "pool's provider.karpenter.nodePool right?"
+                ) from error
             raise ProviderError(
-                f"Karpenter NodePool {ref.node_pool}: {error.status} {error.reason}"
+                f"setting {where} limit {GPU_RESOURCE}={limit}: {error.status} {error.reason}: "
+                f"{_message(error)}"
             ) from error
         return nodes
+
+
+def _message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return ""
