@@ -166,6 +166,12 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_parser(sub)
 
 
+def _add_demo_view(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from peakwise.demo import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peakwise",
@@ -177,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_trace(sub)
     _add_backtest(sub)
     _add_operator(sub)
+    _add_demo_view(sub)
     from peakwise.forecasting.evaluate import add_forecast_eval_parser
 
     add_forecast_eval_parser(sub)
