@@ -423,7 +423,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         if interrupted and name not in runtime.interrupted_nodes:
             runtime.interrupted_nodes.add(name)
             runtime.interruptions[pool] = runtime.interruptions.get(pool, 0) + 1
-            runtime.controller.invalidate()
+            runtime.controller.record_interruption(pool)
         if gone:
             runtime.interrupted_nodes.discard(name)
 

@@ -73,6 +73,9 @@ def run_operator(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
     )
+    if not args.verbose:
+        # kopf logs every handler success per object at INFO: thousands of lines a minute.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()
     register(registry, interval)

@@ -48,6 +48,8 @@ class Observed:
     """Replicas per pool asked of each deployment's children (their spec.replicas)."""
     forecasts: Mapping[Key, ForecastResult] = field(default_factory=dict)
     pool_nodes: Mapping[str, PoolObservation] = field(default_factory=dict)
+    interrupted_at: Mapping[str, datetime] = field(default_factory=dict)
+    """Latest spot interruption per pool seen by this process (status keeps it across restarts)."""
 
 
 def key_of(infd: InferenceDeployment) -> Key:
@@ -75,6 +77,17 @@ def _current(infd: InferenceDeployment, children: Mapping[str, int]) -> dict[str
     )
 
 
+def _recovering(pool: GPUNodePool, observed: Observed) -> bool:
+    """Interrupted less than a provisioning time ago: new spot nodes would come too late."""
+    if pool.spec.capacity_type != "spot":
+        return False
+    times = [observed.interrupted_at.get(pool.metadata.name)]
+    if pool.status and pool.status.last_interruption_time:
+        times.append(pool.status.last_interruption_time)
+    latest = max((t for t in times if t is not None), default=None)
+    return latest is not None and observed.now - latest < pool.spec.provisioning_time
+
+
 def plan_input(observed: Observed, solver: str = "milp") -> PlanInput:
     deployments = []
     for infd in observed.deployments:
@@ -99,6 +112,7 @@ def plan_input(observed: Observed, solver: str = "milp") -> PlanInput:
             p.spec,
             nodes=observed.pool_nodes.get(p.metadata.name, PoolObservation()).nodes,
             interruption_rate=p.status.interruption_rate if p.status else 0.0,
+            recovering=_recovering(p, observed),
         )
         for p in observed.pools
     )

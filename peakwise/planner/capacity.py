@@ -104,7 +104,8 @@ def build_slices(pools: Iterable[PoolState], lead: timedelta) -> list[Slice]:
                 add(pool, "onDemand", extra, spec.price_per_node_hour, 0.0)
         elif spec.capacity_type == "spot":
             loss = spot_loss(pool.interruption_rate, spec.provisioning_time + lead)
-            add(pool, "spot", spec.max_nodes, spec.price_per_node_hour, loss)
+            limit = min(spec.max_nodes, pool.nodes) if pool.recovering else spec.max_nodes
+            add(pool, "spot", limit, spec.price_per_node_hour, loss)
         else:
             add(pool, "onDemand", spec.max_nodes, spec.price_per_node_hour, 0.0)
     return slices

@@ -33,6 +33,9 @@ class PoolState:
     nodes: int = 0
     interruption_rate: float = 0.0
     """Spot interruptions per node-hour, observed."""
+    recovering: bool = False
+    """A spot pool interrupted less than its provisioning time ago: replacements would not
+    arrive in time, so it gets no nodes beyond those it has and lost replicas go elsewhere."""
 
 
 @dataclass(frozen=True)

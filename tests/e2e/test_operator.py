@@ -265,3 +265,112 @@ def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: Operat
     after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
     assert set(after) == set(before)  # no duplicates, none lost
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
+
+
+def _budget(namespace: str, hourly: float) -> dict[str, Any]:
+    return {
+        "apiVersion": "peakwise.dev/v1alpha1",
+        "kind": "CostBudget",
+        "metadata": {"name": "cap", "namespace": namespace},
+        "spec": {"limits": {"hourly": hourly}, "enforcement": "Hard"},
+    }
+
+
+def test_hard_budget_lower_priority_gives_way(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = "e2e-budget"
+    cluster.kubectl("create", "namespace", ns, check=False)
+    # Both want the same constant demand on on-demand capacity ($10 a replica-hour);
+    # the cap fits the important one and part of the other.
+    constant = {"query": "vector(16)", "targetUtilization": 1.0}
+    docs = []
+    for name, priority in (("vip", 500), ("batch", 10)):
+        doc = _deployment(name, "Enforce", priority=priority, capacity={"spot": {"maxFraction": 0}})
+        doc["metadata"]["namespace"] = ns
+        doc["spec"]["demand"] = constant
+        docs.append(doc)
+    _apply(cluster, _budget(ns, 60.0), *docs)
+
+    def statuses() -> dict[str, dict[str, Any]] | None:
+        out = {}
+        for name in ("vip", "batch"):
+            obj = cluster.kubectl_json("get", "inferencedeployment", name, "-n", ns)
+            status = obj.get("status") or {}
+            if not status.get("desiredReplicas"):
+                return None
+            out[name] = status
+        return out
+
+    found = _wait("both planned", statuses)
+    vip, batch = found["vip"], found["batch"]
+    limited = {
+        n: {c["type"]: c for c in s["conditions"]}["BudgetLimited"] for n, s in found.items()
+    }
+    assert limited["batch"]["status"] == "True" and "Hard budget" in limited["batch"]["message"]
+    assert limited["vip"]["status"] == "False"
+    assert batch["desiredReplicas"] < vip["desiredReplicas"]
+    assert vip["cost"]["hourly"] + batch["cost"]["hourly"] <= 60.0 + 1e-6
+    assert batch["budgetState"] == "Limited"
+
+    def budget_status() -> dict[str, Any] | None:
+        status = cluster.kubectl_json("get", "costbudget", "cap", "-n", ns).get("status") or {}
+        return status if "batch" in status.get("limitedDeployments", []) else None
+
+    status = _wait("the budget to name the limited deployment", budget_status)
+    assert status["hourlySpend"] <= 60.0 + 1e-6
+
+
+def test_lost_spot_node_is_replaced_on_demand(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    # All on spot while spot is calm: one node's worth of replicas.
+    doc = _deployment("spotty", "Enforce", capacity={"spot": {"maxFraction": 1.0}})
+    doc["spec"]["demand"] = {"query": "vector(12)", "targetUtilization": 1.0}
+    _apply(cluster, doc)
+
+    def on_spot() -> list[dict[str, Any]]:
+        pods = cluster.kubectl_json(
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "peakwise.dev/inference-deployment=spotty,peakwise.dev/pool=e2e-spot",
+        )
+        return [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+
+    running = _wait("spotty running on spot", on_spot, timeout=120)
+    total = sum(c["spec"]["replicas"] for c in _children(cluster, "spotty"))
+    for node in {p["spec"]["nodeName"] for p in running}:
+        cluster.kubectl("delete", "node", node, "--wait=false")
+
+    def replaced() -> dict[str, int] | None:
+        now = {
+            c["metadata"]["labels"]["peakwise.dev/pool"]: c["spec"]["replicas"]
+            for c in _children(cluster, "spotty")
+        }
+        return now if now.get("e2e-od", 0) >= total else None
+
+    # Spot cannot bring nodes back within its provisioning time: on-demand takes the replicas
+    # within one timer interval (3 s) plus the watch and the apply.
+    _wait("lost spot replicas moved to on-demand", replaced, timeout=20)
+
+    def serving() -> bool:
+        pods = cluster.kubectl_json(
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "peakwise.dev/inference-deployment=spotty,peakwise.dev/pool=e2e-od",
+        )
+        return sum(p["status"].get("phase") == "Running" for p in pods["items"]) >= total
+
+    _wait("the replacements Running on on-demand nodes", serving, timeout=60)
+
+    def counted() -> int:
+        status = cluster.kubectl_json("get", "gpunodepool", "e2e-spot").get("status") or {}
+        return int(status.get("interruptionsObserved", 0))
+
+    _wait("the interruption counted in the pool's status", counted, timeout=30)

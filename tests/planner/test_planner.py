@@ -237,3 +237,16 @@ def test_milp_is_never_dearer_than_greedy() -> None:
     assert shortfall(exact) <= shortfall(greedy) + 1e-6
     if shortfall(exact) == shortfall(greedy):
         assert bill(exact) <= bill(greedy) + 1e-6
+
+
+def test_lost_spot_replicas_move_to_on_demand_while_spot_recovers() -> None:
+    def placed(recovering: bool) -> dict[str, int]:
+        spot = pool("spot", "spot", 10.0, gpus_per_node=4)
+        spot = type(spot)(spot.name, spot.spec, nodes=1, recovering=recovering)
+        pools = (spot, pool("od", "onDemand", 40.0, gpus_per_node=4))
+        chat = plan(PlanInput(NOW, (deployment("chat", 1200.0, spot_fraction=1.0),), pools))
+        return dict(chat.deployments[("team", "chat")].replicas)
+
+    assert placed(False) == {"spot": 12}
+    # One spot node left and no time to replace the others: on-demand takes the rest.
+    assert placed(True) == {"spot": 4, "od": 8}
