@@ -106,6 +106,12 @@ class Controller:
         self._lock = asyncio.Lock()
         self._stale = False
         self._semaphore = asyncio.Semaphore(forecast_concurrency)
+        self.interrupted_at: dict[str, datetime] = {}
+        """When each pool last lost a node to an interruption (seen by this process)."""
+
+    def record_interruption(self, pool: str) -> None:
+        self.interrupted_at[pool] = self.clock()
+        self.invalidate()
 
     def invalidate(self) -> None:
         """Something happened (a spot node went away): the next handler re-plans at once."""
@@ -158,6 +164,7 @@ class Controller:
             children=snapshot.children,
             forecasts=results,
             pool_nodes=snapshot.pool_nodes,
+            interrupted_at=dict(self.interrupted_at),
         )
         planned = await asyncio.to_thread(plan, plan_input(observed))
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
