@@ -1,0 +1,338 @@
+"""The operator at scale on the local cluster: 1,000 InferenceDeployments in 50 namespaces.
+
+    python benchmarks/operator_scale.py                 # starts a cluster in a temp dir
+    PEAKWISE_BENCH_CLUSTER_DIR=/tmp/c python benchmarks/operator_scale.py   # reuse a running one
+
+What it does:
+1. Backfills ``--series`` demand series (``peakwise synth-trace``, 15 days each, labelled
+   ``service=bench-<i>``) into the cluster's Prometheus.
+2. Creates ``--namespaces`` namespaces, ``--pools`` kwok GPUNodePools (the first
+   ``--enforced-pools`` serve the Enforce-mode deployments, so only they get kwok nodes),
+   and ``--deployments`` InferenceDeployments, ``--enforce`` of them in Enforce mode, the rest
+   in Recommend mode. Their demand queries are ``--queries`` distinct PromQL expressions over
+   the backfilled series (label matchers and a scale factor), 14 days of history each.
+3. Runs ``peakwise operator run --interval 60s`` as a subprocess and measures:
+   * each planning round (forecast + joint plan) from ``peakwise_planning_round_seconds`` on
+     its /metrics;
+   * the full round: from a round's time (``status.lastPlanTime`` holds it) until every
+     object's status carries it (actuation and status writes included), polled every 2 s;
+   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status).
+4. Cleans up what it created (``--keep`` leaves it) and stops the cluster it started.
+
+The first round after start fits one forecaster per distinct query (about a second each on
+one core for 14 days of minutes); later rounds only fetch the newest minutes and predict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from e2e.clusterfix import LocalCluster, _read_env  # noqa: E402
+from e2e.promstack import free_port  # noqa: E402
+
+PREFIX = "bench-scale"
+GROUP, VERSION = "peakwise.dev", "v1alpha1"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextmanager
+def local_cluster() -> Iterator[LocalCluster]:
+    reuse = os.environ.get("PEAKWISE_BENCH_CLUSTER_DIR")
+    if reuse:
+        cluster = LocalCluster(reuse)
+        cluster.env = _read_env(Path(reuse) / "cluster.env")
+        log(f"reusing the cluster in {reuse}")
+        yield cluster
+        return
+    with tempfile.TemporaryDirectory(prefix="peakwise-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "cluster")
+        started = time.monotonic()
+        cluster.up()
+        log(f"cluster up in {time.monotonic() - started:.1f}s ({tmp})")
+        try:
+            yield cluster
+        finally:
+            cluster.down()
+
+
+def backfill(cluster: LocalCluster, series: int, work: Path) -> None:
+    for i in range(series):
+        trace = work / f"bench-{i}.csv"
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "peakwise", "synth-trace", "--days", "15"),
+                *("--seed", str(i + 1), "--peak", str(1500 + 700 * i), "--out", str(trace)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        cluster.backfill_trace(trace, f"service=bench-{i}")
+    log(f"backfilled {series} series of 15 days")
+
+
+def pools(n: int, enforced: int) -> list[dict[str, Any]]:
+    tiers = ["reserved", "spot", "onDemand"]
+    out = []
+    for i in range(n):
+        if i < enforced:
+            gpu_type, tier, max_nodes = "bench-enf", tiers[i % 3], 8
+        else:
+            gpu_type, tier, max_nodes = f"bench-g{(i - enforced) // 3 % 5}", tiers[i % 3], 400
+        spec: dict[str, Any] = {
+            "gpuType": gpu_type,
+            "gpusPerNode": 8,
+            "capacityType": tier,
+            "pricePerNodeHour": {"reserved": 60.0, "spot": 30.0, "onDemand": 98.0}[tier],
+            "maxNodes": max_nodes,
+            "provisioningTime": "3m",
+            "nodeLabels": {"peakwise.dev/capacity-type": tier, "bench/pool": f"{PREFIX}-{i}"},
+            "provider": {"kwok": {"nodeNamePrefix": f"{PREFIX}-{i}"}},
+        }
+        if tier == "reserved":
+            spec["reservedNodes"] = 2
+        if tier == "spot":
+            spec["nodeTaints"] = [{"key": "peakwise.dev/capacity-type", "value": "spot"}]
+        out.append(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "GPUNodePool",
+                "metadata": {"name": f"{PREFIX}-{i}"},
+                "spec": spec,
+            }
+        )
+    return out
+
+
+def query(j: int, series: int) -> str:
+    factor = 1 + j // series
+    return (
+        f'sum(peakwise_trace_requests_per_minute{{service="bench-{j % series}"}}) / 60 * {factor}'
+    )
+
+
+def deployments(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for k in range(args.deployments):
+        enforce = k < args.enforce
+        ns = f"{PREFIX}-{k % args.namespaces}"
+        if enforce:
+            profiles = [{"gpuType": "bench-enf", "gpusPerReplica": 1, "throughputPerReplica": 400}]
+            replicas = {"min": 1, "max": 3}
+        else:
+            g = k % 5
+            profiles = [
+                {"gpuType": f"bench-g{g}", "gpusPerReplica": 1, "throughputPerReplica": 12},
+                {
+                    "gpuType": f"bench-g{(g + 1) % 5}",
+                    "gpusPerReplica": 2,
+                    "throughputPerReplica": 30,
+                },
+            ]
+            replicas = {"min": 1, "max": 40}
+        out.append(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "InferenceDeployment",
+                "metadata": {"name": f"svc-{k}", "namespace": ns},
+                "spec": {
+                    "mode": "Enforce" if enforce else "Recommend",
+                    "priority": 100 + k % 7,
+                    "template": {
+                        "spec": {"containers": [{"name": "server", "image": "bench/server:1"}]}
+                    },
+                    "gpuProfiles": profiles,
+                    "demand": {"query": query(k % args.queries, args.series)},
+                    "replicas": replicas,
+                    "forecast": {"history": args.history, "leadTime": "10m"},
+                    "capacity": {"spot": {"maxFraction": 0.5}},
+                },
+            }
+        )
+    return out
+
+
+def apply(cluster: LocalCluster, docs: list[dict[str, Any]], chunk: int = 100) -> None:
+    batches = [docs[i : i + chunk] for i in range(0, len(docs), chunk)]
+
+    def one(batch: list[dict[str, Any]]) -> None:
+        cluster.kubectl(
+            "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(batch), timeout=300
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, batches))
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def plan_times(cluster: LocalCluster) -> list[str | None]:
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(cluster.api_client()).list_cluster_custom_object(
+        GROUP, VERSION, "inferencedeployments", label_selector=f"{PREFIX}=1"
+    )["items"]
+    return [(i.get("status") or {}).get("lastPlanTime") for i in items]
+
+
+def cleanup(cluster: LocalCluster, args: argparse.Namespace) -> None:
+    log("cleaning up")
+    for i in range(args.namespaces):
+        cluster.kubectl("delete", "namespace", f"{PREFIX}-{i}", "--wait=false", check=False)
+    names = [f"gpunodepool/{PREFIX}-{i}" for i in range(args.pools)]
+    cluster.kubectl("delete", *names, "--ignore-not-found", "--wait=false", check=False)
+    cluster.kubectl("delete", "nodes", "-l", "bench/pool", "--wait=false", check=False)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    with local_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        backfill(cluster, args.series, work)
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        namespaces = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"{PREFIX}-{i}"}}
+            for i in range(args.namespaces)
+        ]
+        started = time.monotonic()
+        objects = deployments(args)
+        for obj in objects:
+            obj["metadata"]["labels"] = {PREFIX: "1"}
+        apply(cluster, namespaces + pools(args.pools, args.enforced_pools))
+        apply(cluster, objects)
+        figures["create_seconds"] = round(time.monotonic() - started, 1)
+        log(f"created {len(objects)} InferenceDeployments in {figures['create_seconds']}s")
+
+        metrics_port = free_port()
+        log_file = Path(args.log or work / "operator.log")
+        command = [sys.executable]
+        if args.profile:
+            command += ["-m", "cProfile", "-o", args.profile]
+        command += ["-m", "peakwise", "operator", "run", "--interval", args.interval]
+        command += ["--prometheus-url", cluster.prometheus_url]
+        command += ["--metrics-port", str(metrics_port), "--liveness-port", "0"]
+        env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
+        with log_file.open("wb") as out:
+            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        rounds: list[float] = []
+        full: list[float] = []
+        seen_count, seen_sum = 0.0, 0.0
+        first_all = None
+        peak_rss = 0
+        full_stamps: list[str] = []
+        try:
+            while len(full) < args.rounds and time.monotonic() - t0 < args.timeout:
+                time.sleep(2)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the operator exited ({proc.returncode}); see {log_file}")
+                peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
+                try:
+                    url = f"http://127.0.0.1:{metrics_port}/metrics"
+                    text = urllib.request.urlopen(url, timeout=10).read().decode()
+                except OSError:
+                    continue
+                count = metric(text, "peakwise_planning_round_seconds_count")
+                total = metric(text, "peakwise_planning_round_seconds_sum")
+                if count > seen_count:
+                    per = (total - seen_sum) / (count - seen_count)
+                    rounds += [per] * int(count - seen_count)
+                    log(f"planning round #{int(count)}: {per:.1f}s (forecast + plan)")
+                    seen_count, seen_sum = count, total
+                times = plan_times(cluster)
+                stamps = {t for t in times if t}
+                if times and all(times) and len(stamps) == 1:
+                    (stamp,) = stamps
+                    if first_all is None:
+                        first_all = time.monotonic() - t0
+                        log(f"every status planned {first_all:.1f}s after the operator started")
+                    # The round's own time (its lastPlanTime) to the last status written.
+                    took = time.time() - datetime.fromisoformat(stamp).timestamp()
+                    if stamp not in full_stamps:
+                        full_stamps.append(stamp)
+                        full.append(took)
+                        log(
+                            f"round at {stamp}: all {len(times)} statuses written {took:.1f}s later"
+                        )
+            peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
+            figures.update(
+                {
+                    "deployments": args.deployments,
+                    "namespaces": args.namespaces,
+                    "pools": args.pools,
+                    "enforce": args.enforce,
+                    "distinct_queries": args.queries,
+                    "history": args.history,
+                    "planning_round_seconds": [round(r, 2) for r in rounds],
+                    "full_round_seconds": [round(f, 1) for f in full],
+                    "first_all_planned_seconds": round(first_all or -1, 1),
+                    "peak_rss_mib": round(peak_rss / 2**20, 1),
+                    "operator_log": str(log_file),
+                }
+            )
+        finally:
+            proc.send_signal(2)  # SIGINT: cProfile writes its file on a clean exit
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if not args.keep:
+                cleanup(cluster, args)
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--deployments", type=int, default=1000)
+    p.add_argument("--namespaces", type=int, default=50)
+    p.add_argument("--pools", type=int, default=20)
+    p.add_argument("--enforced-pools", type=int, default=5)
+    p.add_argument("--enforce", type=int, default=20, help="deployments in Enforce mode")
+    p.add_argument("--series", type=int, default=4, help="backfilled series")
+    p.add_argument("--queries", type=int, default=20, help="distinct demand queries")
+    p.add_argument("--history", default="14d")
+    p.add_argument("--interval", default="60s")
+    p.add_argument("--rounds", type=int, default=3, help="full rounds to measure")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--log", help="operator log file (default: a temp file)")
+    p.add_argument("--profile", help="run the operator under cProfile, write stats here")
+    p.add_argument("--keep", action="store_true", help="leave the objects in the cluster")
+    args = p.parse_args()
+    figures = run(args)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
