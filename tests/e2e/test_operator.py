@@ -89,11 +89,25 @@ def _deployment(name: str, mode: str, query: str = QUERY, **extra: Any) -> dict[
     }
 
 
+def _daily_spike_trace(path: Path) -> Path:
+    """Five days at 120 requests/minute with a daily 30-minute spike to 1,200 at 00:14."""
+    lines = ["timestamp,requests,input_tokens,output_tokens"]
+    start = time.mktime((2000, 1, 1, 0, 0, 0, 0, 0, 0)) - time.timezone
+    for minute in range(5 * 1440):
+        value = 1200 if 14 <= minute % 1440 < 44 else 120
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + minute * 60))
+        lines.append(f"{stamp},{value},,")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 class OperatorProcess:
     def __init__(self, cluster: LocalCluster, log: Path) -> None:
         self.cluster = cluster
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.spike_at = 0.0
+        """Epoch seconds when the next daily spike of the e2e-spike series starts."""
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
@@ -156,11 +170,14 @@ def operator(
         capture_output=True,
     )
     cluster.backfill_trace(trace, "service=e2e-chat")
+    spike = cluster.backfill_trace(_daily_spike_trace(work / "e2e-spike.csv"), "service=e2e-spike")
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     cluster.kubectl("create", "namespace", NS, check=False)
     _apply(cluster, _pool("e2e-od", "onDemand", 40.0), _pool("e2e-spot", "spot", 12.0, taint=True))
     process = OperatorProcess(cluster, work / "operator.log")
+    # The spike trace ends at 23:59 of its last day; the next spike starts 15 minutes later.
+    process.spike_at = spike.end + 15 * 60
     process.start()
     try:
         yield process
@@ -374,3 +391,32 @@ def test_lost_spot_node_is_replaced_on_demand(
         return int(status.get("interruptionsObserved", 0))
 
     _wait("the interruption counted in the pool's status", counted, timeout=30)
+
+
+def test_scales_up_ahead_of_a_daily_peak(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    doc = _deployment(
+        "ahead",
+        "Enforce",
+        query='peakwise_trace_requests_per_minute{service="e2e-spike"} / 60',
+        capacity={"spot": {"maxFraction": 0}},
+        forecast={"history": "5d", "leadTime": "2m", "quantile": 0.9},
+    )
+    _apply(cluster, doc)
+    status = _wait(
+        "a plan for ahead",
+        lambda: (s := _status(cluster, "ahead")).get("desiredReplicas") and s,
+        timeout=120,
+    )
+    seen_at = time.time()
+    # Demand now is 2 requests/s (one replica of 4/s); the spike of 20/s is still ahead.
+    assert seen_at < operator.spike_at - 2 * 60, (
+        "the spike should still be more than a lead time away"
+    )
+    assert status["forecast"]["peak"] >= 15.0
+    assert status["desiredReplicas"] >= 5
+    _wait(
+        "the replicas ready before the spike",
+        lambda: sum(c["spec"]["replicas"] for c in _children(cluster, "ahead")) >= 5,
+        timeout=30,
+    )
+    assert time.time() < operator.spike_at - 2 * 60
