@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 import urllib.parse
 import urllib.request
@@ -43,6 +44,7 @@ class Service:
     tiers: dict[str, int]
     hourly: float
     budget_state: str
+    state: str
     problem: str
 
 
@@ -124,10 +126,13 @@ def service_of(obj: JSON, demand_now: float | None = None) -> Service:
     conditions = {c.get("type"): c for c in status.get("conditions", [])}
     problem = ""
     degraded = conditions.get("Degraded", {})
-    if degraded.get("status") == "True":
-        problem = str(degraded.get("message", ""))
-    elif not status:
-        problem = "waiting for the first plan"
+    ready = conditions.get("Ready", {})
+    if not status:
+        state = "Planning"
+    elif degraded.get("status") == "True":
+        state, problem = "Degraded", str(degraded.get("message", ""))
+    else:
+        state = str(ready.get("reason", "")) or "–"
     return Service(
         namespace=meta.get("namespace", ""),
         name=meta["name"],
@@ -143,6 +148,7 @@ def service_of(obj: JSON, demand_now: float | None = None) -> Service:
         tiers=_tiers(str(status.get("tiers", ""))),
         hourly=float((status.get("cost") or {}).get("hourly", 0.0)),
         budget_state=str(status.get("budgetState", "")),
+        state=state,
         problem=problem,
     )
 
@@ -365,11 +371,16 @@ def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
     for s in snap.services:
         mode = style.cyan(s.mode) if s.mode == "Enforce" else style.dim(s.mode)
         replicas = f"{s.ready}/{s.desired}" if s.mode == "Enforce" else f"–/{s.desired}"
-        state = s.budget_state or "–"
-        if s.problem:
-            state = style.red("Degraded")
-        elif state == "Limited":
-            state = style.yellow(state)
+        budget = s.budget_state or "–"
+        if budget == "Limited":
+            budget = style.red(budget)
+        elif budget == "Warning":
+            budget = style.yellow(budget)
+        state = s.state
+        if s.state == "Degraded":
+            state = style.red(state)
+        elif s.state == "AllReady":
+            state = style.green(state)
         q = f" q{s.quantile:.2f}".replace("0.", ".") if s.quantile else ""
         rows.append(
             [
@@ -383,11 +394,12 @@ def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
                 str(s.tiers["spot"]),
                 str(s.tiers["onDemand"]),
                 _money(s.hourly),
+                budget,
                 state,
             ]
         )
-    header = ["SERVICE", "MODE", "DEMAND NOW", "FORECAST PEAK", "FOR", "READY/PLAN"]
-    header += ["RESERVED", "SPOT", "ON-DEMAND", "$/H", "BUDGET"]
+    header = ["SERVICE", "MODE", "DEMAND NOW", "FORECAST PEAK", "WINDOW FROM", "READY/PLAN"]
+    header += ["RESERVED", "SPOT", "ON-DEMAND", "$/H", "BUDGET", "STATE"]
     out += _table(header, rows, {2, 3, 5, 6, 7, 8, 9}, style) if rows else ["  (none yet)"]
     for s in snap.services:
         if s.problem:
@@ -442,7 +454,10 @@ def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
         times = f" ×{d.count}" if d.count > 1 else ""
         prefix = f"{at}  {who}  "
         out.append(prefix + reason + times)
-        out.append(style.dim(_clip(f"          {d.message}", width)))
+        lines = textwrap.wrap(d.message, max(40, width - 12))
+        if len(lines) > 3:
+            lines = [*lines[:2], _clip(lines[2] + " …", max(40, width - 12))]
+        out += [style.dim("          " + line) for line in lines]
     if not snap.decisions:
         out.append("  (none yet)")
     for error in snap.errors:
