@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ class OperatorProcess:
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
         out = self.log.open("ab")
+        self.metrics_port, self.liveness_port = free_port(), free_port()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -124,9 +126,9 @@ class OperatorProcess:
                 "--prometheus-url",
                 self.cluster.prometheus_url,
                 "--metrics-port",
-                str(free_port()),
+                str(self.metrics_port),
                 "--liveness-port",
-                str(free_port()),
+                str(self.liveness_port),
             ],
             env=env,
             stdout=out,
@@ -420,3 +422,42 @@ def test_scales_up_ahead_of_a_daily_peak(cluster: LocalCluster, operator: Operat
         timeout=30,
     )
     assert time.time() < operator.spike_at - 2 * 60
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    def metrics() -> str | None:
+        text = _get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+        return text if 'peakwise_demand_forecast{name="chat",namespace="e2e-op"}' in text else None
+
+    text = _wait("metrics with a forecast", metrics)
+    for name in (
+        "peakwise_desired_replicas",
+        "peakwise_cost_hourly",
+        "peakwise_budget_limit_hourly",
+        "peakwise_planning_round_seconds_count",
+    ):
+        assert name in text
+    assert _get(f"http://127.0.0.1:{operator.liveness_port}/healthz")
+
+
+def test_restart_loses_no_spend(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    def spend() -> dict[str, Any] | None:
+        status = cluster.kubectl_json("get", "costbudget", "cap", "-n", "e2e-budget").get("status")
+        return status if status and status.get("spend", 0) > 0 else None
+
+    before = _wait("spend accrued", spend)
+    operator.kill()
+    operator.start()
+
+    def accrued_again() -> dict[str, Any] | None:
+        status = spend()
+        return status if status and status["lastAccrualTime"] > before["lastAccrualTime"] else None
+
+    after = _wait("spend accrued after the restart", accrued_again, timeout=60)
+    assert after["spend"] >= before["spend"]
+    assert after["periodStart"] == before["periodStart"]
