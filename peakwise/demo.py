@@ -365,7 +365,10 @@ def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
         + style.dim("Ctrl-C to stop"),
         "",
         style.bold("Inference deployments")
-        + style.dim("  (forecast = quantile of the peak over the window one lead time ahead)"),
+        + style.dim(
+            "  (forecast peak: a quantile of the peak demand in the window that opens one"
+            " lead time from now)"
+        ),
     ]
     rows = []
     for s in snap.services:
