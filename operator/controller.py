@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -106,6 +106,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self._stale = False
         self._semaphore = asyncio.Semaphore(forecast_concurrency)
+        self._finished_at = datetime.min.replace(tzinfo=UTC)
         self.interrupted_at: dict[str, datetime] = {}
         """When each pool last lost a node to an interruption (seen by this process)."""
 
@@ -121,7 +122,9 @@ class Controller:
         current = self._round
         if current is None or self._stale:
             return False
-        if now - current.at >= self.interval * 0.8:
+        # Judged from when the round finished: a round longer than the interval would
+        # otherwise be stale on arrival and rounds would run back to back.
+        if now - self._finished_at >= self.interval * 0.8:
             return False
         # A new or changed object is planned now, not after the interval.
         for key, body in snapshot.deployments.items():
@@ -139,6 +142,7 @@ class Controller:
             started = time.perf_counter()
             self._stale = False
             self._round = await self._compute(snapshot, now)
+            self._finished_at = self.clock()
             metrics.round_seconds.observe(time.perf_counter() - started)
             return self._round
 

@@ -47,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL or 127.0.0.1:9090)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
+    run.add_argument(
+        "--listen-address",
+        default="0.0.0.0",  # in a pod, the Service must reach it
+        help="address /metrics and /healthz listen on (default 0.0.0.0; 127.0.0.1 locally)",
+    )
     run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
     run.add_argument("--refit-every", default="6h", help="refit each service's model (6h)")
     run.add_argument("--window", default="30m", help="forecast window per decision (30m)")
@@ -109,9 +114,13 @@ def run_operator(args: argparse.Namespace) -> int:
             prefix="peakwise.dev"
         )
         if args.metrics_port:
-            start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.REGISTRY)
+            start_http_server(
+                args.metrics_port, addr=args.listen_address, registry=metrics.REGISTRY
+            )
 
-    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    liveness = (
+        f"http://{args.listen_address}:{args.liveness_port}/healthz" if args.liveness_port else None
+    )
     asyncio.run(
         kopf.operator(
             registry=registry,

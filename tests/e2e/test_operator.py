@@ -129,6 +129,8 @@ class OperatorProcess:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
+                "--listen-address",
+                "127.0.0.1",
             ],
             env=env,
             stdout=out,
