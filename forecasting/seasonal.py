@@ -9,35 +9,19 @@ from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from peakwise.forecasting.base import ForecastInfo, IntArray
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.windows import trailing_max, trailing_mean
 
 
 def forward_max(values: FloatArray, width: int) -> FloatArray:
-    """``out[j] = max(values[j : j + width])`` ignoring gaps; NaN if none known."""
+    """``out[j] = max(values[j : j + width])`` ignoring gaps; NaN if none known or off the end."""
     n = values.shape[0]
     out = np.full(n, np.nan)
-    if n < width:
-        return out
-    filled = np.where(np.isnan(values), -np.inf, values)
-    peaks = sliding_window_view(filled, width).max(axis=-1)
-    peaks[np.isneginf(peaks)] = np.nan
-    out[: peaks.shape[0]] = peaks
+    if n >= width:
+        out[: n - width + 1] = trailing_max(values, width)[width - 1 :]
     return out
-
-
-def trailing_mean(values: FloatArray, width: int) -> FloatArray:
-    """``out[j] = mean(values[j - width + 1 : j + 1])`` ignoring gaps; NaN without data."""
-    known = ~np.isnan(values)
-    sums = np.concatenate(([0.0], np.cumsum(np.where(known, values, 0.0))))
-    counts = np.concatenate(([0], np.cumsum(known)))
-    idx = np.arange(values.shape[0]) + 1
-    lo = np.maximum(idx - width, 0)
-    total, count = sums[idx] - sums[lo], counts[idx] - counts[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 class SeasonalPeakForecaster:
@@ -70,7 +54,7 @@ class SeasonalPeakForecaster:
         """Seasonal and recent-level bases for each origin (NaN where not available)."""
         peaks = forward_max(values, width)
         level = trailing_mean(values, self.level_window)
-        recent_max = np.flip(forward_max(np.flip(values), self.level_window))
+        recent_max = trailing_max(values, self.level_window)
         seasonal = np.full(origins.shape[0], np.nan)
         past = origins + lead + 1 - self.season
         ok = (past >= 0) & (origins - self.season >= 0)
