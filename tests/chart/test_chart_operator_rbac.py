@@ -132,6 +132,8 @@ def _operator_command(cluster: LocalCluster, deployment: dict[str, Any]) -> list
         str(free_port()),
         "--liveness-port",
         str(free_port()),
+        "--listen-address",
+        "127.0.0.1",
     ]
 
 
