@@ -56,7 +56,11 @@ def installed(cluster: LocalCluster) -> Iterator[LocalCluster]:
             cluster.helm("uninstall", release, "--namespace", namespace, check=False)
         # Kept on uninstall by design (shared by kopf operators); this cluster is shared by
         # the other end-to-end tests, whose operators must not find a peering CRD.
-        cluster.kubectl("delete", "crd", *KOPF_CRDS, "--ignore-not-found", check=False)
+        # --wait=false: the API server removes the instances first, which can take a while
+        # on a loaded machine; the teardown must not time out on it.
+        cluster.kubectl(
+            "delete", "crd", *KOPF_CRDS, "--ignore-not-found", "--wait=false", check=False
+        )
         cluster.kubectl(
             *("delete", "namespace", "team-a", "team-b", NS, NS_NS),
             *("--ignore-not-found", "--wait=false"),
