@@ -176,7 +176,8 @@ class ForecastStatus(StatusModel):
     peak: float | None = None
     """Forecast demand peak (units/s) at the requested quantile over the planning window."""
     peak_at: datetime | None = None
-    """When the forecast peak is expected."""
+    """Start of the window the peak is forecast for (one lead time after the forecast); the
+    peak may come at any time within the window."""
     quantile: float | None = None
     """Quantile the peak is forecast at."""
     model: str = ""
