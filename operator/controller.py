@@ -28,9 +28,10 @@ from peakwise.operator.state import (
     Observed,
     PoolObservation,
     enforced_pool_nodes,
+    plan_enforce_first,
     plan_input,
 )
-from peakwise.planner import Plan, plan
+from peakwise.planner import Plan
 from peakwise.planner.capacity import lead_time
 
 Body = Mapping[str, Any]
@@ -170,7 +171,7 @@ class Controller:
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
         )
-        planned = await asyncio.to_thread(plan, plan_input(observed))
+        planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, deployments, pools, results)
         return Round(now, planned, deployments, pools, results, targets, invalid)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from peakwise.planner import (
     Plan,
     PlanInput,
     PoolState,
+    plan,
 )
 from peakwise.planner.types import NamespacePlan
 
@@ -315,3 +316,19 @@ def enforced_pool_nodes(
             floor = max(floor, pool.spec.reserved_nodes)
         out[name] = min(max(needed, floor), pool.spec.max_nodes)
     return out
+
+
+def plan_enforce_first(request: PlanInput) -> Plan:
+    """Plan Enforce-mode deployments on their own, then everything for the recommendations.
+
+    What runs is planned without the Recommend-mode deployments, so a recommendation never
+    takes reserved capacity, pool room or budget from a deployment that is really scaled.
+    A Recommend-mode deployment's status shows what it would get planned with all the others.
+    """
+    enforced = tuple(d for d in request.deployments if d.spec.mode == "Enforce")
+    real = plan(replace(request, deployments=enforced))
+    if len(enforced) == len(request.deployments):
+        return real
+    everything = plan(request)
+    deployments = {**everything.deployments, **real.deployments}
+    return replace(real, deployments=deployments)

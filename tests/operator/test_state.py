@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,9 +12,10 @@ from peakwise.operator.state import (
     deployment_status,
     enforced_pool_nodes,
     hours_left_in_month,
+    key_of,
     plan_input,
 )
-from peakwise.planner import DemandForecast, plan
+from peakwise.planner import DemandForecast, Plan, plan
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
@@ -115,3 +117,36 @@ def test_budget_accrues_and_rolls_over_with_the_month() -> None:
     rolled = budget_status(budget, 10.0, april, None)
     assert rolled["spend"] == pytest.approx(5.0)  # only the 30 minutes of April count
     assert rolled["periodStart"].startswith("2026-04-01")
+
+
+def test_recommendations_take_nothing_from_enforced_deployments() -> None:
+    from peakwise.operator.state import plan_enforce_first
+
+    demand = 4000.0
+    observed = _observed(demand)
+    observed.forecasts = {
+        key_of(d): ForecastResult(DemandForecast(demand, 0.95), None, demand)
+        for d in DEPLOYMENTS.values()
+    }
+    request = plan_input(observed)
+    joint = plan(request)
+    first = plan_enforce_first(request)
+    enforced = [d for d in DEPLOYMENTS.values() if d.spec.mode == "Enforce"]
+    alone = plan(
+        replace(
+            request, deployments=tuple(s for s in request.deployments if s.spec.mode == "Enforce")
+        )
+    )
+    for d in enforced:
+        key = key_of(d)
+        # What runs is planned as if the recommendations did not exist...
+        assert dict(first.deployments[key].replicas) == dict(alone.deployments[key].replicas)
+    # ...and every Recommend deployment still gets a plan to show.
+    for d in DEPLOYMENTS.values():
+        assert key_of(d) in first.deployments
+
+    def reserved(p: Plan) -> int:
+        return sum(p.deployments[key_of(d)].replicas_by_tier["reserved"] for d in enforced)
+
+    # The recommendations no longer crowd the enforced ones out of the reserved nodes.
+    assert reserved(first) > reserved(joint)
