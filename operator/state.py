@@ -5,16 +5,16 @@ Pure: objects and counts in, PlanInput and status patches out. The handlers call
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from peakwise.api.common import Condition
 from peakwise.api.costbudget import CostBudget
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
+from peakwise.operator.children import profile_for
 from peakwise.operator.forecasts import ForecastResult
 from peakwise.planner import (
     BudgetState,
@@ -25,6 +25,8 @@ from peakwise.planner import (
     PoolState,
     plan,
 )
+from peakwise.planner.budget import hours_left_in_month
+from peakwise.planner.capacity import nodes_needed
 from peakwise.planner.types import NamespacePlan
 
 Key = tuple[str, str]
@@ -55,17 +57,6 @@ class Observed:
 
 def key_of(infd: InferenceDeployment) -> Key:
     return (infd.metadata.namespace or "default", infd.metadata.name)
-
-
-def month_start(now: datetime) -> datetime:
-    return datetime(now.year, now.month, 1, tzinfo=now.tzinfo or UTC)
-
-
-def hours_left_in_month(now: datetime) -> float:
-    """Hours until the calendar month (UTC) ends."""
-    days = calendar.monthrange(now.year, now.month)[1]
-    end = month_start(now) + timedelta(days=days)
-    return max((end - now).total_seconds() / 3600.0, 1.0 / 60.0)
 
 
 def _current(infd: InferenceDeployment, children: Mapping[str, int]) -> dict[str, int]:
@@ -249,7 +240,7 @@ def deployment_status(
             generation,
         ),
     ]
-    forecast: dict[str, Any] = {"leadTime": ""}
+    forecast: dict[str, Any] = {}
     if result and result.forecast:
         forecast.update(
             peak=round(result.forecast.peak, 3),
@@ -263,7 +254,6 @@ def deployment_status(
             forecast["backtestLoss"] = result.info.backtest_loss
         if result.info.coverage is not None:
             forecast["coverage"] = result.info.coverage
-    forecast.pop("leadTime")
     tiers = planned.replicas_by_tier
     return {
         "observedGeneration": generation,
@@ -291,9 +281,6 @@ def enforced_pool_nodes(
     plan: Plan, deployments: Sequence[InferenceDeployment], pools: Mapping[str, GPUNodePool]
 ) -> dict[str, int]:
     """Nodes each pool needs for the replicas of Enforce-mode deployments only."""
-    from peakwise.operator.children import profile_for
-    from peakwise.planner.capacity import nodes_needed
-
     by_pool: dict[str, dict[int, int]] = {}
     for infd in deployments:
         if infd.spec.mode != "Enforce":

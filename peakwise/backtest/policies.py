@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from peakwise.planner import (
     PoolState,
     plan,
 )
+from peakwise.planner.budget import hours_left_in_month
 
 Decide = Callable[[int, Mapping[str, int]], dict[str, int]]
 """(minute, replicas per pool now) -> desired replicas per pool."""
@@ -141,18 +142,11 @@ class PeakwisePolicy:
         )
         budgets: tuple[BudgetState, ...] = ()
         if self.budget is not None:
-            budgets = (BudgetState(self.namespace, self.budget, self.spend, _hours_left(now)),)
+            left = hours_left_in_month(now)
+            budgets = (BudgetState(self.namespace, self.budget, self.spend, left),)
         result = plan(PlanInput(now, (state,), pools, budgets, solver="greedy"))
         planned = result.deployments[(self.namespace, self.name)]
         self.history = planned.demand_history
         self.spend += planned.hourly_cost / 60.0
         self.limited_minutes += planned.budget_limited
         return dict(planned.replicas)
-
-
-def _hours_left(now: datetime) -> float:
-    """Hours to the end of the calendar month (UTC)."""
-    first_next = (now.replace(day=28) + timedelta(days=4)).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0
-    )
-    return (first_next - now).total_seconds() / 3600.0

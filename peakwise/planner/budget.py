@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from peakwise.planner.capacity import Demand
 from peakwise.planner.greedy import Allocation
 from peakwise.planner.types import BudgetState
+
+
+def month_start(now: datetime) -> datetime:
+    return datetime(now.year, now.month, 1, tzinfo=now.tzinfo or UTC)
+
+
+def hours_left_in_month(now: datetime) -> float:
+    """Hours until the calendar month (UTC) ends."""
+    days = calendar.monthrange(now.year, now.month)[1]
+    end = month_start(now) + timedelta(days=days)
+    return max((end - now).total_seconds() / 3600.0, 1.0 / 60.0)
 
 
 def hourly_cap(budget: BudgetState) -> float | None:

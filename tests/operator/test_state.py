@@ -11,11 +11,11 @@ from peakwise.operator.state import (
     Observed,
     deployment_status,
     enforced_pool_nodes,
-    hours_left_in_month,
     key_of,
     plan_input,
 )
 from peakwise.planner import DemandForecast, Plan, plan
+from peakwise.planner.budget import hours_left_in_month
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
