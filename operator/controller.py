@@ -31,7 +31,7 @@ from peakwise.operator.state import (
     plan_enforce_first,
     plan_input,
 )
-from peakwise.planner import Plan
+from peakwise.planner import Plan, PoolState
 from peakwise.planner.capacity import lead_time
 
 Body = Mapping[str, Any]
@@ -119,7 +119,7 @@ class Controller:
         """Something happened (a spot node went away): the next handler re-plans at once."""
         self._stale = True
 
-    def _fresh(self, snapshot: Snapshot, now: datetime) -> bool:
+    def _fresh(self, now: datetime, key: Key | None, generation: int | None) -> bool:
         current = self._round
         if current is None or self._stale:
             return False
@@ -127,32 +127,34 @@ class Controller:
         # otherwise be stale on arrival and rounds would run back to back.
         if now - self._finished_at >= self.interval * 0.8:
             return False
-        # A new or changed object is planned now, not after the interval.
-        for key, body in snapshot.deployments.items():
+        # A new or changed object is planned when its own timer asks, not after the interval.
+        if key is not None:
             known = current.deployments.get(key)
-            generation = body.get("metadata", {}).get("generation")
-            if known is None or known.metadata.generation != generation:
-                return False
+            return known is not None and known.metadata.generation == generation
         return True
 
-    async def round(self, snapshot: Snapshot) -> Round:
+    async def round(
+        self,
+        view: Callable[[], Snapshot],
+        key: Key | None = None,
+        generation: int | None = None,
+    ) -> Round:
+        """The current round, recomputed from `view()` when stale or when the InferenceDeployment
+        `key` at `generation` is not in it. The snapshot is only taken when recomputing."""
         async with self._lock:
             now = self.clock()
-            if self._fresh(snapshot, now) and self._round is not None:
+            if self._fresh(now, key, generation) and self._round is not None:
                 return self._round
             started = time.perf_counter()
             self._stale = False
-            self._round = await self._compute(snapshot, now)
+            self._round = await self._compute(view(), now)
             self._finished_at = self.clock()
             metrics.round_seconds.observe(time.perf_counter() - started)
             return self._round
 
     async def _compute(self, snapshot: Snapshot, now: datetime) -> Round:
         deployments, pools, budgets, invalid = parse_all(snapshot)
-        states = [p for p in pools.values()]
-        from peakwise.planner import PoolState
-
-        pool_states = [PoolState(p.metadata.name, p.spec) for p in states]
+        pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
             lead = lead_time(infd.spec, pool_states)
@@ -164,7 +166,7 @@ class Controller:
         observed = Observed(
             now=now,
             deployments=list(deployments.values()),
-            pools=states,
+            pools=list(pools.values()),
             budgets=list(budgets.values()),
             children=snapshot.children,
             forecasts=results,
@@ -173,13 +175,12 @@ class Controller:
         )
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
-        self._export(planned, deployments, pools, results)
+        self._export(planned, pools, results)
         return Round(now, planned, deployments, pools, results, targets, invalid)
 
     @staticmethod
     def _export(
         planned: Plan,
-        deployments: Mapping[Key, InferenceDeployment],
         pools: Mapping[str, GPUNodePool],
         results: Mapping[Key, ForecastResult],
     ) -> None:
@@ -204,4 +205,3 @@ class Controller:
             if p.hourly_cap is not None:
                 metrics.budget_limit_hourly.labels(ns).set(p.hourly_cap)
                 metrics.budget_headroom_hourly.labels(ns).set(p.hourly_cap - p.hourly_cost)
-        del deployments

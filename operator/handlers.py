@@ -24,7 +24,7 @@ from peakwise.api.costbudget import CostBudget
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator import metrics
-from peakwise.operator.children import child_deployment
+from peakwise.operator.children import child_deployment, profile_for
 from peakwise.operator.controller import Controller, Snapshot
 from peakwise.operator.kube import KubeAdapter
 from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
@@ -33,9 +33,8 @@ from peakwise.operator.state import (
     PoolObservation,
     condition,
     deployment_status,
-    hours_left_in_month,
-    month_start,
 )
+from peakwise.planner.budget import hours_left_in_month, month_start
 
 GROUP, VERSION = "peakwise.dev", "v1alpha1"
 TEMPLATE_HASH = "peakwise.dev/template-hash"
@@ -75,6 +74,15 @@ def _first_value(store: Any) -> Any:
     return next(iter(store), None)
 
 
+def _pool_observation(node_index: Mapping[Any, Any], pool: str) -> PoolObservation:
+    nodes = list(node_index.get(pool, []))
+    return PoolObservation(
+        nodes=len(nodes),
+        ready_nodes=sum(1 for n in nodes if n["ready"]),
+        allocatable_gpus=sum(n["gpus"] for n in nodes if n["ready"]),
+    )
+
+
 def snapshot(
     infd_index: Mapping[Any, Any],
     pool_index: Mapping[Any, Any],
@@ -86,14 +94,7 @@ def snapshot(
     for key, store in child_index.items():
         for child in store:
             children.setdefault(key, {})[child["pool"]] = child["replicas"]
-    pool_nodes = {}
-    for pool, store in node_index.items():
-        nodes = list(store)
-        pool_nodes[pool] = PoolObservation(
-            nodes=len(nodes),
-            ready_nodes=sum(1 for n in nodes if n["ready"]),
-            allocatable_gpus=sum(n["gpus"] for n in nodes if n["ready"]),
-        )
+    pool_nodes = {pool: _pool_observation(node_index, pool) for pool in node_index}
     return Snapshot(
         deployments={k: _first_value(v) for k, v in infd_index.items()},
         pools={k: _first_value(v) for k, v in pool_index.items()},
@@ -101,6 +102,14 @@ def snapshot(
         children=children,
         pool_nodes=pool_nodes,
     )
+
+
+INDEXES = ("infd_index", "pool_index", "budget_index", "child_index", "node_index")
+"""The kopf indexes every round reads; kopf passes them to handlers by these names."""
+
+
+def snapshot_of(indexes: Mapping[str, Any]) -> Snapshot:
+    return snapshot(*(indexes[name] for name in INDEXES))
 
 
 def _ready_by_pool(child_index: Mapping[Any, Any], key: tuple[str, str]) -> dict[str, int]:
@@ -217,17 +226,12 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         name: str,
         patch: kopf.Patch,
         memo: kopf.Memo,
-        infd_index: kopf.Index[Any, Any],
-        pool_index: kopf.Index[Any, Any],
-        budget_index: kopf.Index[Any, Any],
-        child_index: kopf.Index[Any, Any],
-        node_index: kopf.Index[Any, Any],
-        **_: Any,
+        **indexes: Any,
     ) -> None:
         runtime: Runtime = memo.runtime
         key = (namespace, name)
         round_ = await runtime.controller.round(
-            snapshot(infd_index, pool_index, budget_index, child_index, node_index)
+            lambda: snapshot_of(indexes), key, body.get("metadata", {}).get("generation")
         )
         infd = round_.deployments.get(key)
         if infd is None:
@@ -247,6 +251,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
             ]
             return
         planned = round_.plan.deployments[key]
+        child_index, budget_index = indexes["child_index"], indexes["budget_index"]
         ready = _ready_by_pool(child_index, key)
         if infd.spec.mode == "Enforce":
             try:
@@ -303,21 +308,15 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         name: str,
         patch: kopf.Patch,
         memo: kopf.Memo,
-        infd_index: kopf.Index[Any, Any],
-        pool_index: kopf.Index[Any, Any],
-        budget_index: kopf.Index[Any, Any],
-        child_index: kopf.Index[Any, Any],
-        node_index: kopf.Index[Any, Any],
-        **_: Any,
+        **indexes: Any,
     ) -> None:
         runtime: Runtime = memo.runtime
         try:
             pool = GPUNodePool.model_validate(dict(body))
         except ValidationError as error:
             raise kopf.PermanentError(f"invalid GPUNodePool: {error.errors()[0]['msg']}") from None
-        view = snapshot(infd_index, pool_index, budget_index, child_index, node_index)
-        round_ = await runtime.controller.round(view)
-        observed = view.pool_nodes.get(name, PoolObservation())
+        round_ = await runtime.controller.round(lambda: snapshot_of(indexes))
+        observed = _pool_observation(indexes["node_index"], name)
         used_by_enforce = any(
             d.spec.mode == "Enforce"
             and any(p.gpu_type == pool.spec.gpu_type for p in d.spec.gpu_profiles)
@@ -435,23 +434,18 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         namespace: str,
         patch: kopf.Patch,
         memo: kopf.Memo,
-        infd_index: kopf.Index[Any, Any],
-        pool_index: kopf.Index[Any, Any],
-        budget_index: kopf.Index[Any, Any],
-        child_index: kopf.Index[Any, Any],
-        node_index: kopf.Index[Any, Any],
-        **_: Any,
+        **indexes: Any,
     ) -> None:
         runtime: Runtime = memo.runtime
         try:
             budget = CostBudget.model_validate(dict(body))
         except ValidationError as error:
             raise kopf.PermanentError(f"invalid CostBudget: {error.errors()[0]['msg']}") from None
-        round_ = await runtime.controller.round(
-            snapshot(infd_index, pool_index, budget_index, child_index, node_index)
-        )
+        round_ = await runtime.controller.round(lambda: snapshot_of(indexes))
         now = _now()
-        rate = _namespace_spend_rate(namespace, round_.deployments, round_.pools, child_index)
+        rate = _namespace_spend_rate(
+            namespace, round_.deployments, round_.pools, indexes["child_index"]
+        )
         status = budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
         changed = budget.status is None or budget.status.state != status["state"]
         if changed and status["state"] != "Within":
@@ -497,8 +491,6 @@ def _namespace_spend_rate(
     child_index: Mapping[Any, Any],
 ) -> float:
     """$/h of the replicas actually running in the namespace, at their share of a node."""
-    from peakwise.operator.children import profile_for
-
     rate = 0.0
     for key, infd in deployments.items():
         if key[0] != namespace:
