@@ -338,7 +338,7 @@ def _tune_reactive(
     lo, hi = 0.0, 4.0
     best = reactive(hi)
     best_headroom = hi
-    for _ in range(12):
+    for step in range(12):
         mid = (lo + hi) / 2
         run = reactive(mid)
         if summarize(run, oracle_cost, warmup).under_provisioned <= target:
@@ -346,5 +346,5 @@ def _tune_reactive(
         else:
             lo = mid
         if progress:
-            progress("reactive-tuned", _ / 12)
+            progress("reactive-tuned", step / 12)
     return best, best_headroom

@@ -226,7 +226,7 @@ def _deployment_plan(
         replicas[s.pool] += n
         tiers[s.tier] += n
         placed[f"{s.tier} {s.pool}"] += n
-        capacity += n * o.throughput * (o.effective / o.throughput if o.throughput else 0)
+        capacity += n * o.effective
         cost += n * o.price
         if s.tier == "reserved":
             reserved_cost += n * o.list_price
