@@ -50,6 +50,7 @@ def deployment(
     profiles: list[dict[str, Any]] | None = None,
     min_replicas: int = 1,
     max_replicas: int = 100,
+    floor: int | None = None,
     spot_fraction: float = 0.6,
     on_demand_min: int = 0,
     utilization: float = 1.0,
@@ -64,7 +65,8 @@ def deployment(
             "gpuProfiles": profiles
             or [{"gpuType": "h100", "gpusPerReplica": 1, "throughputPerReplica": throughput}],
             "demand": {"query": "demand", "targetUtilization": utilization},
-            "replicas": {"min": min_replicas, "max": max_replicas},
+            "replicas": {"min": min_replicas, "max": max_replicas}
+            | ({"floor": floor} if floor is not None else {}),
             "capacity": {
                 "spot": {"maxFraction": spot_fraction},
                 "onDemand": {"minReplicas": on_demand_min},
