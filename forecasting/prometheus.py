@@ -116,7 +116,7 @@ class PrometheusHistory:
         max_points: int = MAX_POINTS_PER_QUERY,
         overlap_steps: int = 5,
         max_cached_steps: int = 45 * 1440,
-        max_cached_queries: int = 512,
+        max_cached_queries: int = 2048,
         client: Any = None,
     ) -> None:
         if not 1 <= max_points <= 11_000:

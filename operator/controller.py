@@ -99,6 +99,7 @@ class Controller:
         interval: timedelta,
         clock: Callable[[], datetime],
         forecast_concurrency: int = 8,
+        fit_wait: timedelta = timedelta(seconds=15),
     ) -> None:
         self.forecasts = forecasts
         self.interval = interval
@@ -107,6 +108,8 @@ class Controller:
         self._lock = asyncio.Lock()
         self._stale = False
         self._semaphore = asyncio.Semaphore(forecast_concurrency)
+        self.fit_wait = fit_wait
+        """How long a round waits for first fits before sizing the rest reactively."""
         self._finished_at = datetime.min.replace(tzinfo=UTC)
         self.interrupted_at: dict[str, datetime] = {}
         """When each pool last lost a node to an interruption (seen by this process)."""
@@ -155,11 +158,14 @@ class Controller:
     async def _compute(self, snapshot: Snapshot, now: datetime) -> Round:
         deployments, pools, budgets, invalid = parse_all(snapshot)
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
+        deadline = time.monotonic() + self.fit_wait.total_seconds()
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
             lead = lead_time(infd.spec, pool_states)
             async with self._semaphore:
-                result = await asyncio.to_thread(self.forecasts.forecast, key, infd.spec, lead, now)
+                result = await asyncio.to_thread(
+                    self.forecasts.forecast, key, infd.spec, lead, now, deadline
+                )
             return key, result
 
         results = dict(await asyncio.gather(*(one(k, d) for k, d in deployments.items())))
@@ -173,6 +179,7 @@ class Controller:
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
         )
+        metrics.fits_pending.set(self.forecasts.pending_fits())
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, pools, results)
@@ -188,6 +195,8 @@ class Controller:
             result = results.get(key)
             if result and result.forecast:
                 metrics.demand_forecast.labels(*key).set(result.forecast.peak)
+            if result:
+                metrics.forecast_reactive.labels(*key).set(1 if result.fallback else 0)
             if result and result.observed is not None:
                 metrics.demand_actual.labels(*key).set(result.observed)
             if result and result.info:

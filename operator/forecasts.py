@@ -9,6 +9,17 @@ quantile) share one fitted model: fitting is the expensive part of a round (abou
 per 14-day series on one core), and at scale many deployments follow the same series (one
 model served by several teams, replicas of a service per namespace). Such a group is fitted
 once per refit, not once per deployment; its history comes from the same cached query.
+
+Fits run on a background worker, never as a cost every round has to pay:
+
+* A model older than `refit_every` keeps serving while its refit runs.
+* A service without a model yet (a new service, or every service after the operator starts)
+  waits for its fit only until the round's deadline; past it, the round sizes the service
+  *reactively* — the peak of the last `recent` of demand times `reactive_margin` — and says
+  so in the Forecasting condition, until the fit lands. So the first round after a start
+  with 1,000 distinct queries takes seconds, not the ~1,000 s of fits it would otherwise.
+* A fitted model whose own backtest covers far less often than its quantile asks
+  (`coverage_tolerance`) is not trusted alone: the forecast is at least the reactive one.
 """
 
 from __future__ import annotations
@@ -16,15 +27,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Protocol
 
 import numpy as np
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo, PeakForecaster
-from peakwise.forecasting.series import Series
+from peakwise.forecasting.series import FloatArray, Series
 from peakwise.planner import DemandForecast
 
 STEP_SECONDS = 60
@@ -47,6 +60,14 @@ class ForecastResult:
     """The latest observed demand (units/s), if any."""
     problem: str = ""
     """Why there is no forecast, for the Forecasting condition."""
+    fallback: str = ""
+    """Why the forecast is (at least) the reactive one rather than the model's alone."""
+
+
+def reactive_peak(values: FloatArray, margin: float) -> float | None:
+    """The reactive forecast: the highest known demand of `values` times `margin`."""
+    known = values[~np.isnan(values)]
+    return float(known.max()) * margin if known.size else None
 
 
 @dataclass
@@ -69,40 +90,60 @@ class ForecastService:
         factory: ForecasterFactory,
         refit_every: timedelta = timedelta(hours=6),
         window: timedelta = timedelta(minutes=30),
+        *,
+        recent: timedelta = timedelta(hours=1),
+        reactive_margin: float = 1.25,
+        coverage_tolerance: float = 0.1,
+        fit_workers: int = 1,
     ) -> None:
         self.source = source
         self.factory = factory
         self.refit_every = refit_every
         self.window = window
+        self.recent = recent
+        self.reactive_margin = reactive_margin
+        self.coverage_tolerance = coverage_tolerance
         self._fitted: dict[_ModelKey, _Fitted] = {}
         self._model_of: dict[tuple[str, str], _ModelKey] = {}
-        self._locks: dict[_ModelKey, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self._jobs: dict[_ModelKey, Future[None]] = {}
+        self._lock = threading.Lock()
+        # One worker by default: on a small node the fits must leave a core to the event loop.
+        self._executor = ThreadPoolExecutor(fit_workers, thread_name_prefix="peakwise-fit")
         self.fits = 0
         """How many models were fitted (for tests and benchmarks)."""
 
-    def forget(self, key: tuple[str, str]) -> None:
-        model_key = self._model_of.pop(key, None)
-        if model_key is not None and model_key not in self._model_of.values():
-            self._fitted.pop(model_key, None)
+    def close(self) -> None:
+        """Stop the fit worker (queued fits are dropped, a running one finishes)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _lock(self, model_key: _ModelKey) -> threading.Lock:
-        with self._locks_lock:
-            return self._locks.setdefault(model_key, threading.Lock())
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            model_key = self._model_of.pop(key, None)
+            if model_key is not None and model_key not in self._model_of.values():
+                self._fitted.pop(model_key, None)
+                job = self._jobs.pop(model_key, None)
+                if job is not None:
+                    job.cancel()
+
+    def pending_fits(self) -> int:
+        """Fits queued or running."""
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if not job.done())
 
     def forecast(
-        self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
+        self,
+        key: tuple[str, str],
+        spec: InferenceDeploymentSpec,
+        lead: timedelta,
+        now: datetime,
+        deadline: float | None = None,
     ) -> ForecastResult:
-        """Blocking (network and fitting): run it in a thread."""
+        """Blocking (network, maybe waiting for a fit): run it in a thread.
+
+        `deadline` (a `time.monotonic()` value) bounds how long a service without a model
+        waits for its first fit; None waits for every fit this call starts, refits included.
+        """
         end = now.replace(second=0, microsecond=0)
-        start = end - spec.forecast.history
-        try:
-            series = self.source.fetch(spec.demand.query, start, end, STEP_SECONDS)
-        except Exception as error:
-            return ForecastResult(None, None, None, f"demand history unavailable: {error}")
-        known = series.values[~np.isnan(series.values)]
-        if known.size == 0:
-            return ForecastResult(None, None, None, "the demand query returned no data")
         lead_steps = max(0, round(lead.total_seconds() / STEP_SECONDS))
         width = max(1, round(self.window.total_seconds() / STEP_SECONDS))
         model_key: _ModelKey = (
@@ -112,16 +153,89 @@ class ForecastService:
             width,
             spec.forecast.quantile,
         )
-        self._model_of[key] = model_key
-        # One fit per model key at a time: concurrent deployments of a group wait and reuse it.
-        with self._lock(model_key):
+        with self._lock:
+            self._model_of[key] = model_key
             fitted = self._fitted.get(model_key)
+            job = None
             if fitted is None or now - fitted.fitted_at >= self.refit_every:
-                model = self.factory(lead_steps, width, spec.forecast.quantile)
-                fitted = _Fitted(model.fit(series), now)
-                self._fitted[model_key] = fitted
-                with self._locks_lock:
-                    self.fits += 1
+                job = self._ensure_fit(model_key, spec, end, now)
+        if job is not None and (fitted is None or deadline is None):
+            _wait(job, None if deadline is None else deadline - monotonic())
+            fitted = self._fitted.get(model_key) or fitted
+        if fitted is None:
+            return self._reactive(spec, lead, end, self._why_no_model(job))
+        return self._predict(fitted, spec, lead, lead_steps, width, end)
+
+    # --- fitting, in the background ------------------------------------------------------
+    def _ensure_fit(
+        self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
+    ) -> Future[None]:
+        """The fit of this model key that is queued or running, else a new one (under _lock)."""
+        job = self._jobs.get(model_key)
+        if job is None or job.done():
+            job = self._executor.submit(self._fit, model_key, spec, end, now)
+            self._jobs[model_key] = job
+        return job
+
+    def _fit(
+        self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
+    ) -> None:
+        _, _, lead_steps, width, quantile = model_key
+        series = self._history(spec, end - spec.forecast.history, end)
+        if np.isnan(series.values).all():
+            raise ValueError("the demand query returned no data")
+        model = self.factory(lead_steps, width, quantile).fit(series)
+        with self._lock:
+            if model_key in self._model_of.values():  # not forgotten meanwhile
+                self._fitted[model_key] = _Fitted(model, now)
+            self.fits += 1
+
+    def _why_no_model(self, job: Future[None] | None) -> str:
+        if job is not None and job.done() and not job.cancelled() and job.exception():
+            return f"the model could not be fitted ({job.exception()})"
+        return f"the model is being fitted in the background ({self.pending_fits()} queued)"
+
+    # --- forecasting ---------------------------------------------------------------------
+    def _history(self, spec: InferenceDeploymentSpec, start: datetime, end: datetime) -> Series:
+        return self.source.fetch(spec.demand.query, start, end, STEP_SECONDS)
+
+    def _reactive(
+        self, spec: InferenceDeploymentSpec, lead: timedelta, end: datetime, why: str
+    ) -> ForecastResult:
+        """Size for the recent peak × margin; no model needed, only the last `recent`."""
+        try:
+            series = self._history(spec, end - self.recent, end)
+        except Exception as error:
+            return ForecastResult(None, None, None, f"demand history unavailable: {error}")
+        peak = reactive_peak(series.values, self.reactive_margin)
+        if peak is None:
+            return ForecastResult(None, None, None, "the demand query returned no data")
+        observed = float(series.values[~np.isnan(series.values)][-1])
+        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, "reactive")
+        reason = (
+            f"{why}; sized reactively meanwhile: the peak of the last "
+            f"{_minutes(self.recent)} × {self.reactive_margin:g}"
+        )
+        return ForecastResult(forecast, None, observed, fallback=reason)
+
+    def _predict(
+        self,
+        fitted: _Fitted,
+        spec: InferenceDeploymentSpec,
+        lead: timedelta,
+        lead_steps: int,
+        width: int,
+        end: datetime,
+    ) -> ForecastResult:
+        try:
+            # Incremental: the fit fetched the history; this reads only the newest minutes.
+            series = self._history(spec, end - spec.forecast.history, end)
+        except Exception as error:
+            return ForecastResult(None, None, None, f"demand history unavailable: {error}")
+        known = series.values[~np.isnan(series.values)]
+        if known.size == 0:
+            return ForecastResult(None, None, None, "the demand query returned no data")
+        info = fitted.model.info_
         origin = np.array([len(series) - 1], dtype=np.int64)
         predicted = fitted.model.predict_peak(
             series, origin, lead=lead_steps, width=width, quantiles=[spec.forecast.quantile]
@@ -129,12 +243,40 @@ class ForecastService:
         peak = float(predicted[0, 0])
         observed = float(known[-1])
         if not math.isfinite(peak):
-            return ForecastResult(None, fitted.model.info_, observed, "the model gave no forecast")
-        peak_at = now + lead
-        return ForecastResult(
-            DemandForecast(
-                max(peak, 0.0), spec.forecast.quantile, peak_at, fitted.model.info_.model
-            ),
-            fitted.model.info_,
-            observed,
-        )
+            return ForecastResult(None, info, observed, "the model gave no forecast")
+        peak, model, fallback = max(peak, 0.0), info.model, ""
+        poor = self._poor_backtest(info, spec.forecast.quantile)
+        if poor:
+            recent_steps = max(1, round(self.recent.total_seconds() / STEP_SECONDS))
+            reactive = reactive_peak(series.values[-recent_steps:], self.reactive_margin) or 0.0
+            fallback = f"{poor}; sized for at least the reactive forecast ({reactive:,.4g}/s)"
+            if reactive > peak:
+                peak, model = reactive, f"reactive (model {info.model} not trusted)"
+        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, model)
+        return ForecastResult(forecast, info, observed, fallback=fallback)
+
+    def _poor_backtest(self, info: ForecastInfo, quantile: float) -> str:
+        """Why the model's own rolling-origin backtest disqualifies it, or ''."""
+        if info.coverage is None:
+            return ""  # too little history to judge; short-history models say so themselves
+        if info.coverage < quantile - self.coverage_tolerance:
+            return (
+                f"model {info.model} covered the demand peak in {info.coverage:.0%} of its "
+                f"backtest, far below the {quantile:.0%} asked for"
+            )
+        return ""
+
+
+def _wait(job: Future[None], timeout: float | None) -> None:
+    """Wait for a fit; its failure is reported when a forecast needs the model."""
+    if timeout is not None and timeout <= 0:
+        return
+    try:
+        job.result(timeout=timeout)
+    except Exception:  # a timeout, or the fit's own error (read from the job when needed)
+        return
+
+
+def _minutes(d: timedelta) -> str:
+    minutes = round(d.total_seconds() / 60)
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"

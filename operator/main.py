@@ -55,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
     run.add_argument("--refit-every", default="6h", help="refit each service's model (6h)")
     run.add_argument("--window", default="30m", help="forecast window per decision (30m)")
+    run.add_argument(
+        "--fit-wait",
+        default="15s",
+        help="how long a round waits for a new service's first model fit before sizing it "
+        "reactively until the fit lands (15s)",
+    )
+    run.add_argument(
+        "--fit-workers", type=int, default=1, help="threads fitting models in the background (1)"
+    )
     run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     run.add_argument("--verbose", action="store_true", help="debug logging")
@@ -90,9 +99,12 @@ def run_operator(args: argparse.Namespace) -> int:
         _forecaster,
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
+        fit_workers=args.fit_workers,
     )
     runtime = Runtime(
-        controller=Controller(forecasts, interval, lambda: datetime.now(UTC)),
+        controller=Controller(
+            forecasts, interval, lambda: datetime.now(UTC), fit_wait=parse_duration(args.fit_wait)
+        ),
         kube=KubeAdapter(client),
         api_client=client,
     )
@@ -121,16 +133,19 @@ def run_operator(args: argparse.Namespace) -> int:
     liveness = (
         f"http://{args.listen_address}:{args.liveness_port}/healthz" if args.liveness_port else None
     )
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            memo=kopf.Memo(runtime=runtime),
-            clusterwide=not args.namespace,
-            namespaces=list(args.namespace),
-            standalone=args.peering is None,
-            peering_name=args.peering,
-            priority=args.priority,
-            liveness_endpoint=liveness,
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                memo=kopf.Memo(runtime=runtime),
+                clusterwide=not args.namespace,
+                namespaces=list(args.namespace),
+                standalone=args.peering is None,
+                peering_name=args.peering,
+                priority=args.priority,
+                liveness_endpoint=liveness,
+            )
         )
-    )
+    finally:
+        forecasts.close()
     return 0

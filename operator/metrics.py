@@ -58,3 +58,12 @@ round_seconds = Histogram(
 reconcile_errors = Counter(
     "peakwise_reconcile_errors", "Reconcile errors by kind", ("kind",), registry=REGISTRY
 )
+forecast_reactive = Gauge(
+    "peakwise_forecast_reactive",
+    "1 when the service is sized reactively (no model yet, or its backtest is poor)",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
+fits_pending = Gauge(
+    "peakwise_model_fits_pending", "Model fits queued or running", registry=REGISTRY
+)

@@ -207,19 +207,7 @@ def deployment_status(
             now,
             generation,
         ),
-        condition(
-            previous,
-            "Forecasting",
-            forecast_ok,
-            "Forecasting" if forecast_ok else "NoForecast",
-            (
-                f"model {result.info.model if result and result.info else '?'}"
-                if forecast_ok
-                else forecast_problem
-            ),
-            now,
-            generation,
-        ),
+        forecasting_condition(previous, result, now, generation),
         condition(
             previous,
             "BudgetLimited",
@@ -275,6 +263,32 @@ def deployment_status(
             {"time": t.isoformat(), "demand": round(v, 6)} for t, v in planned.demand_history
         ],
     }
+
+
+def forecasting_condition(
+    previous: Sequence[Condition],
+    result: ForecastResult | None,
+    now: datetime,
+    generation: int | None,
+) -> dict[str, Any]:
+    """True when the model's forecast alone sizes the service; else the reason why not."""
+    if result is None or result.forecast is None:
+        problem = result.problem if result else "no forecast yet"
+        return condition(previous, "Forecasting", False, "NoForecast", problem, now, generation)
+    if result.fallback:
+        return condition(
+            previous, "Forecasting", False, "ReactiveFallback", result.fallback, now, generation
+        )
+    info = result.info
+    message = f"model {info.model if info else result.forecast.model}"
+    if info and info.backtest_loss is not None and info.coverage is not None:
+        message += (
+            f", backtest coverage {info.coverage:.1%} of q={result.forecast.quantile:g}"
+            f" (pinball loss {info.backtest_loss:,.4g})"
+        )
+    if info and info.short_history:
+        message += "; short history: sized from the recent level until seasonality is learnt"
+    return condition(previous, "Forecasting", True, "Forecasting", message, now, generation)
 
 
 def enforced_pool_nodes(

@@ -1,0 +1,169 @@
+"""ForecastService: fits in the background, reactive sizing until a model exists or when its
+own backtest is poor, and the Forecasting condition that says which one sized the service."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.forecasting.base import ForecastInfo
+from peakwise.forecasting.series import Series
+from peakwise.operator.forecasts import ForecastService, reactive_peak
+from peakwise.operator.state import forecasting_condition
+
+NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+LEAD = timedelta(minutes=10)
+
+
+class Ramp:
+    """Demand rising by 1/s per minute over the day before NOW; `fail` makes fetches raise."""
+
+    def __init__(self) -> None:
+        self.fail = False
+        self.ranges: list[timedelta] = []
+
+    def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
+        if self.fail:
+            raise ConnectionError("prometheus is down")
+        self.ranges.append(end - start)
+        stamps = np.arange(start.timestamp(), end.timestamp() + 1, step_seconds)
+        origin = (NOW - timedelta(days=1)).timestamp()
+        return Series(start, step_seconds, (stamps - origin) / 60.0)
+
+
+class Model:
+    """Forecasts a fixed level; `gate` holds its fit until released."""
+
+    def __init__(self, level: float, coverage: float | None, gate: threading.Event | None) -> None:
+        self.level, self.gate = level, gate
+        self.info_ = ForecastInfo("flat", 0, backtest_loss=1.0, coverage=coverage)
+
+    def fit(self, series: Series) -> Model:
+        if self.gate is not None:
+            assert self.gate.wait(5), "test gate never opened"
+        if np.isnan(self.level):
+            raise RuntimeError("singular matrix")
+        return self
+
+    def predict_peak(self, series: Series, origins: Any, **_: Any) -> Any:
+        return np.array([[self.level]])
+
+
+def spec(query: str = "demand") -> InferenceDeploymentSpec:
+    return InferenceDeploymentSpec.model_validate(
+        {
+            "mode": "Enforce",
+            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
+            "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
+            "demand": {"query": query},
+            "replicas": {"min": 1, "max": 4},
+            "forecast": {"history": "1d", "quantile": 0.95},
+        }
+    )
+
+
+def service(
+    source: Ramp,
+    level: float = 5000.0,
+    coverage: float | None = 0.95,
+    gate: threading.Event | None = None,
+) -> ForecastService:
+    return ForecastService(
+        source,
+        lambda lead, width, q: Model(level, coverage, gate),  # type: ignore[arg-type,return-value]
+        refit_every=timedelta(hours=1),
+        recent=timedelta(hours=1),
+        reactive_margin=1.25,
+    )
+
+
+def settle(forecasts: ForecastService) -> None:
+    deadline = time.monotonic() + 5
+    while forecasts.pending_fits() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not forecasts.pending_fits()
+
+
+def test_reactive_until_the_first_fit_lands_then_the_model() -> None:
+    gate = threading.Event()
+    source = Ramp()
+    forecasts = service(source, gate=gate)
+    first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, deadline=time.monotonic() + 0.05)
+    # The ramp's last hour ends at 1440/s: sized for that peak × 1.25.
+    assert first.forecast is not None and first.forecast.model == "reactive"
+    assert first.forecast.peak == pytest.approx(1440 * 1.25)
+    assert "being fitted in the background" in first.fallback
+    assert forecasts.fits == 0 and forecasts.pending_fits() == 1
+    # Only the last hour was read for it; the fit reads the whole day.
+    assert timedelta(hours=1) in source.ranges
+    gate.set()
+    settle(forecasts)
+    later = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=1), 0.0)
+    assert later.forecast is not None and later.forecast.peak == 5000.0
+    assert later.fallback == "" and forecasts.fits == 1
+
+
+def test_a_stale_model_serves_while_it_is_refitted() -> None:
+    gate = threading.Event()
+    gate.set()
+    forecasts = service(Ramp(), gate=gate)
+    forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
+    assert forecasts.fits == 1
+    gate.clear()
+    stale = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(hours=2), 0.0)
+    # Not waiting: the old model answered and the refit is queued behind the gate.
+    assert stale.forecast is not None and stale.forecast.peak == 5000.0 and not stale.fallback
+    assert forecasts.pending_fits() == 1
+    gate.set()
+    settle(forecasts)
+    assert forecasts.fits == 2
+
+
+def test_a_poor_backtest_is_not_trusted_below_the_reactive_forecast() -> None:
+    poor = service(Ramp(), level=100.0, coverage=0.6)
+    result = poor.forecast(("ns", "a"), spec(), LEAD, NOW)
+    assert result.forecast is not None
+    assert result.forecast.peak == pytest.approx(1440 * 1.25)
+    assert result.forecast.model.startswith("reactive")
+    assert "60%" in result.fallback and "95%" in result.fallback
+    # A model whose backtest covers as asked forecasts alone, even below the recent peak.
+    good = service(Ramp(), level=100.0, coverage=0.93).forecast(("ns", "a"), spec(), LEAD, NOW)
+    assert good.forecast is not None and good.forecast.peak == 100.0 and good.fallback == ""
+
+
+def test_a_failed_fit_sizes_reactively_and_says_why() -> None:
+    forecasts = service(Ramp(), level=float("nan"))
+    result = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
+    assert result.forecast is not None and result.forecast.model == "reactive"
+    assert "could not be fitted (singular matrix)" in result.fallback
+
+
+def test_no_history_means_no_forecast_never_zero() -> None:
+    source = Ramp()
+    source.fail = True
+    result = service(source).forecast(("ns", "a"), spec(), LEAD, NOW, deadline=0.0)
+    assert result.forecast is None and "prometheus is down" in result.problem
+
+
+def test_reactive_peak_ignores_gaps() -> None:
+    assert reactive_peak(np.array([1.0, np.nan, 3.0, 2.0]), 1.5) == 4.5
+    assert reactive_peak(np.array([np.nan, np.nan]), 1.5) is None
+
+
+def test_the_forecasting_condition_names_what_sized_the_service() -> None:
+    forecasts = service(Ramp(), gate=threading.Event())
+    reactive = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, deadline=0.0)
+    cond = forecasting_condition([], reactive, NOW, 3)
+    assert (cond["status"], cond["reason"]) == ("False", "ReactiveFallback")
+    assert "reactively" in cond["message"]
+    modelled = service(Ramp()).forecast(("ns", "a"), spec(), LEAD, NOW)
+    cond = forecasting_condition([], modelled, NOW, 3)
+    assert (cond["status"], cond["reason"]) == ("True", "Forecasting")
+    assert "coverage 95.0%" in cond["message"]
+    forecasts.close()
