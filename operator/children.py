@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from peakwise.api.gpunodepool import GPUNodePool
@@ -111,3 +113,107 @@ def child_deployment(
             "template": template,
         },
     }
+
+
+# --- Is the live child what the plan wants? -----------------------------------------------
+# The operator server-side applies its children, so only the fields it sets are its own;
+# fields the API server defaults (or other managers add) are never compared, or a child
+# would look changed on every round and be re-applied for nothing.
+
+TEMPLATE_HASH = "peakwise.dev/template-hash"
+
+
+def template_hash(manifest: Manifest) -> str:
+    """A digest of everything the operator sets except `spec.replicas` (which changes on its
+    own), kept on the child so that a field removed from the parent is noticed too."""
+    spec = {k: v for k, v in manifest["spec"].items() if k != "replicas"}
+    body = {"metadata": {k: manifest["metadata"].get(k) for k in ("labels", "ownerReferences")}}
+    return hashlib.sha256(json.dumps([spec, body], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_template_hash(manifest: Manifest) -> Manifest:
+    manifest["metadata"]["annotations"] = {TEMPLATE_HASH: template_hash(manifest)}
+    return manifest
+
+
+def owned_view(body: Mapping[str, Any]) -> Manifest:
+    """The parts of a live Deployment the operator may set (what the child index keeps)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    return {
+        "metadata": {
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k == TEMPLATE_HASH
+            },
+            "ownerReferences": list(meta.get("ownerReferences") or []),
+        },
+        "spec": {k: spec[k] for k in ("replicas", "selector", "template") if k in spec},
+    }
+
+
+def drift(desired: Any, live: Any, path: str = "") -> list[str]:
+    """Where `live` differs from `desired` in the fields `desired` sets (dotted paths).
+
+    Lists of objects with a `name` (containers, env, volumes) are matched by name, as server-side
+    apply merges them; other lists (tolerations, args) must be equal item by item.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return [path or "."]
+        out: list[str] = []
+        for key, value in desired.items():
+            if key not in live:
+                if value not in (None, {}, []):
+                    out.append(f"{path}.{key}")
+                continue
+            out += drift(value, live[key], f"{path}.{key}")
+        return out
+    if isinstance(desired, list):
+        if not isinstance(live, list):
+            return [path]
+        if desired and all(isinstance(d, Mapping) and "name" in d for d in desired):
+            by_name = {i.get("name"): i for i in live if isinstance(i, Mapping)}
+            out = []
+            for item in desired:
+                found = by_name.get(item["name"])
+                where = f"{path}[{item['name']}]"
+                out += [where] if found is None else drift(item, found, where)
+            return out
+        if len(desired) != len(live):
+            return [path]
+        out = []
+        for i, (d, v) in enumerate(zip(desired, live, strict=True)):
+            out += drift(d, v, f"{path}[{i}]")
+        return out
+    return [] if desired == live else [path]
+
+
+def needs_apply(
+    desired: Manifest,
+    live: Manifest | None,
+    live_generation: int | None,
+    applied: tuple[str, int] | None,
+) -> str:
+    """Why the child must be (re-)applied, or '' when it already is what the plan wants.
+
+    `applied` is (template hash, generation) of this process's last apply of the child: when
+    only `spec` fields differ and nobody changed the spec since (same generation), the
+    difference is the API server's normalisation (e.g. a quantity "0.5" stored as "500m"),
+    not an edit, and re-applying would change nothing.
+    """
+    if live is None:
+        return "missing"
+    paths = drift(owned_view(desired), live)
+    if not paths:
+        return ""
+    spec_only = all(p.startswith(".spec.") for p in paths)
+    unchanged = (
+        applied is not None
+        and live_generation is not None
+        and applied == (template_hash(desired), live_generation)
+        and live["spec"].get("replicas") == desired["spec"]["replicas"]
+    )
+    if spec_only and unchanged:
+        return ""
+    return "differs at " + ", ".join(paths[:5])

@@ -2,15 +2,15 @@
 
 Registered on a registry by `register`, so the timer interval and the namespaces come from the
 command line rather than from module globals. Reconciliation is level-based: timers re-plan
-from observed state; the create/update handler only checks the object and rolls template
-changes out.
+from observed state and compare every child with what the plan wants (so a manual edit or a
+missed event is put right on the next round, and an unchanged child costs no write); the
+create/update handler only checks the object and rolls template changes out at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,11 +24,24 @@ from peakwise.api.costbudget import CostBudget
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator import metrics
-from peakwise.operator.children import child_deployment, profile_for
+from peakwise.operator.children import (
+    TEMPLATE_HASH,
+    child_deployment,
+    needs_apply,
+    owned_view,
+    profile_for,
+    with_template_hash,
+)
 from peakwise.operator.controller import Controller, Snapshot
-from peakwise.operator.kube import KubeAdapter
+from peakwise.operator.kube import ForbiddenError, KubeAdapter
 from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
-from peakwise.operator.providers import KwokProvider, NodePoolProvider, ProviderError, provider_for
+from peakwise.operator.providers import (
+    KwokProvider,
+    NodePoolProvider,
+    ProviderError,
+    ProviderForbiddenError,
+    provider_for,
+)
 from peakwise.operator.state import (
     PoolObservation,
     condition,
@@ -37,7 +50,7 @@ from peakwise.operator.state import (
 from peakwise.planner.budget import hours_left_in_month, month_start
 
 GROUP, VERSION = "peakwise.dev", "v1alpha1"
-TEMPLATE_HASH = "peakwise.dev/template-hash"
+log = logging.getLogger(__name__)
 # Taints cloud providers and node termination handlers put on a spot node about to go.
 INTERRUPTION_TAINTS = (
     "peakwise.dev/interrupted",
@@ -59,6 +72,8 @@ class Runtime:
     interrupted_nodes: set[str] = field(default_factory=set)
     deleting: set[str] = field(default_factory=set)
     """Nodes this operator deletes itself (not interruptions)."""
+    applied: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    """(template hash, generation) of each child after this process last applied it."""
 
     def provider(self, pool: GPUNodePool) -> NodePoolProvider:
         if pool.spec.provider.kwok is not None:
@@ -118,11 +133,6 @@ def _ready_by_pool(child_index: Mapping[Any, Any], key: tuple[str, str]) -> dict
     return {c["pool"]: c["ready"] for c in child_index[key]}
 
 
-def _template_hash(manifest: Mapping[str, Any]) -> str:
-    spec = {k: v for k, v in manifest["spec"].items() if k != "replicas"}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _node_ready(status: Mapping[str, Any]) -> bool:
     for c in status.get("conditions") or []:
         if c.get("type") == "Ready":
@@ -164,7 +174,9 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
                 "pool": labels[POOL],
                 "replicas": body.get("spec", {}).get("replicas", 0),
                 "ready": body.get("status", {}).get("readyReplicas", 0) or 0,
-                "hash": body.get("metadata", {}).get("annotations", {}).get(TEMPLATE_HASH, ""),
+                "generation": body.get("metadata", {}).get("generation"),
+                # What the operator sets, to compare with the plan without a GET per round.
+                "live": owned_view(body),
             }
         }
 
@@ -201,20 +213,19 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
             ) from None
         if infd.spec.mode != "Enforce":
             return
-        # The template changed: roll it out to every child at its current size.
+        # The template changed: roll it out to every child at its current size now, rather
+        # than at the next timer. Denials are reported by the timer, which retries them.
         runtime: Runtime = memo.runtime
         key = (namespace, infd.metadata.name)
         pools = {
             name: GPUNodePool.model_validate(_first_value(store))
             for name, store in pool_index.items()
         }
-        for child in child_index.get(key, []):
-            pool = pools.get(child["pool"])
-            if pool is None:
-                continue
-            manifest = child_deployment(infd, uid, pool, child["replicas"])
-            manifest["metadata"]["annotations"] = {TEMPLATE_HASH: _template_hash(manifest)}
-            await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
+        children = list(child_index.get(key, []))
+        sizes = {c["pool"]: c["replicas"] for c in children if c["replicas"] > 0}
+        problems = await _apply_children(runtime, infd, uid, sizes, pools, children)
+        for problem in problems:
+            log.warning("rolling out %s/%s: %s", namespace, infd.metadata.name, problem)
 
     @kopf.timer(
         GROUP, VERSION, "inferencedeployments", interval=every, initial_delay=1.0, registry=registry
@@ -253,16 +264,11 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         planned = round_.plan.deployments[key]
         child_index, budget_index = indexes["child_index"], indexes["budget_index"]
         ready = _ready_by_pool(child_index, key)
+        problems: list[Exception] = []
         if infd.spec.mode == "Enforce":
-            try:
-                await _actuate(
-                    runtime, infd, uid, planned.replicas, round_.pools, child_index.get(key, [])
-                )
-            except Exception as error:
-                metrics.reconcile_errors.labels("actuate").inc()
-                raise kopf.TemporaryError(
-                    f"scaling children failed: {error}", delay=every
-                ) from error
+            problems = await _actuate(
+                runtime, infd, uid, planned.replicas, round_.pools, child_index.get(key, [])
+            )
         budget = round_.plan.namespaces.get(namespace)
         currency = "USD"
         if namespace in budget_index:
@@ -296,7 +302,14 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
                 else "unknown"
             )
             metrics.replicas.labels(namespace, name, pool_name, tier).set(n)
+        if problems:
+            _report_actuation(body, infd, status, problems, round_.at)
         patch.setdefault("status", {}).update(status)
+        failed = [p for p in problems if not isinstance(p, ForbiddenError)]
+        if failed:
+            # Status (with the Degraded reason) is still written: kopf applies the patch on
+            # every attempt. A 403 is not retried sooner: the next timer tries again.
+            raise kopf.TemporaryError(f"scaling children failed: {failed[0]}", delay=every)
 
     # --- GPUNodePool ---
 
@@ -342,17 +355,22 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
                 )
             except ProviderError as error:
                 metrics.reconcile_errors.labels("provider").inc()
+                reason = (
+                    "Forbidden" if isinstance(error, ProviderForbiddenError) else "ProviderError"
+                )
                 conditions.append(
                     condition(
                         previous,
                         "Degraded",
                         True,
-                        "ProviderError",
+                        reason,
                         str(error),
                         now,
                         pool.metadata.generation,
                     )
                 )
+                if _newly(previous, "Degraded", reason, str(error)):
+                    kopf.warn(body, reason=reason, message=str(error)[:1000])
         else:
             conditions.append(
                 condition(
@@ -458,6 +476,51 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
         patch.setdefault("status", {}).update(status)
 
 
+async def _apply_children(
+    runtime: Runtime,
+    infd: InferenceDeployment,
+    uid: str,
+    replicas: Mapping[str, int],
+    pools: Mapping[str, GPUNodePool],
+    children: Any,
+) -> list[Exception]:
+    """Apply each child whose live state differs from what `replicas` wants; the failures.
+
+    Level-based: the live child (from the watch-fed index) is compared with the desired one
+    on the fields the operator sets, so a hand edit, a missed event or a restart converges,
+    and a child that already matches costs no request at all.
+    """
+    existing = {c["pool"]: c for c in children}
+    namespace = infd.metadata.namespace or "default"
+    problems: list[Exception] = []
+    for pool_name, n in replicas.items():
+        pool = pools.get(pool_name)
+        if pool is None or n <= 0:
+            continue
+        manifest = with_template_hash(child_deployment(infd, uid, pool, n))
+        name = manifest["metadata"]["name"]
+        child = existing.get(pool_name)
+        why = needs_apply(
+            manifest,
+            child["live"] if child else None,
+            child["generation"] if child else None,
+            runtime.applied.get((namespace, name)),
+        )
+        if not why:
+            continue
+        log.info("applying child %s/%s: %s", namespace, name, why)
+        try:
+            generation = await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
+        except Exception as error:  # one child failing must not stop the others
+            metrics.reconcile_errors.labels("actuate").inc()
+            problems.append(error)
+            continue
+        if generation is not None:
+            digest = manifest["metadata"]["annotations"][TEMPLATE_HASH]
+            runtime.applied[(namespace, name)] = (digest, generation)
+    return problems
+
+
 async def _actuate(
     runtime: Runtime,
     infd: InferenceDeployment,
@@ -465,23 +528,56 @@ async def _actuate(
     replicas: Mapping[str, int],
     pools: Mapping[str, GPUNodePool],
     children: Any,
-) -> None:
-    """Make the children match the plan: apply what changed, delete unused pools' children."""
-    existing = {c["pool"]: c for c in children}
-    for pool_name, n in replicas.items():
-        pool = pools.get(pool_name)
-        if pool is None:
+) -> list[Exception]:
+    """Make the children match the plan: apply what differs, delete unused pools' children.
+    Returns what failed (403s included); the rest is done regardless."""
+    problems = await _apply_children(runtime, infd, uid, replicas, pools, children)
+    namespace, parent = infd.metadata.namespace or "default", infd.metadata.name
+    for child in children:
+        if replicas.get(child["pool"], 0) > 0:
             continue
-        manifest = child_deployment(infd, uid, pool, n)
-        digest = _template_hash(manifest)
-        manifest["metadata"]["annotations"] = {TEMPLATE_HASH: digest}
-        child = existing.get(pool_name)
-        if child is None or child["replicas"] != n or child["hash"] != digest:
-            await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
-    namespace = infd.metadata.namespace or "default"
-    for pool_name, child in existing.items():
-        if replicas.get(pool_name, 0) == 0:
-            await asyncio.to_thread(runtime.kube.delete_deployment, namespace, child["name"])
+        try:
+            await asyncio.to_thread(
+                runtime.kube.delete_deployment, namespace, child["name"], parent
+            )
+        except Exception as error:
+            metrics.reconcile_errors.labels("actuate").inc()
+            problems.append(error)
+        runtime.applied.pop((namespace, child["name"]), None)
+    return problems
+
+
+def _newly(previous: Any, type_: str, reason: str, message: str) -> bool:
+    """The condition `type_` is not already True with this reason and message (so a Warning
+    Event is posted once per problem, not once per round)."""
+    old = next((c for c in previous or [] if c.type == type_), None)
+    return not (
+        old is not None
+        and old.status == "True"
+        and old.reason == reason
+        and old.message == message[:1000]
+    )
+
+
+def _report_actuation(
+    body: kopf.Body,
+    infd: InferenceDeployment,
+    status: dict[str, Any],
+    problems: list[Exception],
+    now: datetime,
+) -> None:
+    """Degraded=True with the reason (Forbidden for a 403, naming verb, resource and
+    namespace), and a Warning Event when that is new. The plan in status stays as it is."""
+    denied = [p for p in problems if isinstance(p, ForbiddenError)]
+    reason = "Forbidden" if denied else "ApplyFailed"
+    message = "; ".join(dict.fromkeys(str(p) for p in (denied or problems)))[:1000]
+    previous = infd.status.conditions if infd.status else []
+    degraded = condition(previous, "Degraded", True, reason, message, now, infd.metadata.generation)
+    status["conditions"] = [
+        degraded if c["type"] == "Degraded" else c for c in status["conditions"]
+    ]
+    if _newly(previous, "Degraded", reason, message):
+        kopf.warn(body, reason=reason, message=message)
 
 
 def _namespace_spend_rate(

@@ -3,16 +3,72 @@
 Reads come from kopf's watch-fed indexes; writes use the `kubernetes` client (synchronous,
 so callers run them in a thread). Child Deployments are server-side applied, so a manual edit
 of a managed field is put back on the next round and nothing else is touched.
+
+Every child write is counted in `peakwise_child_writes_total` (by parent and verb), so a
+steady round that writes nothing can be seen to write nothing. A 403 becomes `ForbiddenError`,
+which says which verb on which resource in which namespace the operator's RBAC lacks.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
-from peakwise.operator.labels import FIELD_MANAGER
+from peakwise.operator.labels import FIELD_MANAGER, INFERENCE_DEPLOYMENT
+from peakwise.operator.metrics import REGISTRY
+
+child_writes = Counter(
+    "peakwise_child_writes",
+    "Writes to child Deployments (apply, delete) per InferenceDeployment",
+    ("namespace", "name", "verb"),
+    registry=REGISTRY,
+)
+
+# The RBAC authorizer's wording: `... cannot patch resource "deployments" in API group "apps"
+# in the namespace "x"` (or `at the cluster scope`).
+_DENIED = re.compile(
+    r'cannot (?P<verb>\w+) resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"'
+    r'(?: in the namespace "(?P<namespace>[^"]+)")?'
+)
+
+
+class ForbiddenError(RuntimeError):
+    """The API server answered 403: the operator's ServiceAccount lacks a permission."""
+
+    def __init__(self, verb: str, resource: str, namespace: str | None, detail: str) -> None:
+        self.verb, self.resource, self.namespace = verb, resource, namespace
+        where = f"in namespace {namespace}" if namespace else "at the cluster scope"
+        super().__init__(
+            f"the operator may not {verb} {resource} {where} (grant it in the chart's RBAC): "
+            f"{detail}"
+        )
+
+
+def server_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:500]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def forbidden(
+    error: ApiException, verb: str, resource: str, namespace: str | None = None
+) -> ForbiddenError:
+    """A `ForbiddenError` naming what was denied: the server's own words when it gives them (an
+    apply that creates is checked as `create`), else what the operator asked for."""
+    message = server_message(error) or str(error.reason)
+    found = _DENIED.search(message)
+    if found:
+        group = found["group"]
+        resource = found["resource"] + (f".{group}" if group else "")
+        verb = found["verb"]
+        namespace = found["namespace"]
+    return ForbiddenError(verb, resource, namespace, message)
 
 
 def api_client() -> client.ApiClient:
@@ -30,20 +86,34 @@ class KubeAdapter:
         self.api = api
         self.apps = client.AppsV1Api(api)
 
-    def apply_deployment(self, manifest: dict[str, Any]) -> None:
+    def apply_deployment(self, manifest: dict[str, Any]) -> int | None:
+        """Server-side apply; the child's generation afterwards."""
         meta = manifest["metadata"]
-        self.apps.patch_namespaced_deployment(
-            meta["name"],
-            meta["namespace"],
-            manifest,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
+        parent = meta.get("labels", {}).get(INFERENCE_DEPLOYMENT, "")
+        child_writes.labels(meta["namespace"], parent, "apply").inc()
+        try:
+            applied = self.apps.patch_namespaced_deployment(
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as error:
+            if error.status == 403:
+                raise forbidden(error, "patch", "deployments.apps", meta["namespace"]) from None
+            raise
+        generation = applied.metadata.generation if applied.metadata else None
+        return int(generation) if generation is not None else None
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
+    def delete_deployment(self, namespace: str, name: str, parent: str = "") -> None:
+        child_writes.labels(namespace, parent, "delete").inc()
         try:
             self.apps.delete_namespaced_deployment(name, namespace)
         except ApiException as error:
-            if error.status != 404:  # already gone: that is what we wanted
-                raise
+            if error.status == 404:  # already gone: that is what we wanted
+                return
+            if error.status == 403:
+                raise forbidden(error, "delete", "deployments.apps", namespace) from None
+            raise

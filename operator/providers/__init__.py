@@ -1,7 +1,7 @@
 """Node-pool backends behind one narrow interface: one file per backend."""
 
 from peakwise.api.gpunodepool import GPUNodePool
-from peakwise.operator.providers.base import NodePoolProvider, ProviderError
+from peakwise.operator.providers.base import NodePoolProvider, ProviderError, ProviderForbiddenError
 from peakwise.operator.providers.clusterapi import ClusterAPIProvider
 from peakwise.operator.providers.karpenter import KarpenterProvider
 from peakwise.operator.providers.kwok import KwokProvider
@@ -12,6 +12,7 @@ __all__ = [
     "KwokProvider",
     "NodePoolProvider",
     "ProviderError",
+    "ProviderForbiddenError",
     "provider_for",
 ]
 

@@ -17,6 +17,11 @@ class ProviderError(RuntimeError):
     """The backend refused or failed; the message says what to fix."""
 
 
+class ProviderForbiddenError(ProviderError):
+    """The API server answered 403: the operator's RBAC lacks the permission the message
+    names (verb, resource, namespace). Reported as such in the pool's status."""
+
+
 class NodePoolProvider(Protocol):
     def set_nodes(self, pool: GPUNodePool, nodes: int) -> int:
         """Ask the backend for `nodes` nodes in `pool`; return how many it now asks for."""

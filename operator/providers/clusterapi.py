@@ -19,7 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from peakwise.api.gpunodepool import GPUNodePool
-from peakwise.operator.providers.base import ProviderError
+from peakwise.operator.kube import forbidden
+from peakwise.operator.providers.base import ProviderError, ProviderForbiddenError
 
 GROUP, PLURAL, KIND = "cluster.x-k8s.io", "machinedeployments", "MachineDeployment"
 KNOWN_VERSIONS = ("v1beta2", "v1beta1")
@@ -98,6 +99,9 @@ class ClusterAPIProvider:
                 if error.status == 404 and attempt == 1:
                     forget_version(self.api_client)  # the CRD may have changed: look again
                     continue
+                if error.status == 403:
+                    denied = forbidden(error, "patch", "machinedeployments/scale", ref.namespace)
+                    raise ProviderForbiddenError(f"scaling {where}: {denied}") from error
                 if error.status == 404:
                     raise ProviderError(
                         f"{where} not found ({GROUP}/{version}): create it, or fix the pool's "

@@ -17,8 +17,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from peakwise.api.gpunodepool import GPUNodePool
+from peakwise.operator.kube import forbidden
 from peakwise.operator.labels import GPU_RESOURCE
-from peakwise.operator.providers.base import ProviderError
+from peakwise.operator.providers.base import ProviderError, ProviderForbiddenError
 
 GROUP, VERSION, PLURAL = "karpenter.sh", "v1", "nodepools"
 
@@ -38,6 +39,9 @@ class KarpenterProvider:
                 GROUP, VERSION, PLURAL, ref.node_pool, {"spec": {"limits": {GPU_RESOURCE: limit}}}
             )
         except ApiException as error:
+            if error.status == 403:
+                denied = forbidden(error, "patch", "nodepools.karpenter.sh")
+                raise ProviderForbiddenError(f"setting {where} limit: {denied}") from error
             if error.status == 404:
                 raise ProviderError(
                     f"{where} not found ({GROUP}/{VERSION}): is Karpenter installed and the "

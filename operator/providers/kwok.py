@@ -9,8 +9,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from peakwise.api.gpunodepool import GPUNodePool
+from peakwise.operator.kube import forbidden
 from peakwise.operator.labels import GPU_RESOURCE, MANAGED_BY, MANAGER, POOL
-from peakwise.operator.providers.base import ProviderError
+from peakwise.operator.providers.base import ProviderError, ProviderForbiddenError
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
@@ -60,20 +61,22 @@ class KwokProvider:
     def set_nodes(self, pool: GPUNodePool, nodes: int) -> int:
         prefix = pool.spec.provider.kwok.node_name_prefix if pool.spec.provider.kwok else ""
         prefix = prefix or pool.metadata.name
-        existing = self._nodes(pool)
 
         def index(name: str) -> int:
             tail = name.rsplit("-", 1)[-1]
             return int(tail) if tail.isdigit() else -1
 
-        existing.sort(key=index)
+        verb = "list"
         try:
+            existing = sorted(self._nodes(pool), key=index)
             if len(existing) < nodes:
+                verb = "create"
                 used = {index(n) for n in existing}
                 free = (i for i in range(10**6) if i not in used)
                 for _ in range(nodes - len(existing)):
                     name = f"{prefix}-{next(free)}"
                     self.core.create_node(node_manifest(pool, name))  # type: ignore[arg-type]
+            verb = "delete"
             for name in reversed(existing[nodes:]):
                 if self.on_delete:
                     self.on_delete(name)  # a scale-down, not an interruption
@@ -81,5 +84,9 @@ class KwokProvider:
         except ApiException as error:
             if error.status == 409:  # created by a concurrent round: next round converges
                 return nodes
+            if error.status == 403:
+                raise ProviderForbiddenError(
+                    f"kwok nodes of {pool.metadata.name}: {forbidden(error, verb, 'nodes')}"
+                ) from error
             raise ProviderError(f"kwok nodes of {pool.metadata.name}: {error.reason}") from error
         return nodes
