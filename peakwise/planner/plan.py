@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from peakwise.api.common import CAPACITY_TYPES
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.planner import greedy, milp
 from peakwise.planner.budget import TrimResult, allocation_cost, hourly_cap, trim_to_cap
 from peakwise.planner.capacity import (
@@ -24,12 +25,15 @@ from peakwise.planner.capacity import (
 )
 from peakwise.planner.greedy import Allocation
 from peakwise.planner.types import (
+    DEFAULT_FORECAST_WINDOW,
+    DemandForecast,
     DeploymentPlan,
     DeploymentState,
     NamespacePlan,
     Plan,
     PlanInput,
     PoolPlan,
+    PoolState,
 )
 
 
@@ -46,6 +50,20 @@ def stabilized_target(
             pruned.pop()
         pruned.append((t, v))
     return target, tuple(pruned)
+
+
+def hold_window(
+    spec: InferenceDeploymentSpec, pools: Sequence[PoolState], forecast: DemandForecast | None
+) -> timedelta:
+    """How long a target is held before capacity may go below it.
+
+    A target planned now is for the forecast window [now + lead, now + lead + width]:
+    capacity asked for now arrives after the lead time, while capacity removed later is
+    gone at once. So the target must stand until that window has passed, lead + width
+    after it was set, and at least for the stabilisation window.
+    """
+    width = forecast.window if forecast is not None else DEFAULT_FORECAST_WINDOW
+    return max(spec.scale_down.stabilization_window, lead_time(spec, pools) + width)
 
 
 def _current_capacity(
@@ -85,15 +103,13 @@ def _demands(
                 f"forecast peak {forecast.peak:,.1f}/s (q{forecast.quantile:g}{model}); "
                 f"planning at {spec.demand.target_utilization:.0%} target utilisation"
             )
-        # Capacity removed now is gone at once, but capacity added now only arrives after
-        # the lead time: hold targets at least that long so the gap stays covered.
-        window = max(spec.scale_down.stabilization_window, lead_time(spec, request.pools))
+        window = hold_window(spec, request.pools, forecast)
         target, history = stabilized_target(raw, state.demand_history, request.now, window)
         if target > raw + 1e-9:
             why.append(
-                f"holding capacity for {target:,.1f}/s: targets in the last "
-                f"{_fmt(spec.scale_down.stabilization_window)} were higher "
-                "(scale-down stabilisation)"
+                f"holding capacity for {target:,.1f}/s: targets in the last {_fmt(window)} "
+                "were higher (scale-down stabilisation; capacity asked for then is still "
+                "needed for the window it was planned for)"
             )
         demands.append(
             Demand(

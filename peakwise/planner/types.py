@@ -14,6 +14,11 @@ DeploymentKey = tuple[str, str]
 """(namespace, name)."""
 
 
+DEFAULT_FORECAST_WINDOW = timedelta(minutes=1)
+"""Width of the window a forecast covers when its producer does not say: one decision interval
+of the backtest."""
+
+
 @dataclass(frozen=True)
 class DemandForecast:
     """Demand (units/s) to be ready for: a quantile of the peak over the planning window."""
@@ -21,7 +26,10 @@ class DemandForecast:
     peak: float
     quantile: float
     peak_at: datetime | None = None
+    """Start of the window the peak covers (now + lead time)."""
     model: str = ""
+    window: timedelta = DEFAULT_FORECAST_WINDOW
+    """Width of that window. The planner holds the target until the window has passed."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from planner_factories import NOW, budget, deployment, pool
 
-from peakwise.planner import PlanInput, plan
+from peakwise.planner import DeploymentState, PlanInput, plan
 
 SOLVERS = ["greedy", "milp"]
 
@@ -238,3 +240,32 @@ def test_lost_spot_replicas_move_to_on_demand_while_spot_recovers() -> None:
     assert placed(False) == {"spot": 12}
     # One spot node left and no time to replace the others: on-demand takes the rest.
     assert placed(True) == {"spot": 4, "od": 8}
+
+
+def _held(minutes_later: int, window: timedelta | None, stabilization: str) -> int:
+    """Replicas planned `minutes_later` after a 1000/s target, when demand fell to 300/s."""
+    extra = {"scaleDown": {"stabilizationWindow": stabilization}}
+
+    def state(peak: float, **kw: Any) -> DeploymentState:
+        s = deployment("chat", peak, **extra, **kw)
+        if window is None or s.forecast is None:
+            return s
+        return replace(s, forecast=replace(s.forecast, window=window))
+
+    first = plan(PlanInput(NOW, (state(1000.0),), (pool("od"),)))
+    history = first.deployments[("team", "chat")].demand_history
+    later = state(300.0, current={"od": 10}, history=history)
+    result = plan(PlanInput(NOW + timedelta(minutes=minutes_later), (later,), (pool("od"),)))
+    return result.deployments[("team", "chat")].total
+
+
+def test_a_target_is_held_until_its_forecast_window_has_passed() -> None:
+    # Lead 10 min: a target for [now + 10m, now + 11m] must stand for 11 minutes, since
+    # capacity asked for at the last decision before that window only arrives as it starts.
+    assert _held(10, None, "0s") == 10
+    assert _held(11, None, "0s") == 3
+    # A 30-minute window is covered until it ends, 40 minutes after it was planned.
+    assert _held(39, timedelta(minutes=30), "0s") == 10
+    assert _held(40, timedelta(minutes=30), "0s") == 3
+    # A longer stabilisation window still wins.
+    assert _held(19, None, "20m") == 10
