@@ -11,7 +11,7 @@ What it does:
    and ``--deployments`` InferenceDeployments, ``--enforce`` of them in Enforce mode, the rest
    in Recommend mode. Their demand queries are ``--queries`` distinct PromQL expressions over
    the backfilled series (label matchers and a scale factor), 14 days of history each.
-3. Runs ``peakwise operator run --interval 60s`` as a subprocess and measures:
+3. Runs ``peakwise operator run --interval 30s`` (the default) as a subprocess and measures:
    * each planning round (forecast + joint plan) from ``peakwise_planning_round_seconds`` on
      its /metrics;
    * the full round: from a round's time (``status.lastPlanTime`` holds it) until every
@@ -19,8 +19,11 @@ What it does:
    * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status).
 4. Cleans up what it created (``--keep`` leaves it) and stops the cluster it started.
 
-The first round after start fits one forecaster per distinct query (about a second each on
-one core for 14 days of minutes); later rounds only fetch the newest minutes and predict.
+The operator fits one forecaster per distinct query (about a second each on one core for 14
+days of minutes) on a background worker. The first round after a start waits for fits only up
+to ``--fit-wait`` (15 s) and sizes the services whose model is not ready reactively; the
+benchmark prints how many were, per round, and when every model was fitted. Later rounds
+only fetch the newest minutes and predict.
 """
 
 from __future__ import annotations
@@ -251,6 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         full: list[float] = []
         seen_count, seen_sum = 0.0, 0.0
         first_all = None
+        all_fitted: float | None = None
+        reactive_per_round: list[int] = []
         peak_rss = 0
         full_stamps: list[str] = []
         try:
@@ -264,12 +269,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     text = urllib.request.urlopen(url, timeout=10).read().decode()
                 except OSError:
                     continue
+                fitted = metric(text, "peakwise_model_fits_total")
+                pending = metric(text, "peakwise_model_fits_pending")
+                reactive = sum(
+                    float(v)
+                    for v in re.findall(r"^peakwise_forecast_reactive\{.*\} (\S+)$", text, re.M)
+                )
+                if all_fitted is None and fitted >= args.queries and pending == 0:
+                    all_fitted = time.monotonic() - t0
+                    log(f"all {int(fitted)} models fitted {all_fitted:.1f}s after the start")
                 count = metric(text, "peakwise_planning_round_seconds_count")
                 total = metric(text, "peakwise_planning_round_seconds_sum")
                 if count > seen_count:
                     per = (total - seen_sum) / (count - seen_count)
                     rounds += [per] * int(count - seen_count)
-                    log(f"planning round #{int(count)}: {per:.1f}s (forecast + plan)")
+                    log(
+                        f"planning round #{int(count)}: {per:.1f}s (forecast + plan); "
+                        f"{int(reactive)} sized reactively, {int(pending)} fits pending"
+                    )
+                    reactive_per_round.append(int(reactive))
                     seen_count, seen_sum = count, total
                 times = plan_times(cluster)
                 stamps = {t for t in times if t}
@@ -297,6 +315,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "planning_round_seconds": [round(r, 2) for r in rounds],
                     "full_round_seconds": [round(f, 1) for f in full],
                     "first_all_planned_seconds": round(first_all or -1, 1),
+                    "sized_reactively_per_round": reactive_per_round,
+                    "all_models_fitted_seconds": round(all_fitted or -1, 1),
                     "peak_rss_mib": round(peak_rss / 2**20, 1),
                     "operator_log": str(log_file),
                 }
@@ -322,7 +342,7 @@ def main() -> None:
     p.add_argument("--series", type=int, default=4, help="backfilled series")
     p.add_argument("--queries", type=int, default=20, help="distinct demand queries")
     p.add_argument("--history", default="14d")
-    p.add_argument("--interval", default="60s")
+    p.add_argument("--interval", default="30s", help="the operator's default")
     p.add_argument("--rounds", type=int, default=3, help="full rounds to measure")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--log", help="operator log file (default: a temp file)")

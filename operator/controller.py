@@ -158,13 +158,16 @@ class Controller:
     async def _compute(self, snapshot: Snapshot, now: datetime) -> Round:
         deployments, pools, budgets, invalid = parse_all(snapshot)
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
+        leads = {key: lead_time(d.spec, pool_states) for key, d in deployments.items()}
+        for key, infd in deployments.items():
+            self.forecasts.schedule(key, infd.spec, leads[key], now)
         deadline = time.monotonic() + self.fit_wait.total_seconds()
+        await asyncio.to_thread(self.forecasts.wait_for_fits, deadline)
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
-            lead = lead_time(infd.spec, pool_states)
             async with self._semaphore:
                 result = await asyncio.to_thread(
-                    self.forecasts.forecast, key, infd.spec, lead, now, deadline
+                    self.forecasts.forecast, key, infd.spec, leads[key], now, False
                 )
             return key, result
 
@@ -179,7 +182,6 @@ class Controller:
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
         )
-        metrics.fits_pending.set(self.forecasts.pending_fits())
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, pools, results)

@@ -13,11 +13,12 @@ once per refit, not once per deployment; its history comes from the same cached 
 Fits run on a background worker, never as a cost every round has to pay:
 
 * A model older than `refit_every` keeps serving while its refit runs.
-* A service without a model yet (a new service, or every service after the operator starts)
-  waits for its fit only until the round's deadline; past it, the round sizes the service
-  *reactively* — the peak of the last `recent` of demand times `reactive_margin` — and says
-  so in the Forecasting condition, until the fit lands. So the first round after a start
-  with 1,000 distinct queries takes seconds, not the ~1,000 s of fits it would otherwise.
+* A round first queues the fits it needs (`schedule`), then waits for them until a deadline
+  (`wait_for_fits`), and not at all when they cannot finish by then. A service still
+  without a model (a new service, or every service after the operator starts) is sized
+  *reactively* — the peak of the last `recent` of demand times `reactive_margin` — and the
+  Forecasting condition says so, until its fit lands. So the first round after a start with
+  1,000 distinct queries takes seconds, not the ~1,000 s of fits it would otherwise.
 * A fitted model whose own backtest covers far less often than its quantile asks
   (`coverage_tolerance`) is not trusted alone: the forecast is at least the reactive one.
 """
@@ -38,6 +39,7 @@ import numpy as np
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo, PeakForecaster
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.operator import metrics
 from peakwise.planner import DemandForecast
 
 STEP_SECONDS = 60
@@ -109,6 +111,9 @@ class ForecastService:
         self._lock = threading.Lock()
         # One worker by default: on a small node the fits must leave a core to the event loop.
         self._executor = ThreadPoolExecutor(fit_workers, thread_name_prefix="peakwise-fit")
+        self._workers = fit_workers
+        self._fit_seconds = 1.0
+        """Moving mean of a fit's duration, to judge whether waiting for fits pays."""
         self.fits = 0
         """How many models were fitted (for tests and benchmarks)."""
 
@@ -130,53 +135,79 @@ class ForecastService:
         with self._lock:
             return sum(1 for job in self._jobs.values() if not job.done())
 
+    def schedule(
+        self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
+    ) -> None:
+        """Queue the fit this deployment's model needs (none, first fit, or refit). Cheap."""
+        self._job(key, spec, lead, now)
+
+    def wait_for_fits(self, deadline: float) -> None:
+        """Wait until no fit is pending, or until `deadline` (a `time.monotonic()` value).
+
+        Gives up at once when the queued fits, at the mean fit time so far, cannot finish by
+        the deadline: a round then sizes those services reactively instead of idling.
+        """
+        while True:
+            with self._lock:
+                pending = [job for job in self._jobs.values() if not job.done()]
+                projected = len(pending) * self._fit_seconds / self._workers
+            left = deadline - monotonic()
+            if not pending or projected > left:
+                return
+            _wait(pending[0], left)
+
     def forecast(
         self,
         key: tuple[str, str],
         spec: InferenceDeploymentSpec,
         lead: timedelta,
         now: datetime,
-        deadline: float | None = None,
+        wait: bool = True,
     ) -> ForecastResult:
-        """Blocking (network, maybe waiting for a fit): run it in a thread.
+        """Blocking (network; with `wait`, the fits it starts): run it in a thread.
 
-        `deadline` (a `time.monotonic()` value) bounds how long a service without a model
-        waits for its first fit; None waits for every fit this call starts, refits included.
+        Without `wait`, a deployment whose model is not fitted yet is sized reactively and a
+        stale model serves while its refit runs in the background.
         """
+        fitted, job = self._job(key, spec, lead, now)
+        if job is not None and wait:
+            _wait(job, None)
+            fitted = self._fitted.get(self._model_of[key]) or fitted
         end = now.replace(second=0, microsecond=0)
-        lead_steps = max(0, round(lead.total_seconds() / STEP_SECONDS))
-        width = max(1, round(self.window.total_seconds() / STEP_SECONDS))
+        if fitted is None:
+            return self._reactive(spec, lead, end, self._why_no_model(job))
+        return self._predict(fitted, spec, lead, self._steps(lead), self._width(), end)
+
+    def _steps(self, d: timedelta) -> int:
+        return max(0, round(d.total_seconds() / STEP_SECONDS))
+
+    def _width(self) -> int:
+        return max(1, self._steps(self.window))
+
+    def _job(
+        self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
+    ) -> tuple[_Fitted | None, Future[None] | None]:
+        """The deployment's fitted model, if any, and the fit it needs, queued if not yet."""
         model_key: _ModelKey = (
             spec.demand.query,
             spec.forecast.history,
-            lead_steps,
-            width,
+            self._steps(lead),
+            self._width(),
             spec.forecast.quantile,
         )
         with self._lock:
             self._model_of[key] = model_key
             fitted = self._fitted.get(model_key)
-            job = None
-            if fitted is None or now - fitted.fitted_at >= self.refit_every:
-                job = self._ensure_fit(model_key, spec, end, now)
-        if job is not None and (fitted is None or deadline is None):
-            _wait(job, None if deadline is None else deadline - monotonic())
-            fitted = self._fitted.get(model_key) or fitted
-        if fitted is None:
-            return self._reactive(spec, lead, end, self._why_no_model(job))
-        return self._predict(fitted, spec, lead, lead_steps, width, end)
+            if fitted is not None and now - fitted.fitted_at < self.refit_every:
+                return fitted, None
+            job = self._jobs.get(model_key)
+            if job is None or job.done():
+                end = now.replace(second=0, microsecond=0)
+                job = self._executor.submit(self._fit, model_key, spec, end, now)
+                self._jobs[model_key] = job
+            return fitted, job
 
     # --- fitting, in the background ------------------------------------------------------
-    def _ensure_fit(
-        self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
-    ) -> Future[None]:
-        """The fit of this model key that is queued or running, else a new one (under _lock)."""
-        job = self._jobs.get(model_key)
-        if job is None or job.done():
-            job = self._executor.submit(self._fit, model_key, spec, end, now)
-            self._jobs[model_key] = job
-        return job
-
     def _fit(
         self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
     ) -> None:
@@ -184,11 +215,15 @@ class ForecastService:
         series = self._history(spec, end - spec.forecast.history, end)
         if np.isnan(series.values).all():
             raise ValueError("the demand query returned no data")
+        started = monotonic()
         model = self.factory(lead_steps, width, quantile).fit(series)
+        took = monotonic() - started
         with self._lock:
+            self._fit_seconds += (took - self._fit_seconds) * 0.2
             if model_key in self._model_of.values():  # not forgotten meanwhile
                 self._fitted[model_key] = _Fitted(model, now)
             self.fits += 1
+        metrics.model_fits.inc()
 
     def _why_no_model(self, job: Future[None] | None) -> str:
         if job is not None and job.done() and not job.cancelled() and job.exception():

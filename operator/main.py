@@ -101,6 +101,7 @@ def run_operator(args: argparse.Namespace) -> int:
         window=parse_duration(args.window),
         fit_workers=args.fit_workers,
     )
+    metrics.fits_pending.set_function(forecasts.pending_fits)
     runtime = Runtime(
         controller=Controller(
             forecasts, interval, lambda: datetime.now(UTC), fit_wait=parse_duration(args.fit_wait)

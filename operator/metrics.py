@@ -67,3 +67,4 @@ forecast_reactive = Gauge(
 fits_pending = Gauge(
     "peakwise_model_fits_pending", "Model fits queued or running", registry=REGISTRY
 )
+model_fits = Counter("peakwise_model_fits", "Forecasting models fitted", registry=REGISTRY)

@@ -94,7 +94,7 @@ def test_reactive_until_the_first_fit_lands_then_the_model() -> None:
     gate = threading.Event()
     source = Ramp()
     forecasts = service(source, gate=gate)
-    first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, deadline=time.monotonic() + 0.05)
+    first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
     # The ramp's last hour ends at 1440/s: sized for that peak × 1.25.
     assert first.forecast is not None and first.forecast.model == "reactive"
     assert first.forecast.peak == pytest.approx(1440 * 1.25)
@@ -104,7 +104,7 @@ def test_reactive_until_the_first_fit_lands_then_the_model() -> None:
     assert timedelta(hours=1) in source.ranges
     gate.set()
     settle(forecasts)
-    later = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=1), 0.0)
+    later = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=1), False)
     assert later.forecast is not None and later.forecast.peak == 5000.0
     assert later.fallback == "" and forecasts.fits == 1
 
@@ -116,7 +116,7 @@ def test_a_stale_model_serves_while_it_is_refitted() -> None:
     forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
     assert forecasts.fits == 1
     gate.clear()
-    stale = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(hours=2), 0.0)
+    stale = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(hours=2), False)
     # Not waiting: the old model answered and the refit is queued behind the gate.
     assert stale.forecast is not None and stale.forecast.peak == 5000.0 and not stale.fallback
     assert forecasts.pending_fits() == 1
@@ -137,6 +137,24 @@ def test_a_poor_backtest_is_not_trusted_below_the_reactive_forecast() -> None:
     assert good.forecast is not None and good.forecast.peak == 100.0 and good.fallback == ""
 
 
+def test_a_round_waits_for_fits_only_when_they_can_finish_in_time() -> None:
+    gate = threading.Event()
+    forecasts = service(Ramp(), gate=gate)
+    for i in range(3):
+        forecasts.schedule(("ns", f"d{i}"), spec(f"q{i}"), LEAD, NOW)
+    # Three queued fits at the initial guess of 1 s each on one worker cannot finish in 0.5 s:
+    # no waiting at all.
+    started = time.monotonic()
+    forecasts.wait_for_fits(started + 0.5)
+    assert time.monotonic() - started < 0.1 and forecasts.pending_fits() == 3
+    # With time for them, the round waits until they have landed.
+    threading.Timer(0.2, gate.set).start()
+    forecasts.wait_for_fits(time.monotonic() + 10)
+    assert forecasts.pending_fits() == 0 and forecasts.fits == 3
+    result = forecasts.forecast(("ns", "d1"), spec("q1"), LEAD, NOW, wait=False)
+    assert result.forecast is not None and result.forecast.peak == 5000.0
+
+
 def test_a_failed_fit_sizes_reactively_and_says_why() -> None:
     forecasts = service(Ramp(), level=float("nan"))
     result = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
@@ -147,7 +165,7 @@ def test_a_failed_fit_sizes_reactively_and_says_why() -> None:
 def test_no_history_means_no_forecast_never_zero() -> None:
     source = Ramp()
     source.fail = True
-    result = service(source).forecast(("ns", "a"), spec(), LEAD, NOW, deadline=0.0)
+    result = service(source).forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
     assert result.forecast is None and "prometheus is down" in result.problem
 
 
@@ -158,7 +176,7 @@ def test_reactive_peak_ignores_gaps() -> None:
 
 def test_the_forecasting_condition_names_what_sized_the_service() -> None:
     forecasts = service(Ramp(), gate=threading.Event())
-    reactive = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, deadline=0.0)
+    reactive = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
     cond = forecasting_condition([], reactive, NOW, 3)
     assert (cond["status"], cond["reason"]) == ("False", "ReactiveFallback")
     assert "reactively" in cond["message"]
