@@ -6,7 +6,8 @@ Estimators follow scikit-learn conventions: hyperparameters in ``__init__``, ``f
 Indexing convention. An *origin* ``o`` is the index of the last observed step: at origin ``o``
 the values ``series.values[: o + 1]`` are known and nothing after them. The *window peak* for
 ``lead`` and ``width`` is ``max(values[o + lead + 1 : o + lead + width + 1])``, the highest
-demand over the ``width`` steps that start ``lead`` steps after the origin.
+demand over the ``width`` steps that start ``lead`` steps after the origin. *Step* ``h`` of a
+horizon (``h = 1 … horizon``) is ``values[o + h]``: step 1 is the first value not yet known.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class ForecastInfo:
 
 
 class PeakForecaster(Protocol):
-    """Forecasts quantiles of the demand peak over a window ahead of each origin."""
+    """Forecasts quantiles of the demand peak over a window ahead of each origin, and of the
+    demand at each step of a horizon."""
 
     def fit(self, series: Series) -> Self:
         """Learn from a history; NaN values are gaps."""
@@ -63,6 +65,23 @@ class PeakForecaster(Protocol):
 
         For each origin only ``series.values[: origin + 1]`` may be used, so one call can
         forecast many origins of a replay without looking ahead.
+        """
+        ...
+
+    def predict_steps(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        horizon: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        """Quantiles of demand at steps ``1 … horizon`` after each origin, shape
+        ``(len(origins), horizon, len(quantiles))``: ``out[i, h - 1, k]`` is the
+        ``quantiles[k]``-quantile of ``values[origins[i] + h]``.
+
+        Causal like ``predict_peak``; non-decreasing in the quantile, never negative, NaN where
+        nothing is known yet.
         """
         ...
 

@@ -8,6 +8,11 @@ because demand scales: a margin learned at 1,000 req/s transfers to 2,000 req/s.
 A small ``floor`` (a fraction of the service's typical demand) stands in for tiny bases, so one
 near-zero blip cannot produce an absurd ratio, and where the base is ~0 the forecast becomes
 the ``q``-quantile of the actual peaks themselves (``floor × quantile(actual / floor)``).
+
+Per-step forecasts (``predict_steps``) are calibrated the same way, one ``RatioCalibration``
+per horizon step (``StepCalibration``): the spread of ``actual / base`` grows with the step,
+so one margin for the whole horizon would be too wide near the origin and too narrow at the
+end.
 """
 
 from __future__ import annotations
@@ -60,6 +65,45 @@ class RatioCalibration:
         out = np.empty((base.shape[0], len(quantiles)))
         for k, q in enumerate(quantiles):
             out[:, k] = np.maximum(scaled * self.margin(q), 0.0)
+        return out
+
+
+@dataclass(frozen=True)
+class StepCalibration:
+    """One ``RatioCalibration`` per horizon step ``h = 1 … horizon``."""
+
+    steps: tuple[RatioCalibration, ...]
+    floor: float
+
+    @classmethod
+    def from_pairs(
+        cls, actual: FloatArray, base: FloatArray, floor: float, default_margin: float = 1.25
+    ) -> StepCalibration:
+        """``actual`` and ``base`` of shape ``(origins, horizon)``; NaN pairs are skipped."""
+        return cls(
+            tuple(
+                RatioCalibration.from_pairs(actual[:, h], base[:, h], floor, default_margin)
+                for h in range(actual.shape[1])
+            ),
+            floor,
+        )
+
+    @property
+    def horizon(self) -> int:
+        return len(self.steps)
+
+    @property
+    def pairs(self) -> int:
+        """Pairs of the least-calibrated step (the weakest margin decides)."""
+        return min((step.pairs for step in self.steps), default=0)
+
+    def apply(self, base: FloatArray, quantiles: Sequence[float]) -> FloatArray:
+        """Calibrated quantiles, shape ``(origins, horizon, len(quantiles))``; NaN stays NaN."""
+        horizon = base.shape[1]
+        margins = np.array([[step.margin(q) for q in quantiles] for step in self.steps[:horizon]])
+        margins = margins.reshape(horizon, len(quantiles))
+        scaled = np.maximum(base, self.floor)
+        out: FloatArray = np.maximum(scaled[:, :, None] * margins[None, :, :], 0.0)
         return out
 
 

@@ -29,12 +29,19 @@ def add_forecast_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentPa
         description="Rolling-origin evaluation on a per-minute trace: each model is refitted "
         "daily on the history before the day and forecasts every minute of it. Prints, per "
         "model, the pinball loss and coverage of the quantile forecast of the window peak, "
-        "the MAE of the median forecast, and fit and predict times.",
+        "the MAE of the median forecast, and fit and predict times; then the same origins' "
+        "per-step forecasts (the demand at each step of --step-horizon): pinball loss and "
+        "coverage averaged over the steps and at steps 1, 10, 30 and 60.",
     )
     p.add_argument("--trace", required=True, help="CSV: timestamp,requests,input_tokens,...")
     p.add_argument("--horizon", default="30m", help="width of the peak window (default 30m)")
     p.add_argument("--lead", default="10m", help="time from origin to window (default 10m)")
     p.add_argument("--quantile", type=float, default=0.95, help="quantile (default 0.95)")
+    p.add_argument(
+        "--step-horizon",
+        default="60m",
+        help="horizon of the per-step forecasts scored (default 60m; 0m: skip them)",
+    )
     p.add_argument(
         "--column",
         default="requests",
@@ -64,7 +71,13 @@ def add_forecast_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentPa
 
 def run_forecast_eval(args: argparse.Namespace) -> int:
     from peakwise.api.common import parse_duration
-    from peakwise.forecasting.scoring import default_models, evaluate, format_table, plot_day
+    from peakwise.forecasting.scoring import (
+        default_models,
+        evaluate,
+        format_steps_table,
+        format_table,
+        plot_day,
+    )
     from peakwise.trace import TraceError, read_trace
 
     try:
@@ -74,6 +87,7 @@ def run_forecast_eval(args: argparse.Namespace) -> int:
         step = trace.series.step_seconds
         lead = round(parse_duration(args.lead).total_seconds() / step)
         width = max(1, round(parse_duration(args.horizon).total_seconds() / step))
+        step_horizon = round(parse_duration(args.step_horizon).total_seconds() / step)
         if not 0.0 < args.quantile < 1.0:
             raise ValueError(f"--quantile must be in (0, 1), got {args.quantile}")
         models = default_models()
@@ -94,6 +108,7 @@ def run_forecast_eval(args: argparse.Namespace) -> int:
             quantile=args.quantile,
             first_origin=first,
             refit_every=steps_per_day,
+            horizon=step_horizon or None,
             progress=lambda name: print(f"  scored {name}", file=sys.stderr),
         )
     except (TraceError, ValueError) as err:
@@ -106,6 +121,9 @@ def run_forecast_eval(args: argparse.Namespace) -> int:
         f"lead {lead}, window {width} steps, q={args.quantile:g}"
     )
     print(format_table(scores, args.quantile, trace.unit))
+    if step_horizon:
+        print()
+        print(format_steps_table(scores, args.quantile, trace.unit))
     auto = next((s for s in scores if s.name == "auto (selected)"), None)
     if auto:
         print("auto chose, per day: " + "; ".join(auto.models_chosen))

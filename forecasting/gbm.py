@@ -7,11 +7,16 @@ inside the range the trees saw.
 
 It is trained with ``loss="quantile"`` at the target quantile on the older part of the history
 and calibrated (split conformal) on the most recent part, which it never saw.
+
+Per-step forecasts use a second regressor of the same kind, fitted the first time they are
+asked for: one model for all steps with the step as a feature (and the target's clock time and
+its level yesterday), on the same relative scale, calibrated per step on the held-out part.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,7 @@ from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     last_known,
     recent_peak_base,
+    recent_peak_path,
     trailing_gap_fraction,
     trailing_max,
     trailing_mean,
@@ -106,42 +112,100 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         recent = np.where(np.isnan(recent), last_known(values), recent)
         return np.maximum(recent, max(floor, 1e-12))
 
-    def _features(
-        self, series: Series, origins: IntArray, lead: int, width: int, floor: float
-    ) -> tuple[FloatArray, FloatArray]:
-        """Feature matrix for the origins and their scale; every column is causal."""
-        values = series.values
+    def _relative(
+        self, values: FloatArray, origins: IntArray, floor: float
+    ) -> tuple[Callable[[FloatArray], FloatArray], FloatArray]:
+        """The scale at each origin, and a function mapping a column (already taken at the
+        origins' rows) to ``log(column / scale)``."""
         eps = max(floor, 1e-12)
         scale = self._scale(values, floor)[origins]
 
         def rel(column: FloatArray) -> FloatArray:
             with np.errstate(invalid="ignore", divide="ignore"):
-                out: FloatArray = np.log(np.maximum(column[origins], eps) / scale)
+                out: FloatArray = np.log(np.maximum(column, eps) / scale)
             return out
 
-        columns = [rel(last_known(values))]
-        columns += [rel(trailing_max(values, self.steps(w))) for w in _MAX_WINDOWS]
-        columns += [rel(trailing_mean(values, self.steps(w))) for w in _MEAN_WINDOWS]
-        # Seasonal lags: the same window yesterday, and yesterday's level around now.
+        return rel, scale
+
+    def _lag_columns(
+        self, values: FloatArray, origins: IntArray, rel: Callable[[FloatArray], FloatArray]
+    ) -> list[FloatArray]:
+        """Last value, trailing maxima and means at each origin, relative to the scale."""
+        columns = [rel(last_known(values)[origins])]
+        columns += [rel(trailing_max(values, self.steps(w))[origins]) for w in _MAX_WINDOWS]
+        columns += [rel(trailing_mean(values, self.steps(w))[origins]) for w in _MEAN_WINDOWS]
+        return columns
+
+    def _context_columns(
+        self,
+        series: Series,
+        origins: IntArray,
+        clock_at: IntArray,
+        rel: Callable[[FloatArray], FloatArray],
+    ) -> list[FloatArray]:
+        """Yesterday's level around the origin, the time of day at ``clock_at`` (sin, cos,
+        from the series' real start time) and the recent gap share."""
+        values = series.values
+        day = self.steps(DAY_SECONDS)
+        hour_level = trailing_mean(values, self.steps(3600))
+        yesterday = np.full(values.shape[0], np.nan)
+        if values.shape[0] > day:
+            yesterday[day:] = hour_level[:-day]
+        start_second = series.start.hour * 3600 + series.start.minute * 60 + series.start.second
+        seconds = (start_second + clock_at * series.step_seconds) % DAY_SECONDS
+        angle = 2 * np.pi * seconds / DAY_SECONDS
+        gaps = trailing_gap_fraction(values, self.steps(3600))[origins]
+        return [rel(yesterday[origins]), np.sin(angle), np.cos(angle), gaps]
+
+    def _features(
+        self, series: Series, origins: IntArray, lead: int, width: int, floor: float
+    ) -> tuple[FloatArray, FloatArray]:
+        """Window-peak feature matrix for the origins and their scale; every column is causal."""
+        values = series.values
+        rel, scale = self._relative(values, origins, floor)
+        columns = self._lag_columns(values, origins, rel)
+        # Seasonal lag: the same window yesterday.
         day = self.steps(DAY_SECONDS)
         window_max = trailing_max(values, width)
         shifted = np.full(values.shape[0], np.nan)
         if lead + width <= day and values.shape[0] > day - lead - width:
             start = day - lead - width
             shifted[start:] = window_max[: values.shape[0] - start]
-        columns.append(rel(shifted))
-        hour_level = trailing_mean(values, self.steps(3600))
-        yesterday = np.full(values.shape[0], np.nan)
-        if values.shape[0] > day:
-            yesterday[day:] = hour_level[:-day]
-        columns.append(rel(yesterday))
-        # Clock: time of day of the origin, from the series' real start time.
-        start_second = series.start.hour * 3600 + series.start.minute * 60 + series.start.second
-        seconds = (start_second + origins * series.step_seconds) % DAY_SECONDS
-        angle = 2 * np.pi * seconds / DAY_SECONDS
-        columns += [np.sin(angle), np.cos(angle)]
-        columns.append(trailing_gap_fraction(values, self.steps(3600))[origins])
+        columns.append(rel(shifted[origins]))
+        columns += self._context_columns(series, origins, origins, rel)
         return np.column_stack(columns), scale
+
+    def _step_features(
+        self, series: Series, origins: IntArray, steps: IntArray, floor: float
+    ) -> tuple[FloatArray, FloatArray]:
+        """Per-step feature rows: one per (origin, step) pair; every column is causal."""
+        values = series.values
+        rel, scale = self._relative(values, origins, floor)
+        columns = self._lag_columns(values, origins, rel)
+        # Seasonal lag: the 11-minute mean around the target's minute yesterday (known at the
+        # origin as long as the step is 5 minutes short of a day).
+        day = self.steps(DAY_SECONDS)
+        then = origins + steps - day + 5
+        known = (then >= 0) & (then <= origins)
+        around = np.full(origins.shape[0], np.nan)
+        around[known] = trailing_mean(values, 11)[then[known]]
+        columns.append(rel(around))
+        # The clock of the target step, not of the origin.
+        columns += self._context_columns(series, origins, origins + steps, rel)
+        columns.append(steps.astype(np.float64))
+        return np.column_stack(columns), scale
+
+    def _regressor(self) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            loss="quantile",
+            quantile=self.quantile,
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf,
+            early_stopping=False,
+            random_state=0,
+        )
 
     def _fit_state(self, series: Series, lead: int, width: int) -> GBMState:
         values = series.values
@@ -156,16 +220,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             return GBMState(regressor=None, floor=floor)
         features, scale = self._features(series, origins, lead, width, floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
-        regressor = HistGradientBoostingRegressor(
-            loss="quantile",
-            quantile=self.quantile,
-            max_iter=self.max_iter,
-            learning_rate=self.learning_rate,
-            max_leaf_nodes=self.max_leaf_nodes,
-            min_samples_leaf=self.min_samples_leaf,
-            early_stopping=False,
-            random_state=0,
-        )
+        regressor = self._regressor()
         with _limit_threads(self.threads):
             regressor.fit(features, y)
         return GBMState(regressor=regressor, floor=floor)
@@ -185,5 +240,47 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             with _limit_threads(self.threads):
                 predicted = state.regressor.predict(features)
             base[usable] = np.exp(predicted) * scale
+        fallback = np.isnan(base)
+        return np.where(fallback, recent, base), fallback
+
+    def _fit_step_state(self, series: Series, horizon: int) -> GBMState:
+        # One model for every step, the step being a feature: a model per step would cost a
+        # fit per step. Each training origin contributes one step drawn at random (seeded),
+        # so the rows cost what the window-peak model's do and no step is tied to a clock time.
+        values = series.values
+        floor = self.floor_
+        stop = min(self._calibration_start(values.shape[0], 0, horizon), values.shape[0] - horizon)
+        origins = np.arange(0, max(0, stop), max(1, self.stride), dtype=np.int64)
+        steps = np.random.default_rng(0).integers(1, horizon + 1, size=origins.shape[0])
+        targets = values[origins + steps] if origins.size else np.empty(0)
+        known = ~np.isnan(targets) & ~np.isnan(values[origins])
+        origins, steps, targets = origins[known], steps[known], targets[known]
+        if origins.shape[0] < self.min_training_rows:
+            return GBMState(regressor=None, floor=floor)
+        features, scale = self._step_features(series, origins, steps, floor)
+        y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
+        regressor = self._regressor()
+        with _limit_threads(self.threads):
+            regressor.fit(features, y)
+        return GBMState(regressor=regressor, floor=floor)
+
+    def _step_base(
+        self, state: GBMState, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        window = self.steps(self.fallback_window_seconds)
+        recent = recent_peak_path(values, origins, window, horizon)
+        if state.regressor is None:
+            return recent, np.ones(recent.shape, dtype=np.bool_)
+        base = np.full(recent.shape, np.nan)
+        usable = ~np.isnan(last_known(values)[origins])
+        if usable.any():
+            # One row per (origin, step), origin-major so the predictions reshape to the path.
+            rows = np.repeat(origins[usable], horizon)
+            steps = np.tile(np.arange(1, horizon + 1, dtype=np.int64), int(usable.sum()))
+            features, scale = self._step_features(series, rows, steps, state.floor)
+            with _limit_threads(self.threads):
+                predicted = state.regressor.predict(features)
+            base[usable] = (np.exp(predicted) * scale).reshape(-1, horizon)
         fallback = np.isnan(base)
         return np.where(fallback, recent, base), fallback

@@ -11,6 +11,10 @@ forecast per origin; this class adds what they all need:
   training history, once (margins learned for a 30-minute window do not fit a 1-minute one);
 * residual calibration (see ``calibration.py``), separately for the model's main form and for
   its recent-level fallback (too little history, or gaps where the main form needs data);
+* per-step forecasts (``predict_steps``): the model gives a base path over the horizon, and a
+  ratio calibration per horizon step turns it into quantiles. Like other window shapes, the
+  per-step part is fitted from the stored training history the first time a horizon is asked
+  for, once (``fit`` itself costs what it did before);
 * the metadata in ``info_``.
 """
 
@@ -29,14 +33,25 @@ from peakwise.forecasting.base import ForecastInfo, IntArray
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
+    StepCalibration,
     demand_floor,
     score,
 )
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import recent_peak_base, valid_origins, window_peak_targets
+from peakwise.forecasting.windows import (
+    recent_peak_base,
+    recent_peak_path,
+    step_targets,
+    valid_origins,
+    window_peak_targets,
+)
 
 BoolArray = NDArray[np.bool_]
 StateT = TypeVar("StateT")
+
+# Per-step residuals of neighbouring origins are nearly the same sample; a spread-out subset
+# this large calibrates as well and keeps the per-step fit (GBM predictions) and memory small.
+MAX_STEP_CALIBRATION_ORIGINS = 1000
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,16 @@ class FittedWindow(Generic[StateT]):
     fallback: RatioCalibration
     loss: float | None
     coverage: float | None
+    short_history: bool
+
+
+@dataclass(frozen=True)
+class FittedSteps(Generic[StateT]):
+    """What a model learned for per-step forecasts over ``horizon`` steps."""
+
+    state: StateT
+    primary: StepCalibration
+    fallback: StepCalibration
     short_history: bool
 
 
@@ -85,6 +110,18 @@ class PeakModel(ABC, Generic[StateT]):
         Must be causal: the entry for origin ``o`` may depend on ``series.values[: o + 1]``
         only.
         NaN means no forecast is possible (nothing known yet).
+        """
+
+    def _fit_step_state(self, series: Series, horizon: int) -> StateT:
+        """Learn what per-step forecasts need; by default the state of a one-step window."""
+        return self._fit_state(series, 0, 1)
+
+    @abstractmethod
+    def _step_base(
+        self, state: StateT, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        """Base path per origin and step, shape ``(len(origins), horizon)``, and where the
+        fallback produced it. Causal like ``_base``; NaN where nothing is known yet.
         """
 
     def _calibration_start(self, length: int, lead: int, width: int) -> int:
@@ -134,6 +171,7 @@ class PeakModel(ABC, Generic[StateT]):
         self.step_seconds_: int = series.step_seconds
         self.floor_: float = demand_floor(values, self.floor_fraction)
         self.fits_: dict[tuple[int, int], FittedWindow[StateT]] = {}
+        self.step_fits_: dict[int, FittedSteps[StateT]] = {}
         self.fitted_window(self.lead, self.width)
         return self
 
@@ -189,6 +227,68 @@ class PeakModel(ABC, Generic[StateT]):
             coverage=cover,
             short_history=primary.pairs < MIN_CALIBRATION_PAIRS,
         )
+
+    def fitted_steps(self, horizon: int) -> FittedSteps[StateT]:
+        """The per-step fit for this horizon, learning it from the training history if needed."""
+        if not hasattr(self, "step_fits_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        if horizon < 1:
+            raise ValueError(f"need horizon ≥ 1, got {horizon}")
+        if horizon not in self.step_fits_:
+            self.step_fits_[horizon] = self._fit_steps(horizon)
+        return self.step_fits_[horizon]
+
+    def _fit_steps(self, horizon: int) -> FittedSteps[StateT]:
+        training = self.training_series_
+        n = len(training)
+        state = self._fit_step_state(training, horizon)
+        start = self._calibration_start(n, 0, horizon)
+        origins = np.arange(start, max(start, n - horizon), dtype=np.int64)
+        stride = -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS)  # ceiling division
+        origins = origins[::-1][:: max(1, stride)][::-1]  # keep the newest origin
+        actual = step_targets(training.values, origins, horizon)
+        if origins.size:
+            base, fallback = self._step_base(state, training, origins, horizon)
+        else:
+            base, fallback = np.empty((0, horizon)), np.empty((0, horizon), dtype=np.bool_)
+        primary = StepCalibration.from_pairs(
+            np.where(fallback, np.nan, actual), base, self.floor_, self.default_margin
+        )
+        backup = StepCalibration.from_pairs(
+            np.where(fallback, actual, np.nan), base, self.floor_, self.default_margin
+        )
+        return FittedSteps(
+            state=state,
+            primary=primary,
+            fallback=backup,
+            short_history=primary.pairs < MIN_CALIBRATION_PAIRS,
+        )
+
+    def predict_steps(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        horizon: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        origins = np.asarray(origins, dtype=np.int64)
+        valid_origins(origins, len(series))
+        fitted = self.fitted_steps(horizon)
+        if origins.size == 0:
+            return np.empty((0, horizon, len(quantiles)))
+        # Cut at the last origin: nothing later can leak into any forecast.
+        values = np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
+        known = Series(series.start, series.step_seconds, values)
+        base, fallback = self._step_base(fitted.state, known, origins, horizon)
+        if fitted.short_history and fitted.fallback.pairs >= MIN_CALIBRATION_PAIRS:
+            # As in predict_peak: an uncalibrated main form yields to the calibrated fallback.
+            window = self.steps(self._fallback_window_seconds())
+            base = recent_peak_path(values, origins, window, horizon)
+            fallback = np.ones(base.shape, dtype=np.bool_)
+        main = fitted.primary.apply(base, quantiles)
+        backup = fitted.fallback.apply(base, quantiles)
+        return np.where(fallback[:, :, None], backup, main)
 
     def predict_peak(
         self,

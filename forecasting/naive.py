@@ -2,6 +2,9 @@
 
 Both have no parameters to learn, so their residuals on the whole training history are
 out-of-sample and calibrate them directly.
+
+Per step: the recent peak held flat over the horizon, and the value at the same minute one
+season ago (the recent peak where that minute is a gap or before the history).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, PeakModel
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import recent_peak_base, trailing_max
+from peakwise.forecasting.windows import recent_peak_base, recent_peak_path, trailing_max
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
@@ -54,6 +57,12 @@ class RecentPeakForecaster(PeakModel[None]):
         base = recent_peak_base(series.values, origins, self.steps(self.window_seconds))
         # One form only: nothing to fall back to, so every origin is "primary".
         return base, np.zeros(origins.shape[0], dtype=np.bool_)
+
+    def _step_base(
+        self, state: None, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        base = recent_peak_path(series.values, origins, self.steps(self.window_seconds), horizon)
+        return base, np.zeros(base.shape, dtype=np.bool_)
 
 
 class SeasonalNaivePeakForecaster(PeakModel[None]):
@@ -111,4 +120,19 @@ class SeasonalNaivePeakForecaster(PeakModel[None]):
             seasonal[known] = window_max[last_step[known]]
         fallback = np.isnan(seasonal)
         recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        return np.where(fallback, recent, seasonal), fallback
+
+    def _step_base(
+        self, state: None, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        season = self.steps(self.season_seconds)
+        then = origins[:, None] + np.arange(1, horizon + 1)[None, :] - season
+        # A step more than a season ahead would need values after the origin: fallback there.
+        known = (then >= 0) & (then <= origins[:, None])
+        seasonal = np.full(then.shape, np.nan)
+        seasonal[known] = values[then[known]]
+        fallback = np.isnan(seasonal)
+        window = self.steps(self.fallback_window_seconds)
+        recent = recent_peak_path(values, origins, window, horizon)
         return np.where(fallback, recent, seasonal), fallback

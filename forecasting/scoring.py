@@ -3,7 +3,8 @@
 The evaluation replays a trace the way the operator would see it: from ``first_day`` on, each
 model is refitted once a day on everything before that day (expanding window, time order) and
 forecasts every minute of the day, each origin seeing only data up to itself. Scores are
-measured over all those origins, against the actual window peaks.
+measured over all those origins, against the actual window peaks, and (with ``horizon``) for
+the per-step forecasts against the actual value at every step of the horizon.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from peakwise.forecasting.base import PeakForecaster, pinball_loss
+from peakwise.forecasting.base import IntArray, PeakForecaster, pinball_loss
 from peakwise.forecasting.calibration import coverage
 from peakwise.forecasting.select import CANDIDATES, AutoForecaster
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import window_peak_targets
+from peakwise.forecasting.windows import step_targets, window_peak_targets
 
 Factory = Callable[[int, int, float], PeakForecaster]
 
@@ -39,6 +40,30 @@ def default_models() -> dict[str, Factory]:
 
 
 @dataclass(frozen=True)
+class StepScore:
+    """How the per-step quantile forecasts (``predict_steps``) did, step by step."""
+
+    horizon: int
+    pinball_loss: FloatArray
+    """Pinball loss of the quantile forecast at steps 1 … horizon (index ``h - 1``)."""
+    coverage: FloatArray
+    """Share of actual values at or below the quantile forecast, per step."""
+    fit_seconds: float
+    """Mean time of the first per-step forecast after a refit (the per-step part is fitted
+    then, on first use)."""
+    predict_seconds: float
+    """Time of forecasting the whole horizon for one origin from the full history."""
+
+    @property
+    def mean_loss(self) -> float:
+        return float(np.nanmean(self.pinball_loss))
+
+    @property
+    def mean_coverage(self) -> float:
+        return float(np.nanmean(self.coverage))
+
+
+@dataclass(frozen=True)
 class ModelScore:
     name: str
     pinball_loss: float
@@ -53,6 +78,8 @@ class ModelScore:
     forecast: FloatArray
     """The quantile forecast for every origin (NaN before the evaluation span)."""
     median: FloatArray
+    steps: StepScore | None = None
+    """Per-step scores, when ``evaluate`` was given a ``horizon``."""
 
 
 def evaluate(
@@ -64,9 +91,12 @@ def evaluate(
     quantile: float,
     first_origin: int,
     refit_every: int,
+    horizon: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[ModelScore]:
-    """Rolling-origin scores of each model over origins ``first_origin`` onwards."""
+    """Rolling-origin scores of each model over origins ``first_origin`` onwards; with
+    ``horizon``, also of its per-step forecasts over that many steps (same origins, scored
+    where the step is inside the trace)."""
     n = len(series)
     actual = window_peak_targets(series.values, lead, width)
     scored: list[ModelScore] = []
@@ -79,6 +109,7 @@ def evaluate(
         fit_times: list[float] = []
         chosen: list[str] = []
         model: PeakForecaster | None = None
+        steps = _StepTally(horizon, quantile) if horizon else None
         for start in range(first_origin, last_origin, refit_every):
             stop = min(last_origin, start + refit_every)
             began = time.perf_counter()
@@ -90,6 +121,8 @@ def evaluate(
                 series.head(stop), origins, lead=lead, width=width, quantiles=[0.5, quantile]
             )
             median[start:stop], forecast[start:stop] = out[:, 0], out[:, 1]
+            if steps:
+                steps.add(model, series, origins)
         assert model is not None
         # The operator's call: one origin, the whole history; best of a few to skip hiccups.
         predict_times = []
@@ -113,11 +146,60 @@ def evaluate(
                 models_chosen=tuple(chosen),
                 forecast=forecast,
                 median=median,
+                steps=steps.score(model, series) if steps else None,
             )
         )
         if progress:
             progress(name)
     return scored
+
+
+class _StepTally:
+    """Per-step loss and coverage summed over the refit periods of one model."""
+
+    def __init__(self, horizon: int, quantile: float) -> None:
+        self.horizon = horizon
+        self.quantile = quantile
+        self.loss = np.zeros(horizon)
+        self.covered = np.zeros(horizon)
+        self.count = np.zeros(horizon)
+        self.fit_times: list[float] = []
+
+    def add(self, model: PeakForecaster, series: Series, origins: IntArray) -> None:
+        known = series.head(int(origins.max()) + 1)
+        # The first per-step forecast after a refit fits the per-step part: time it alone.
+        began = time.perf_counter()
+        model.predict_steps(known, origins[:1], horizon=self.horizon, quantiles=[self.quantile])
+        self.fit_times.append(time.perf_counter() - began)
+        predicted = model.predict_steps(
+            known, origins, horizon=self.horizon, quantiles=[self.quantile]
+        )[:, :, 0]
+        actual = step_targets(series.values, origins, self.horizon)
+        ok = ~np.isnan(actual) & ~np.isnan(predicted)
+        diff = np.where(ok, actual - predicted, 0.0)
+        loss = np.maximum(self.quantile * diff, (self.quantile - 1.0) * diff)
+        self.loss += loss.sum(axis=0)
+        self.covered += (ok & (actual <= predicted)).sum(axis=0)
+        self.count += ok.sum(axis=0)
+
+    def score(self, model: PeakForecaster, series: Series) -> StepScore:
+        predict_times = []
+        for _ in range(5):
+            began = time.perf_counter()
+            model.predict_steps(
+                series, np.array([len(series) - 1]), horizon=self.horizon, quantiles=[self.quantile]
+            )
+            predict_times.append(time.perf_counter() - began)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = np.where(self.count > 0, self.loss / self.count, np.nan)
+            cover = np.where(self.count > 0, self.covered / self.count, np.nan)
+        return StepScore(
+            horizon=self.horizon,
+            pinball_loss=loss,
+            coverage=cover,
+            fit_seconds=float(np.mean(self.fit_times)),
+            predict_seconds=float(np.min(predict_times)),
+        )
 
 
 def format_table(scores: Sequence[ModelScore], quantile: float, unit: str) -> str:
@@ -138,6 +220,44 @@ def format_table(scores: Sequence[ModelScore], quantile: float, unit: str) -> st
             f"{s.mae_median:>9.2f} {s.fit_seconds:>7.3f} {1000 * s.predict_seconds:>8.1f}"
         )
     lines.append(f"(pinball loss and MAE in {unit}; fit = mean of the daily refits)")
+    return "\n".join(lines)
+
+
+STEPS_SHOWN = (1, 10, 30, 60)
+"""Steps of the horizon the per-step table shows one by one (those within the horizon)."""
+
+
+def format_steps_table(scores: Sequence[ModelScore], quantile: float, unit: str) -> str:
+    """Per-step loss and coverage: the mean over the horizon and at a few steps."""
+    with_steps = [s for s in scores if s.steps is not None]
+    if not with_steps:
+        return ""
+    horizon = max(s.steps.horizon for s in with_steps if s.steps is not None)
+    shown = [h for h in STEPS_SHOWN if h <= horizon]
+    at = "".join(f" {'@' + str(h):>7}" for h in shown)
+    header = (
+        f"{'model':<26} {'loss avg':>8}{at} {'cover avg':>9}{at.replace('  @', ' c@')} "
+        f"{'fit s':>7} {'pred ms':>8}"
+    )
+    lines = [
+        f"Per-step forecasts over a {horizon}-step horizon, q={quantile:g}: pinball loss and "
+        "coverage averaged over the steps and at steps " + ", ".join(map(str, shown)),
+        header,
+        "-" * len(header),
+    ]
+    for s in with_steps:
+        st = s.steps
+        assert st is not None
+        losses = "".join(f" {st.pinball_loss[h - 1]:>7.2f}" for h in shown)
+        covers = "".join(f" {100 * st.coverage[h - 1]:>6.1f}%" for h in shown)
+        lines.append(
+            f"{s.name:<26} {st.mean_loss:>8.2f}{losses} {100 * st.mean_coverage:>8.1f}%{covers} "
+            f"{st.fit_seconds:>7.3f} {1000 * st.predict_seconds:>8.1f}"
+        )
+    lines.append(
+        f"(loss in {unit}; fit = mean time of the first per-step forecast after a refit, "
+        "when the per-step part is fitted; pred = the whole horizon for one origin)"
+    )
     return "\n".join(lines)
 
 

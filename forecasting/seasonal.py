@@ -1,6 +1,8 @@
 """A simple daily-seasonal peak forecaster: yesterday's peak, scaled to today's level.
 
 It is the baseline every other model must beat, and what `peakwise backtest` falls back to.
+Per step: the value at the same minute a season ago, scaled the same way, with margins per step
+learned (once per horizon, on first use) from the training history.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Self
 import numpy as np
 
 from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import trailing_max, trailing_mean
+from peakwise.forecasting.windows import step_targets, trailing_max, trailing_mean
 
 
 def forward_max(values: FloatArray, width: int) -> FloatArray:
@@ -67,6 +70,27 @@ class SeasonalPeakForecaster:
             seasonal[ok] = peaks[past[ok]] * ratio
         return seasonal, recent_max[origins]
 
+    def _step_bases(
+        self, values: FloatArray, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, FloatArray]:
+        """Seasonal and recent-level paths, shape ``(len(origins), horizon)`` (NaN: none)."""
+        then = origins[:, None] + np.arange(1, horizon + 1)[None, :] - self.season
+        # Known at the origin, and a season of level to compare with.
+        ok = (then >= 0) & (then <= origins[:, None]) & (origins[:, None] >= self.season)
+        seasonal = np.full(then.shape, np.nan)
+        if ok.any():
+            level = trailing_mean(values, self.level_window)
+            rows = np.flatnonzero(ok.any(axis=1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                past, now = level[origins[rows] - self.season], level[origins[rows]]
+                ratio = np.where(past > 0, now / past, 1.0)
+            ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, self.max_level_ratio)
+            scaled = np.full(then.shape, np.nan)
+            scaled[rows] = values[np.where(ok[rows], then[rows], 0)] * ratio[:, None]
+            seasonal[ok] = scaled[ok]
+        recent = trailing_max(values, self.level_window)[origins]
+        return seasonal, np.repeat(recent[:, None], horizon, axis=1)
+
     def fit(self, series: Series) -> Self:
         values = series.values
         self.training_steps_ = len(series)
@@ -77,7 +101,46 @@ class SeasonalPeakForecaster:
         seasonal, recent = self._bases(values, origins, lead, width)
         self.seasonal_ratios_ = _ratios(actual, seasonal)
         self.recent_ratios_ = _ratios(actual, recent)
+        # Kept for the per-step margins, learned on first use per horizon.
+        self.training_values_ = values
+        self.step_ratios_: dict[int, list[tuple[FloatArray, FloatArray]]] = {}
         return self
+
+    def _fit_steps(self, horizon: int) -> list[tuple[FloatArray, FloatArray]]:
+        """(seasonal, recent) ratios per step; the baseline calibrates on all its history."""
+        values = self.training_values_
+        origins = np.arange(0, max(0, values.shape[0] - horizon), dtype=np.int64)
+        origins = origins[:: max(1, -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS))]
+        actual = step_targets(values, origins, horizon)
+        seasonal, recent = self._step_bases(values, origins, horizon)
+        return [
+            (_ratios(actual[:, h], seasonal[:, h]), _ratios(actual[:, h], recent[:, h]))
+            for h in range(horizon)
+        ]
+
+    def predict_steps(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        horizon: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        if horizon not in self.step_ratios_:
+            self.step_ratios_[horizon] = self._fit_steps(horizon)
+        ratios = self.step_ratios_[horizon]
+        origins = np.asarray(origins, dtype=np.int64)
+        values = series.values[: int(origins.max()) + 1] if origins.size else series.values[:0]
+        seasonal, recent = self._step_bases(values, origins, horizon)
+        out = np.empty((origins.shape[0], horizon, len(quantiles)))
+        for h, (seasonal_ratios, recent_ratios) in enumerate(ratios):
+            for k, q in enumerate(quantiles):
+                m_seasonal = _margin(seasonal_ratios, q, self.default_margin)
+                m_recent = _margin(recent_ratios, q, self.default_margin)
+                out[:, h, k] = np.where(
+                    np.isnan(seasonal[:, h]), recent[:, h] * m_recent, seasonal[:, h] * m_seasonal
+                )
+        return out
 
     def predict_peak(
         self,

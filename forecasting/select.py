@@ -20,6 +20,14 @@ Selection, for a window shape ``(lead, width)``:
 
 Under ``min_history_seconds`` there is nothing to validate against: the recent-peak model is
 used and ``info_.short_history`` says so.
+
+Per-step forecasts (``predict_steps``) carry the selection over: they use the models chosen
+for the constructor's window shape, each with its own per-step calibration. A model good at
+window peaks can be poor minute by minute (the value one week ago is a fine peak estimate but a
+noisy per-minute one), so the chosen models are ranked again by their per-step pinball loss on
+the newest part of the history and the best one, or an inverse-loss blend of the best few, is
+kept, as in step 2 (averaging quantiles keeps them monotone). No model is refitted: this costs
+the chosen models' per-step fits and one forecast of a few hundred held-out origins.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from peakwise.forecasting.naive import (
 )
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
-from peakwise.forecasting.windows import valid_origins, window_peak_targets
+from peakwise.forecasting.windows import step_targets, valid_origins, window_peak_targets
 
 ModelFactory = Callable[[int, int, float], PeakModel[Any]]
 
@@ -70,6 +78,11 @@ CANDIDATES: dict[str, ModelFactory] = {
 
 DEFAULT_CANDIDATES = tuple(CANDIDATES)
 
+# Per-step losses are averaged over origins × steps: a few hundred origins spread over the
+# held-out span rank the models reliably, and keep the GBM's predictions (origins × steps
+# rows) cheap.
+MAX_STEP_VALIDATION_ORIGINS = 500
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -84,6 +97,43 @@ class Selection:
     coverage: float | None
     short_history: bool
     candidates: tuple[tuple[str, float], ...]
+
+
+Scored = tuple[float, str, FloatArray]
+"""A candidate's held-out loss, name and forecasts."""
+
+
+def best_blend(
+    scored: Sequence[Scored], actual: FloatArray, quantile: float, max_blend: int
+) -> tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]:
+    """The single best candidate or an inverse-loss blend of the best few, whichever has the
+    lowest held-out loss: (loss, names, weights, blended forecasts). ``scored`` is best first.
+    """
+    options: list[tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]] = []
+    for size in range(1, min(max_blend, len(scored)) + 1):
+        top = scored[:size]
+        raw = np.array([1.0 / max(loss, 1e-12) for loss, _, _ in top])
+        weights = raw / raw.sum()
+        blended = np.sum([w * p for w, (_, _, p) in zip(weights, top, strict=True)], axis=0)
+        loss, _ = score(actual, blended, quantile)
+        options.append(
+            (loss, tuple(name for _, name, _ in top), tuple(float(w) for w in weights), blended)
+        )
+    options.sort(key=lambda item: np.inf if np.isnan(item[0]) else item[0])
+    return options[0]
+
+
+@dataclass(frozen=True)
+class StepSelection:
+    """Which of the selected models per-step forecasts blend, for one horizon."""
+
+    models: tuple[PeakModel[Any], ...]
+    weights: tuple[float, ...]
+    label: str
+    loss: float | None
+    """Per-step pinball loss at the target quantile on the newest part of the history, mean
+    over origins and steps; None when there was nothing to compare."""
+    coverage: float | None
 
 
 class AutoForecaster:
@@ -143,6 +193,7 @@ class AutoForecaster:
         values = np.asarray(series.values, dtype=np.float64).copy()
         self.training_series_ = Series(series.start, series.step_seconds, values)
         self.selections_: dict[tuple[int, int], Selection] = {}
+        self.step_selections_: dict[int, StepSelection] = {}
         self.selection(self.lead, self.width)
         return self
 
@@ -155,13 +206,64 @@ class AutoForecaster:
             self.selections_[key] = self._select(lead, width)
         return self.selections_[key]
 
+    def _validation_steps(self, length: int) -> int:
+        """Steps held out for validation in a history of ``length`` steps."""
+        step = self.training_series_.step_seconds
+        return min(
+            int(self.validation_fraction * length),
+            max(1, round(self.max_validation_seconds / step)),
+        )
+
+    def step_selection(self, horizon: int) -> StepSelection:
+        """The blend used for per-step forecasts over ``horizon`` steps (chosen on first use)."""
+        if not hasattr(self, "step_selections_"):
+            raise RuntimeError("AutoForecaster is not fitted; call fit() first")
+        if horizon < 1:
+            raise ValueError(f"need horizon ≥ 1, got {horizon}")
+        if horizon not in self.step_selections_:
+            self.step_selections_[horizon] = self._select_steps(horizon)
+        return self.step_selections_[horizon]
+
+    def _select_steps(self, horizon: int) -> StepSelection:
+        chosen = self.selection(self.lead, self.width)
+        if len(chosen.models) == 1:
+            return StepSelection(chosen.models, (1.0,), chosen.label, None, None)
+        series = self.training_series_
+        n = len(series)
+        # The newest part of the history: the GBM's held-out tail; the other models learn
+        # nothing from it but their margins, so their forecasts there are out of sample too.
+        first = max(0, n - self._validation_steps(n) - horizon)
+        origins = np.arange(first, max(first, n - horizon), dtype=np.int64)
+        stride = -(-origins.shape[0] // MAX_STEP_VALIDATION_ORIGINS)
+        origins = origins[::-1][:: max(1, stride)][::-1]
+        actual = step_targets(series.values, origins, horizon)
+        by_label = {m.info_.model: m for m in chosen.models}
+        scored: list[Scored] = []
+        for label, model in by_label.items():
+            predicted = model.predict_steps(
+                series, origins, horizon=horizon, quantiles=[self.quantile]
+            )[:, :, 0]
+            loss, _ = score(actual, predicted, self.quantile)
+            if not np.isnan(loss):
+                scored.append((loss, label, predicted))
+        if not scored:  # nothing known to compare with: keep the window-peak blend
+            return StepSelection(chosen.models, chosen.weights, chosen.label, None, None)
+        scored.sort(key=lambda item: item[0])
+        loss, names, weights, blended = best_blend(scored, actual, self.quantile, self.max_blend)
+        parts = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True))
+        return StepSelection(
+            models=tuple(by_label[name] for name in names),
+            weights=weights,
+            label=names[0] if len(names) == 1 else f"blend({parts})",
+            loss=float(loss),
+            coverage=score(actual, blended, self.quantile)[1],
+        )
+
     def _select(self, lead: int, width: int) -> Selection:
         series = self.training_series_
         n = len(series)
         step = series.step_seconds
-        validation = min(
-            int(self.validation_fraction * n), max(1, round(self.max_validation_seconds / step))
-        )
+        validation = self._validation_steps(n)
         first = n - lead - width - validation  # first held-out origin
         if n * step < self.min_history_seconds or validation < MIN_CALIBRATION_PAIRS or first < 1:
             model = RecentPeakForecaster(lead=lead, width=width, quantile=self.quantile)
@@ -198,19 +300,7 @@ class AutoForecaster:
         if not scored:  # nothing known in the held-out span: all gaps
             scored = [(float("nan"), "recent-peak", np.full(origins.shape[0], np.nan))]
 
-        # Single best, and inverse-loss blends of the best few: lowest held-out loss wins.
-        options: list[tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]] = []
-        for size in range(1, min(self.max_blend, len(scored)) + 1):
-            top = scored[:size]
-            raw = np.array([1.0 / max(loss, 1e-12) for loss, _, _ in top])
-            weights = raw / raw.sum()
-            blended = np.sum([w * p for w, (_, _, p) in zip(weights, top, strict=True)], axis=0)
-            loss, _ = score(actual, blended, self.quantile)
-            options.append(
-                (loss, tuple(name for _, name, _ in top), tuple(float(w) for w in weights), blended)
-            )
-        options.sort(key=lambda item: np.inf if np.isnan(item[0]) else item[0])
-        loss, names, weights, blended = options[0]
+        loss, names, weights, blended = best_blend(scored, actual, self.quantile, self.max_blend)
 
         calibration: RatioCalibration | None = None
         if self.recalibrate:
@@ -265,6 +355,27 @@ class AutoForecaster:
             axis=0,
         )
         return chosen.calibration.apply(base, quantiles)
+
+    def predict_steps(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        horizon: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        origins = np.asarray(origins, dtype=np.int64)
+        valid_origins(origins, len(series))
+        # ``recalibrate`` margins are window-peak ratios; per step each model's own apply.
+        chosen = self.step_selection(horizon)
+        parts = [
+            m.predict_steps(series, origins, horizon=horizon, quantiles=quantiles)
+            for m in chosen.models
+        ]
+        blended: FloatArray = np.sum(
+            [w * p for w, p in zip(chosen.weights, parts, strict=True)], axis=0
+        )
+        return blended
 
     @property
     def info_(self) -> ForecastInfo:

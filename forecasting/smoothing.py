@@ -10,6 +10,9 @@ Causality: the forecast at origin ``o`` uses the state after the last bucket tha
 at ``o``; buckets are aligned to the series start, so appending data never changes the buckets
 an earlier origin saw. The very first season initialises each slot the first time it is seen
 (running level, slot = value - level) instead of from a look at the whole first day.
+
+Per step, the base is level + the seasonal slot of the step's bucket, both as of the origin;
+``alpha`` and ``gamma`` are the same grid search's (it does not depend on the window).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, FittedWindow, PeakModel
 from peakwise.forecasting.naive import DAY_SECONDS
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import recent_peak_base
+from peakwise.forecasting.windows import recent_peak_base, recent_peak_path
 
 
 @dataclass(frozen=True)
@@ -166,18 +169,39 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
         season = self.steps(self.season_seconds)
         return season if length >= 2 * season + lead + width else 0
 
+    @staticmethod
+    def _level(
+        state: SmoothingState, values: FloatArray, origins: IntArray
+    ) -> tuple[SmoothingPath, IntArray, FloatArray]:
+        """The smoothing path, the last bucket complete at each origin and the level there."""
+        path = smooth(bucket_means(values, state.bucket), state.season, state.alpha, state.gamma)
+        last = (origins + 1) // state.bucket - 1
+        have = (last >= 0) & (last < path.levels.shape[0])
+        level = np.full(origins.shape[0], np.nan)
+        level[have] = path.levels[last[have]]
+        return path, last, level
+
+    @staticmethod
+    def _slot_values(
+        path: SmoothingPath, season: int, last: IntArray, target: IntArray
+    ) -> FloatArray:
+        """Seasonal slot of each ``target`` bucket as of bucket ``last`` (0 where unseen)."""
+        # The slot's value as of `last`: written one or more whole seasons before the target.
+        seasons_back = (target - last + season - 1) // season
+        written_at = target - season * seasons_back
+        ok = written_at >= 0
+        out = np.zeros(target.shape)
+        out[ok] = np.nan_to_num(path.seasonal[written_at[ok]], nan=0.0)
+        return out
+
     def _base(
         self, state: SmoothingState, series: Series, origins: IntArray, lead: int, width: int
     ) -> tuple[FloatArray, BoolArray]:
         values = series.values
         b, m = state.bucket, state.season
-        path = smooth(bucket_means(values, b), m, state.alpha, state.gamma)
-        last = (origins + 1) // b - 1  # last bucket complete at each origin
+        path, last, level = self._level(state, values, origins)
         base = np.full(origins.shape[0], np.nan)
-        have = (last >= 0) & (last < path.levels.shape[0])
-        level = np.full(origins.shape[0], np.nan)
-        level[have] = path.levels[last[have]]
-        have &= ~np.isnan(level)
+        have = ~np.isnan(level)
         if m:
             first = (origins + lead + 1) // b
             final = (origins + lead + width) // b
@@ -185,12 +209,7 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
             for k in range(int((final - first).max(initial=0)) + 1):
                 target = first + k
                 in_window = have & (target <= final)
-                # The slot's value as of `last`: written one or more whole seasons earlier.
-                seasons_back = (target - last + m - 1) // m
-                written_at = target - m * seasons_back
-                ok = in_window & (written_at >= 0)
-                slot_value = np.zeros(origins.shape[0])
-                slot_value[ok] = np.nan_to_num(path.seasonal[written_at[ok]], nan=0.0)
+                slot_value = self._slot_values(path, m, last, target)
                 best = np.where(in_window, np.maximum(best, slot_value), best)
             base[have] = level[have] + best[have]
         else:
@@ -198,6 +217,21 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
         base = np.maximum(base, 0.0)
         fallback = np.isnan(base)
         recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        return np.where(fallback, recent, base), fallback
+
+    def _step_base(
+        self, state: SmoothingState, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        path, last, level = self._level(state, values, origins)
+        base = np.repeat(level[:, None], horizon, axis=1)
+        if state.season:
+            target = (origins[:, None] + np.arange(1, horizon + 1)[None, :]) // state.bucket
+            base = base + self._slot_values(path, state.season, last[:, None], target)
+        base = np.maximum(base, 0.0)
+        fallback = np.isnan(base)
+        window = self.steps(self.fallback_window_seconds)
+        recent = recent_peak_path(values, origins, window, horizon)
         return np.where(fallback, recent, base), fallback
 
     def _fit_window(self, lead: int, width: int) -> FittedWindow[SmoothingState]:

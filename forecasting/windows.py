@@ -82,6 +82,25 @@ def window_peak_targets(values: FloatArray, lead: int, width: int) -> FloatArray
     return out
 
 
+def step_targets(values: FloatArray, origins: IntArray, horizon: int) -> FloatArray:
+    """``out[i, h - 1] = values[origins[i] + h]`` for ``h = 1 … horizon`` (NaN off the end).
+
+    The per-step target: it looks ahead by design, for training and evaluation only.
+    """
+    index = origins[:, None] + np.arange(1, horizon + 1)[None, :]
+    inside = index < values.shape[0]
+    out = np.full(index.shape, np.nan)
+    out[inside] = values[index[inside]]
+    return out
+
+
+def recent_peak_path(
+    values: FloatArray, origins: IntArray, window: int, horizon: int
+) -> FloatArray:
+    """The recent peak held flat over the horizon, shape ``(len(origins), horizon)``."""
+    return np.repeat(recent_peak_base(values, origins, window)[:, None], horizon, axis=1)
+
+
 def lagged(values: FloatArray, lag: int) -> FloatArray:
     """``out[j] = values[j - lag]`` (NaN where that is before the start)."""
     out = np.full(values.shape[0], np.nan)
