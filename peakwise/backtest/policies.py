@@ -7,14 +7,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol, Self
 
 import numpy as np
 
 from peakwise.api.costbudget import CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
-from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.base import ForecastInfo, IntArray
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.planner import (
     BudgetState,
@@ -69,8 +70,31 @@ class ReactivePolicy:
         return {self.pool: self._last}
 
 
+class WindowPeakForecaster(Protocol):
+    """The part of ``PeakForecaster`` a replay needs: fit, window-peak quantiles, metadata."""
+
+    def fit(self, series: Series) -> Self: ...
+
+    def predict_peak(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        lead: int,
+        width: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray: ...
+
+    @property
+    def info_(self) -> ForecastInfo: ...
+
+
+ForecasterFactory = Callable[[int, int], WindowPeakForecaster]
+"""(lead, width) -> an unfitted forecaster."""
+
+
 def forecast_peaks(
-    forecaster_factory: Callable[[int, int], PeakForecaster],
+    forecaster_factory: ForecasterFactory,
     series: Series,
     *,
     lead: int,
@@ -114,6 +138,9 @@ class PeakwisePolicy:
     quantile: float
     model_names: list[str]
     timestamps: Callable[[int], datetime]
+    window: timedelta = timedelta(minutes=1)
+    """Width of the window each forecast covers: the planner holds its target that long
+    after the lead time."""
     budget: CostBudgetSpec | None = None
     interruption_rates: Mapping[str, float] = field(default_factory=dict)
     spend: float = 0.0
@@ -126,7 +153,9 @@ class PeakwisePolicy:
         forecast = (
             None
             if np.isnan(peak)
-            else DemandForecast(float(peak), self.quantile, model=self.model_names[origin])
+            else DemandForecast(
+                float(peak), self.quantile, model=self.model_names[origin], window=self.window
+            )
         )
         now = self.timestamps(t)
         state = DeploymentState(
