@@ -65,7 +65,11 @@ class GBMState:
 
 
 class QuantileGBMPeakForecaster(PeakModel[GBMState]):
-    """``HistGradientBoostingRegressor(loss="quantile")`` on lag, seasonal and clock features."""
+    """``HistGradientBoostingRegressor(loss="quantile")`` on lag, seasonal and clock features.
+
+    ``step_max_iter``, ``step_learning_rate`` and ``step_rows_per_origin`` configure the
+    per-step model (its trees, and how many random steps each training origin contributes).
+    """
 
     name = "quantile-gbm"
 
@@ -80,6 +84,9 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         min_training_rows: int = 300,
         threads: int = 1,
         fallback_window_seconds: int = 7200,
+        step_max_iter: int = 30,
+        step_learning_rate: float = 0.2,
+        step_rows_per_origin: int = 4,
         *,
         lead: int = 10,
         width: int = 30,
@@ -103,6 +110,9 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         self.min_training_rows = min_training_rows
         self.threads = threads
         self.fallback_window_seconds = fallback_window_seconds
+        self.step_max_iter = step_max_iter
+        self.step_learning_rate = step_learning_rate
+        self.step_rows_per_origin = step_rows_per_origin
 
     def _calibration_start(self, length: int, lead: int, width: int) -> int:
         return max(0, length - lead - width - int(self.calibration_fraction * length))
@@ -195,12 +205,12 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         columns.append(steps.astype(np.float64))
         return np.column_stack(columns), scale
 
-    def _regressor(self) -> HistGradientBoostingRegressor:
+    def _regressor(self, max_iter: int, learning_rate: float) -> HistGradientBoostingRegressor:
         return HistGradientBoostingRegressor(
             loss="quantile",
             quantile=self.quantile,
-            max_iter=self.max_iter,
-            learning_rate=self.learning_rate,
+            max_iter=max_iter,
+            learning_rate=learning_rate,
             max_leaf_nodes=self.max_leaf_nodes,
             min_samples_leaf=self.min_samples_leaf,
             early_stopping=False,
@@ -220,7 +230,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             return GBMState(regressor=None, floor=floor)
         features, scale = self._features(series, origins, lead, width, floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
-        regressor = self._regressor()
+        regressor = self._regressor(self.max_iter, self.learning_rate)
         with _limit_threads(self.threads):
             regressor.fit(features, y)
         return GBMState(regressor=regressor, floor=floor)
@@ -245,12 +255,15 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
 
     def _fit_step_state(self, series: Series, horizon: int) -> GBMState:
         # One model for every step, the step being a feature: a model per step would cost a
-        # fit per step. Each training origin contributes one step drawn at random (seeded),
-        # so the rows cost what the window-peak model's do and no step is tied to a clock time.
+        # fit per step. Each training origin contributes a few steps drawn at random (seeded),
+        # so no step is tied to a clock time. The cost of a fit is mostly per tree, not per
+        # row: on servegen, 4 rows per origin and 30 trees at twice the learning rate lost
+        # less (per-step pinball) than 1 row and 60 trees, in 60% of the time.
         values = series.values
         floor = self.floor_
         stop = min(self._calibration_start(values.shape[0], 0, horizon), values.shape[0] - horizon)
         origins = np.arange(0, max(0, stop), max(1, self.stride), dtype=np.int64)
+        origins = np.repeat(origins, max(1, self.step_rows_per_origin))
         steps = np.random.default_rng(0).integers(1, horizon + 1, size=origins.shape[0])
         targets = values[origins + steps] if origins.size else np.empty(0)
         known = ~np.isnan(targets) & ~np.isnan(values[origins])
@@ -259,7 +272,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             return GBMState(regressor=None, floor=floor)
         features, scale = self._step_features(series, origins, steps, floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
-        regressor = self._regressor()
+        regressor = self._regressor(self.step_max_iter, self.step_learning_rate)
         with _limit_threads(self.threads):
             regressor.fit(features, y)
         return GBMState(regressor=regressor, floor=floor)
