@@ -263,13 +263,17 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         floor = self.floor_
         stop = min(self._calibration_start(values.shape[0], 0, horizon), values.shape[0] - horizon)
         origins = np.arange(0, max(0, stop), max(1, self.stride), dtype=np.int64)
-        origins = np.repeat(origins, max(1, self.step_rows_per_origin))
-        steps = np.random.default_rng(0).integers(1, horizon + 1, size=origins.shape[0])
-        targets = values[origins + steps] if origins.size else np.empty(0)
-        known = ~np.isnan(targets) & ~np.isnan(values[origins])
-        origins, steps, targets = origins[known], steps[known], targets[known]
+        origins = origins[~np.isnan(values[origins])]
+        # As much history as the window-peak model needs, whatever the rows per origin.
         if origins.shape[0] < self.min_training_rows:
             return GBMState(regressor=None, floor=floor)
+        origins = np.repeat(origins, max(1, self.step_rows_per_origin))
+        steps = np.random.default_rng(0).integers(1, horizon + 1, size=origins.shape[0])
+        targets = values[origins + steps]
+        known = ~np.isnan(targets)
+        if not known.any():
+            return GBMState(regressor=None, floor=floor)
+        origins, steps, targets = origins[known], steps[known], targets[known]
         features, scale = self._step_features(series, origins, steps, floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
         regressor = self._regressor(self.step_max_iter, self.step_learning_rate)

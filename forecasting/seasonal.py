@@ -15,7 +15,12 @@ import numpy as np
 from peakwise.forecasting.base import ForecastInfo, IntArray
 from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import step_targets, trailing_max, trailing_mean
+from peakwise.forecasting.windows import (
+    step_targets,
+    trailing_max,
+    trailing_mean,
+    valid_origins,
+)
 
 
 def forward_max(values: FloatArray, width: int) -> FloatArray:
@@ -102,7 +107,7 @@ class SeasonalPeakForecaster:
         self.seasonal_ratios_ = _ratios(actual, seasonal)
         self.recent_ratios_ = _ratios(actual, recent)
         # Kept for the per-step margins, learned on first use per horizon.
-        self.training_values_ = values
+        self.training_values_ = np.array(values, dtype=np.float64)
         self.step_ratios_: dict[int, list[tuple[FloatArray, FloatArray]]] = {}
         return self
 
@@ -126,10 +131,15 @@ class SeasonalPeakForecaster:
         horizon: int,
         quantiles: Sequence[float],
     ) -> FloatArray:
+        if not hasattr(self, "step_ratios_"):
+            raise RuntimeError("SeasonalPeakForecaster is not fitted; call fit() first")
+        if horizon < 1:
+            raise ValueError(f"need horizon ≥ 1, got {horizon}")
+        origins = np.asarray(origins, dtype=np.int64)
+        valid_origins(origins, len(series))
         if horizon not in self.step_ratios_:
             self.step_ratios_[horizon] = self._fit_steps(horizon)
         ratios = self.step_ratios_[horizon]
-        origins = np.asarray(origins, dtype=np.int64)
         values = series.values[: int(origins.max()) + 1] if origins.size else series.values[:0]
         seasonal, recent = self._step_bases(values, origins, horizon)
         out = np.empty((origins.shape[0], horizon, len(quantiles)))

@@ -227,7 +227,7 @@ def test_auto_blends_the_models_it_selected() -> None:
 
 def test_predict_before_fit_and_bad_arguments() -> None:
     series = daily_demand(1)
-    for model in (RecentPeakForecaster(), AutoForecaster()):
+    for model in (RecentPeakForecaster(), AutoForecaster(), SeasonalPeakForecaster()):
         with pytest.raises(RuntimeError, match="not fitted"):
             _steps(model, series, [1])
     model = RecentPeakForecaster().fit(series)
