@@ -230,8 +230,8 @@ class AutoForecaster:
             return StepSelection(chosen.models, (1.0,), chosen.label, None, None)
         series = self.training_series_
         n = len(series)
-        # The newest part of the history: the GBM's held-out tail; the other models learn
-        # nothing from it but their margins, so their forecasts there are out of sample too.
+        # The newest part of the history, the GBM's held-out tail: no model learned anything
+        # there but its margins, so the forecasts compared are out of sample.
         first = max(0, n - self._validation_steps(n) - horizon)
         origins = np.arange(first, max(first, n - horizon), dtype=np.int64)
         stride = -(-origins.shape[0] // MAX_STEP_VALIDATION_ORIGINS)
@@ -250,7 +250,7 @@ class AutoForecaster:
             return StepSelection(chosen.models, chosen.weights, chosen.label, None, None)
         scored.sort(key=lambda item: item[0])
         loss, names, weights, blended = best_blend(scored, actual, self.quantile, self.max_blend)
-        parts = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True))
+        parts = ", ".join(f"{name} {w:.2f}" for name, w in zip(names, weights, strict=True))
         return StepSelection(
             models=tuple(by_label[name] for name in names),
             weights=weights,
