@@ -16,7 +16,7 @@ What it does:
      its /metrics;
    * the full round: from a round's time (``status.lastPlanTime`` holds it) until every
      object's status carries it (actuation and status writes included), polled every 2 s;
-   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status).
+   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
 4. Cleans up what it created (``--keep`` leaves it) and stops the cluster it started.
 
 The operator fits one forecaster per distinct query (about a second each on one core for 14
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -200,6 +201,14 @@ def vm(pid: int, field: str) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    """The operator's child processes (its model-fitting workers)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(c) for c in task.read_text().split()]
+    return found
+
+
 def plan_times(cluster: LocalCluster) -> list[str | None]:
     from kubernetes import client
 
@@ -257,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         all_fitted: float | None = None
         reactive_per_round: list[int] = []
         peak_rss = 0
+        worker_rss = 0
         full_stamps: list[str] = []
         try:
             while len(full) < args.rounds and time.monotonic() - t0 < args.timeout:
@@ -264,6 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the operator exited ({proc.returncode}); see {log_file}")
                 peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
+                worker_rss = max(worker_rss, sum(vm(c, "VmHWM") for c in children(proc.pid)))
                 try:
                     url = f"http://127.0.0.1:{metrics_port}/metrics"
                     text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -289,7 +300,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     reactive_per_round.append(int(reactive))
                     seen_count, seen_sum = count, total
-                times = plan_times(cluster)
+                try:
+                    times = plan_times(cluster)
+                except ApiException as error:  # an overloaded API server: poll again
+                    log(f"listing the statuses failed ({error.status}); retrying")
+                    continue
                 stamps = {t for t in times if t}
                 if times and all(times):
                     if first_all is None:
@@ -318,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "sized_reactively_per_round": reactive_per_round,
                     "all_models_fitted_seconds": round(all_fitted or -1, 1),
                     "peak_rss_mib": round(peak_rss / 2**20, 1),
+                    "fit_worker_peak_rss_mib": round(worker_rss / 2**20, 1),
                     "operator_log": str(log_file),
                 }
             )

@@ -9,6 +9,7 @@ status. State that must survive a restart lives in the objects' status, not here
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from peakwise.planner import Plan, PoolState
 from peakwise.planner.capacity import lead_time
 
 Body = Mapping[str, Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class Controller:
             return key, result
 
         results = dict(await asyncio.gather(*(one(k, d) for k, d in deployments.items())))
+        forecast_seconds = time.monotonic() - deadline + self.fit_wait.total_seconds()
         observed = Observed(
             now=now,
             deployments=list(deployments.values()),
@@ -182,7 +185,17 @@ class Controller:
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
         )
+        started = time.monotonic()
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
+        log.info(
+            "round: %d deployments (%d sized reactively, %d fits pending); "
+            "forecasts %.1fs, plan %.1fs",
+            len(deployments),
+            sum(1 for r in results.values() if r.fallback),
+            self.forecasts.pending_fits(),
+            forecast_seconds,
+            time.monotonic() - started,
+        )
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, pools, results)
         return Round(now, planned, deployments, pools, results, targets, invalid)

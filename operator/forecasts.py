@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from time import monotonic
@@ -72,6 +72,24 @@ def reactive_peak(values: FloatArray, margin: float) -> float | None:
     return float(known.max()) * margin if known.size else None
 
 
+ForecasterFactory = Callable[[int, int, float], PeakForecaster]
+"""(lead steps, window steps, quantile) -> an unfitted forecaster."""
+
+
+def fit_model(
+    factory: ForecasterFactory, lead: int, width: int, quantile: float, series: Series
+) -> PeakForecaster:
+    """One fit (module-level so a process pool can run it)."""
+    return factory(lead, width, quantile).fit(series)
+
+
+def auto_forecaster(lead: int, width: int, quantile: float) -> PeakForecaster:
+    """The operator's forecaster: the best model (or blend) on the service's own history."""
+    from peakwise.forecasting.select import AutoForecaster
+
+    return AutoForecaster(lead=lead, width=width, quantile=quantile)
+
+
 @dataclass
 class _Fitted:
     model: PeakForecaster
@@ -80,9 +98,6 @@ class _Fitted:
 
 _ModelKey = tuple[str, timedelta, int, int, float]
 """(query, history, lead steps, window steps, quantile): what a fitted model depends on."""
-
-ForecasterFactory = Callable[[int, int, float], PeakForecaster]
-"""(lead steps, window steps, quantile) -> an unfitted forecaster."""
 
 
 class ForecastService:
@@ -97,6 +112,7 @@ class ForecastService:
         reactive_margin: float = 1.25,
         coverage_tolerance: float = 0.1,
         fit_workers: int = 1,
+        fit_pool: Callable[[], Executor] | None = None,
     ) -> None:
         self.source = source
         self.factory = factory
@@ -112,6 +128,10 @@ class ForecastService:
         # One worker by default: on a small node the fits must leave a core to the event loop.
         self._executor = ThreadPoolExecutor(fit_workers, thread_name_prefix="peakwise-fit")
         self._workers = fit_workers
+        # Where the CPU part of a fit runs: a process pool keeps fits off this process' GIL
+        # (the event loop and the round's fetches would otherwise wait behind them).
+        self._new_fit_pool = fit_pool
+        self._fit_pool = fit_pool() if fit_pool else None
         self._fit_seconds = 1.0
         """Moving mean of a fit's duration, to judge whether waiting for fits pays."""
         self.fits = 0
@@ -120,6 +140,8 @@ class ForecastService:
     def close(self) -> None:
         """Stop the fit worker (queued fits are dropped, a running one finishes)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._fit_pool is not None:
+            self._fit_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, key: tuple[str, str]) -> None:
         with self._lock:
@@ -216,7 +238,19 @@ class ForecastService:
         if np.isnan(series.values).all():
             raise ValueError("the demand query returned no data")
         started = monotonic()
-        model = self.factory(lead_steps, width, quantile).fit(series)
+        pool = self._fit_pool
+        if pool is None:
+            model = fit_model(self.factory, lead_steps, width, quantile, series)
+        else:
+            try:
+                fitting = pool.submit(fit_model, self.factory, lead_steps, width, quantile, series)
+                model = fitting.result()
+            except BrokenExecutor:
+                # A worker died (killed, out of memory): the pool is unusable; start another.
+                with self._lock:
+                    if self._fit_pool is pool and self._new_fit_pool is not None:
+                        self._fit_pool = self._new_fit_pool()
+                raise
         took = monotonic() - started
         with self._lock:
             self._fit_seconds += (took - self._fit_seconds) * 0.2

@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
 from peakwise.api.common import parse_duration
-from peakwise.forecasting.base import PeakForecaster
 from peakwise.operator import metrics
 from peakwise.operator.controller import Controller
-from peakwise.operator.forecasts import ForecastService, HistorySource
+from peakwise.operator.forecasts import ForecastService, HistorySource, auto_forecaster
 from peakwise.operator.handlers import Runtime, register
 from peakwise.operator.kube import KubeAdapter, api_client
 
@@ -62,7 +65,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "reactively until the fit lands (15s)",
     )
     run.add_argument(
-        "--fit-workers", type=int, default=1, help="threads fitting models in the background (1)"
+        "--fit-workers", type=int, default=1, help="models fitted at once, in the background (1)"
+    )
+    run.add_argument(
+        "--fit-in",
+        choices=("process", "thread"),
+        default="process",
+        help="fit in worker processes (default: keeps fits off the event loop's GIL) or threads",
+    )
+    run.add_argument(
+        "--api-connections",
+        type=int,
+        default=64,
+        help="most connections to the API server; watches hold one each (64)",
     )
     run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
@@ -70,16 +85,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.set_defaults(run=run_operator)
 
 
-def _forecaster(lead: int, width: int, quantile: float) -> PeakForecaster:
-    from peakwise.forecasting.select import AutoForecaster
-
-    return AutoForecaster(lead=lead, width=width, quantile=quantile)
-
-
 def history_source(url: str) -> HistorySource:
     from peakwise.forecasting.prometheus import PrometheusHistory
 
     return PrometheusHistory(url)
+
+
+def pooled_session(info: kopf.ConnectionInfo, connections: int) -> kopf.AiohttpSession:
+    """kopf's API session with at most `connections` kept-alive connections.
+
+    kopf's own session has no connection limit: when a round's 1,000 status patches go out
+    at once, each opens its own TLS connection, and the handshakes cost the event loop more
+    than the patches. A bounded pool queues them on connections that stay open.
+    """
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=connections, keepalive_timeout=120, ssl=info.as_ssl_context()
+        ),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -96,10 +129,19 @@ def run_operator(args: argparse.Namespace) -> int:
     client = api_client()
     forecasts = ForecastService(
         history_source(args.prometheus_url),
-        _forecaster,
+        auto_forecaster,
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
         fit_workers=args.fit_workers,
+        fit_pool=(
+            partial(
+                ProcessPoolExecutor,
+                args.fit_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+            if args.fit_in == "process"
+            else None
+        ),
     )
     metrics.fits_pending.set_function(forecasts.pending_fits)
     runtime = Runtime(
@@ -111,9 +153,10 @@ def run_operator(args: argparse.Namespace) -> int:
     )
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
         # The same credentials as the kubernetes client: the pod's ServiceAccount or kubeconfig.
-        return kopf.login_via_client(**kwargs)
+        info = kopf.login_via_client(**kwargs)
+        return pooled_session(info, args.api_connections) if info else None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

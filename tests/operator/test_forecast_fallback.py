@@ -3,9 +3,14 @@ own backtest is poor, and the Forecasting condition that says which one sized th
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -14,7 +19,7 @@ import pytest
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
 from peakwise.forecasting.series import Series
-from peakwise.operator.forecasts import ForecastService, reactive_peak
+from peakwise.operator.forecasts import ForecastService, auto_forecaster, reactive_peak
 from peakwise.operator.state import forecasting_condition
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
@@ -185,3 +190,33 @@ def test_the_forecasting_condition_names_what_sized_the_service() -> None:
     assert (cond["status"], cond["reason"]) == ("True", "Forecasting")
     assert "coverage 95.0%" in cond["message"]
     forecasts.close()
+
+
+class Daily:
+    """A day-periodic demand series (for real fits)."""
+
+    def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
+        n = int((end - start).total_seconds() // step_seconds) + 1
+        t = np.arange(n)
+        noise = np.random.default_rng(0).normal(0, 5, n)
+        return Series(start, step_seconds, 100 + 50 * np.sin(2 * np.pi * t / 1440) + noise)
+
+
+def test_fits_in_a_worker_process_survive_the_worker_being_killed() -> None:
+    pool = partial(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
+    forecasts = ForecastService(Daily(), auto_forecaster, fit_pool=pool)
+    try:
+        first = forecasts.forecast(("ns", "a"), spec("a"), LEAD, NOW)
+        assert first.forecast is not None and first.info is not None and not first.fallback
+        worker = forecasts._fit_pool
+        assert isinstance(worker, ProcessPoolExecutor)
+        for pid in list(worker._processes):  # what the OOM killer would do
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        lost = forecasts.forecast(("ns", "b"), spec("b"), LEAD, NOW)
+        assert lost.forecast is not None and "could not be fitted" in lost.fallback
+        # A new worker takes over: the next fit works.
+        again = forecasts.forecast(("ns", "c"), spec("c"), LEAD, NOW)
+        assert again.info is not None and not again.fallback
+    finally:
+        forecasts.close()
