@@ -531,6 +531,7 @@ async def _actuate(
 ) -> list[Exception]:
     """Make the children match the plan: apply what differs, delete unused pools' children.
     Returns what failed (403s included); the rest is done regardless."""
+    children = list(children)  # kopf's index store changes under us while we await
     problems = await _apply_children(runtime, infd, uid, replicas, pools, children)
     namespace, parent = infd.metadata.namespace or "default", infd.metadata.name
     for child in children:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e import kwok_nodes, thirdparty_crds
+from e2e import kwok_nodes, third_party_crds
 from e2e.clusterfix import LocalCluster
 from e2e.kwok_nodes import CAPACITY_TYPE_LABEL, GPU_RESOURCE, POOL_LABEL, GPUPool
+from e2e.polling import wait_for
 from e2e.trace_backfill import REQUESTS_GAUGE, read_trace, traces_dir
 
 pytestmark = pytest.mark.e2e
@@ -61,17 +61,6 @@ CRD = {
         ],
     },
 }
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +304,8 @@ def test_prometheus_backfilled_history(cluster: LocalCluster) -> None:
 def test_third_party_crds_from_go_modules(cluster: LocalCluster) -> None:
     """Cluster API MachineDeployment and Karpenter NodePool, from their Go modules."""
     for module in ("sigs.k8s.io/cluster-api", "sigs.k8s.io/karpenter"):
-        for crd in thirdparty_crds.crd_files(module):
-            cluster.kubectl("apply", "--server-side", "-f", str(crd), timeout=120)
+        for text in third_party_crds.crd_texts(module).values():
+            cluster.kubectl("apply", "--server-side", "-f", "-", stdin=text, timeout=120)
     for name in ("machinedeployments.cluster.x-k8s.io", "nodepools.karpenter.sh"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     resources = cluster.kubectl("api-resources", "-o", "name").stdout.split()

@@ -1,58 +1,65 @@
 """The operator end to end: a real API server, kwok GPU nodes, Prometheus with history.
 
-One operator process (`peakwise operator run`) runs for the module, as it would in a cluster,
-against the CRDs of crds/ and objects applied with kubectl.
+One operator process (`peakwise operator run`) runs for the module, as it would in a cluster:
+authenticated as the Helm chart's ServiceAccount, with exactly the RBAC the chart renders for
+the watched namespaces (so a permission the chart lacks fails here, and a permission taken
+away shows what the operator does with a 403), against the CRDs of crds/ and objects applied
+with kubectl.
+
+The peak test's timeline runs from the fixture on, beside the other tests: the first restart
+happens while its replicas are up (status keeps what the stabilisation window needs), the
+second once the peak is over.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client, config
 
 from e2e.clusterfix import LocalCluster
+from e2e.polling import wait_for
 from e2e.promstack import free_port
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-op"
+BUDGET_NS = "e2e-budget"
+DENY_NS = "e2e-deny"
+RELEASE, RELEASE_NS = "e2e-op", "e2e-op-system"
+SERVICE_ACCOUNT = f"{RELEASE}-peakwise"
 INTERVAL = "3s"
+INTERVAL_S = 3.0
 QUERY = 'peakwise_trace_requests_per_minute{service="e2e-chat"} / 60'
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+PEAK_QUERY = 'peakwise_trace_requests_per_minute{service="e2e-peak"} / 60'
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 
 
 def _apply(cluster: LocalCluster, *docs: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
 
 
-def _pool(name: str, capacity_type: str, price: float, taint: bool = False) -> dict[str, Any]:
+def _pool(
+    name: str, capacity_type: str, price: float, taint: bool = False, gpu: str = "e2e-gpu"
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "gpuType": "e2e-gpu",
+        "gpuType": gpu,
         "gpusPerNode": 4,
         "capacityType": capacity_type,
         "pricePerNodeHour": price,
@@ -71,11 +78,13 @@ def _pool(name: str, capacity_type: str, price: float, taint: bool = False) -> d
     }
 
 
-def _deployment(name: str, mode: str, query: str = QUERY, **extra: Any) -> dict[str, Any]:
+def _deployment(
+    name: str, mode: str, query: str = QUERY, gpu: str = "e2e-gpu", **extra: Any
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "mode": mode,
         "template": {"spec": {"containers": [{"name": "server", "image": "e2e/server:1"}]}},
-        "gpuProfiles": [{"gpuType": "e2e-gpu", "gpusPerReplica": 1, "throughputPerReplica": 4}],
+        "gpuProfiles": [{"gpuType": gpu, "gpusPerReplica": 1, "throughputPerReplica": 4}],
         "demand": {"query": query, "targetUtilization": 1.0},
         "replicas": {"min": 1, "max": 16},
         "forecast": {"history": "2d", "leadTime": "2m"},
@@ -90,52 +99,111 @@ def _deployment(name: str, mode: str, query: str = QUERY, **extra: Any) -> dict[
     }
 
 
-def _daily_spike_trace(path: Path) -> Path:
-    """Five days at 120 requests/minute with a daily 30-minute spike to 1,200 at 00:14."""
-    lines = ["timestamp,requests,input_tokens,output_tokens"]
-    start = time.mktime((2000, 1, 1, 0, 0, 0, 0, 0, 0)) - time.timezone
-    for minute in range(5 * 1440):
-        value = 1200 if 14 <= minute % 1440 < 44 else 120
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + minute * 60))
-        lines.append(f"{stamp},{value},,")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+# --- The chart's RBAC, rendered by helm for the namespaces this module uses ----------------
+
+
+def _chart_rbac(cluster: LocalCluster) -> list[dict[str, Any]]:
+    rendered = cluster.helm(
+        *("template", RELEASE, str(REPO / "charts" / "peakwise"), "--namespace", RELEASE_NS),
+        *("--set", f"watchNamespaces={{{NS},{BUDGET_NS},{DENY_NS}}}"),
+        *("--set", "providers.kwok.enabled=true", "--set", "userRoles.create=false"),
+    ).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+
+
+def _rbac_object(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def _without_rule(role: dict[str, Any], resource: str) -> dict[str, Any]:
+    """`role` with every rule that names `resource` removed (a permission taken away)."""
+    reduced = copy.deepcopy(role)
+    reduced["rules"] = [r for r in role["rules"] if resource not in r.get("resources", [])]
+    assert len(reduced["rules"]) < len(role["rules"]), f"{resource} not in {role['metadata']}"
+    return reduced
+
+
+# --- The e2e-peak series: a short daily peak a few minutes after the module starts ---------
+
+PEAK_LEAD_S = 60.0
+PEAK_WINDOW_S = 60.0
+PEAK_MINUTES = 1
+PEAK_REPLICAS = 5  # 20 requests/s at 4/s a replica
+BASE_REPLICAS = 2  # 2 requests/s, with the forecast's margin: one replica, at most two
+
+
+@dataclass
+class PeakTimeline:
+    """The `peak` deployment's children as they were, sampled from the API server each second
+    from the fixture on: (epoch seconds, sum of spec.replicas)."""
+
+    start: float
+    """When today's peak starts (epoch seconds, on a minute)."""
+    end: float
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def first(self, after: float, test: Any) -> float | None:
+        return next((t for t, n in list(self.samples) if t >= after and test(n)), None)
+
+
+def _push_peak_history(cluster: LocalCluster, now: float) -> PeakTimeline:
+    """Three days of 2 requests/s with a daily one-minute peak of 20/s, pushed by remote write
+    up to the last whole minute. The peak's time of day is chosen so that today's comes 80 to
+    140 s from now: the operator (planning about 5 s after it starts) has at least 20 s to
+    spare before it must ask for the capacity, one lead time ahead."""
+    minute = int(now // 60) * 60
+    start = (int(now) + 80 + 59) // 60 * 60
+    samples = []
+    for t in range(start - 3 * 86400, minute, 60):
+        in_peak = (t - start) % 86400 < PEAK_MINUTES * 60
+        samples.append((float(t), 1200.0 if in_peak else 120.0))
+    labels = {"__name__": "peakwise_trace_requests_per_minute", "service": "e2e-peak"}
+    cluster.prometheus.push([(labels, samples)])
+    return PeakTimeline(start=float(start), end=float(start + PEAK_MINUTES * 60))
+
+
+def _sample_peak(kubeconfig: str, timeline: PeakTimeline) -> None:
+    apps = client.AppsV1Api(config.new_client_from_config(config_file=kubeconfig))
+    selector = "peakwise.dev/inference-deployment=peak"
+    while not timeline.stop.wait(1.0):
+        try:
+            items = apps.list_namespaced_deployment(NS, label_selector=selector).items
+        except Exception:  # a slow or failed list is only a missing sample
+            continue
+        timeline.samples.append((time.time(), sum(d.spec.replicas or 0 for d in items)))
 
 
 class OperatorProcess:
-    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+    def __init__(self, cluster: LocalCluster, log: Path, kubeconfig: str) -> None:
         self.cluster = cluster
         self.log = log
+        self.kubeconfig = kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
-        self.spike_at = 0.0
-        """Epoch seconds when the next daily spike of the e2e-spike series starts."""
+        self.rbac: list[dict[str, Any]] = []
+        """The chart's RBAC objects the operator runs with."""
+        self.peak: PeakTimeline | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         out = self.log.open("ab")
         self.metrics_port, self.liveness_port = free_port(), free_port()
+        namespaces = [a for ns in (NS, BUDGET_NS, DENY_NS) for a in ("--namespace", ns)]
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "peakwise",
-                "operator",
-                "run",
-                "--interval",
-                INTERVAL,
-                "--prometheus-url",
-                self.cluster.prometheus_url,
-                "--metrics-port",
-                str(self.metrics_port),
-                "--liveness-port",
-                str(self.liveness_port),
-                "--listen-address",
-                "127.0.0.1",
+                *(sys.executable, "-m", "peakwise", "operator", "run", *namespaces),
+                *("--interval", INTERVAL, "--prometheus-url", self.cluster.prometheus_url),
+                *("--metrics-port", str(self.metrics_port)),
+                *("--liveness-port", str(self.liveness_port), "--listen-address", "127.0.0.1"),
             ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -149,6 +217,21 @@ class OperatorProcess:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def metrics(self) -> str:
+        return _get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def child_writes(self, name: str, namespace: str = NS) -> float:
+        """Child Deployment writes (applies and deletes) for one InferenceDeployment so far."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if (
+                line.startswith("peakwise_child_writes_total{")
+                and f'name="{name}"' in line
+                and f'namespace="{namespace}"' in line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
 
 @pytest.fixture(scope="module")
@@ -174,19 +257,48 @@ def operator(
         capture_output=True,
     )
     cluster.backfill_trace(trace, "service=e2e-chat")
-    spike = cluster.backfill_trace(_daily_spike_trace(work / "e2e-spike.csv"), "service=e2e-spike")
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    cluster.kubectl("create", "namespace", NS, check=False)
-    _apply(cluster, _pool("e2e-od", "onDemand", 40.0), _pool("e2e-spot", "spot", 12.0, taint=True))
-    process = OperatorProcess(cluster, work / "operator.log")
-    # The spike trace ends at 23:59 of its last day; the next spike starts 15 minutes later.
-    process.spike_at = spike.end + 15 * 60
+    for namespace in (NS, BUDGET_NS, DENY_NS, RELEASE_NS):
+        cluster.kubectl("create", "namespace", namespace, check=False)
+    rbac = _chart_rbac(cluster)
+    _apply(cluster, *rbac)
+    kubeconfig = cluster.service_account_kubeconfig(
+        RELEASE_NS, SERVICE_ACCOUNT, work / "sa.kubeconfig"
+    )
+    _apply(
+        cluster,
+        _pool("e2e-od", "onDemand", 40.0),
+        _pool("e2e-spot", "spot", 12.0, taint=True),
+        _pool("e2e-roll-od", "onDemand", 40.0, gpu="e2e-roll-gpu"),
+        _pool("e2e-roll-spot", "spot", 12.0, taint=True, gpu="e2e-roll-gpu"),
+    )
+    process = OperatorProcess(cluster, work / "operator.log", kubeconfig)
+    process.rbac = rbac
+    # The peak deployment exists from the start: its timeline runs beside the other tests.
+    process.peak = _push_peak_history(cluster, time.time())
+    _apply(
+        cluster,
+        _deployment(
+            "peak",
+            "Enforce",
+            query=PEAK_QUERY,
+            capacity={"spot": {"maxFraction": 0}},
+            forecast={"history": "3d", "leadTime": "1m", "quantile": 0.9},
+            scaleDown={"stabilizationWindow": "1m"},
+        ),
+    )
+    sampler = threading.Thread(
+        target=_sample_peak, args=(cluster.kubeconfig, process.peak), daemon=True
+    )
+    sampler.start()
     process.start()
     try:
         yield process
     finally:
+        process.peak.stop.set()
         process.stop()
+        sampler.join(timeout=10)
         lines = [x for x in process.log.read_text().splitlines() if '"DEBUG"' not in x]
         print(f"operator log: {process.log}; its last lines:")
         print("\n".join(line[:400] for line in lines[-40:]))
@@ -208,7 +320,7 @@ def test_enforce_creates_children_and_pods_run_on_pool_nodes(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     _apply(cluster, _deployment("chat", "Enforce"))
-    status = _wait(
+    status = wait_for(
         "a plan in status", lambda: (s := _status(cluster, "chat")).get("desiredReplicas") and s
     )
     assert status["forecast"]["peak"] > 0
@@ -223,7 +335,7 @@ def test_enforce_creates_children_and_pods_run_on_pool_nodes(
         ok = [p for p in pods if p["status"].get("phase") == "Running"]
         return len(ok) == want and ok
 
-    pods = _wait("the planned pods Running", running, timeout=120)
+    pods = wait_for("the planned pods Running", running, timeout=120)
     nodes = {n["metadata"]["name"]: n for n in cluster.kubectl_json("get", "nodes")["items"]}
     for pod in pods:
         node = nodes[pod["spec"]["nodeName"]]
@@ -233,7 +345,7 @@ def test_enforce_creates_children_and_pods_run_on_pool_nodes(
     assert sum(c["spec"]["replicas"] for c in children) == want
     for child in children:
         assert child["metadata"]["ownerReferences"][0]["kind"] == "InferenceDeployment"
-    _wait(
+    wait_for(
         "Ready in status",
         lambda: (
             {c["type"]: c["status"] for c in _status(cluster, "chat")["conditions"]}["Ready"]
@@ -246,7 +358,7 @@ def test_recommend_mode_changes_nothing_but_status(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
     _apply(cluster, _deployment("advisor", "Recommend"))
-    status = _wait(
+    status = wait_for(
         "a recommendation", lambda: (s := _status(cluster, "advisor")).get("desiredReplicas") and s
     )
     assert status["pools"] and all(p["replicas"] == 0 for p in status["pools"])
@@ -268,24 +380,26 @@ def test_missing_metric_holds_the_minimum_and_says_why(
         conditions = {c["type"]: c for c in _status(cluster, "blind").get("conditions", [])}
         return conditions if conditions.get("Degraded", {}).get("status") == "True" else None
 
-    conditions = _wait("Degraded with a reason", degraded)
+    conditions = wait_for("Degraded with a reason", degraded)
     assert conditions["Forecasting"]["status"] == "False"
     assert "no data" in conditions["Forecasting"]["message"]
-    _wait(
+    wait_for(
         "the minimum kept running",
         lambda: sum(c["spec"]["replicas"] for c in _children(cluster, "blind")) == 2,
     )
 
 
 def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    _wait("chat planned", lambda: _children(cluster, "chat"))
+    wait_for("chat planned", lambda: _children(cluster, "chat"))
     before = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
     operator.kill()
     operator.start()
-    time.sleep(10)
+    _steady(cluster, operator, "chat")  # rounds of the new process
     after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
     assert set(after) == set(before)  # no duplicates, none lost
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
+    # Level-based: the new process found every child as planned and wrote none of them.
+    assert operator.child_writes("chat") == 0
 
 
 def _budget(namespace: str, hourly: float) -> dict[str, Any]:
@@ -323,7 +437,7 @@ def test_hard_budget_lower_priority_gives_way(
             out[name] = status
         return out
 
-    found = _wait("both planned", statuses)
+    found = wait_for("both planned", statuses)
     vip, batch = found["vip"], found["batch"]
     limited = {
         n: {c["type"]: c for c in s["conditions"]}["BudgetLimited"] for n, s in found.items()
@@ -338,7 +452,7 @@ def test_hard_budget_lower_priority_gives_way(
         status = cluster.kubectl_json("get", "costbudget", "cap", "-n", ns).get("status") or {}
         return status if "batch" in status.get("limitedDeployments", []) else None
 
-    status = _wait("the budget to name the limited deployment", budget_status)
+    status = wait_for("the budget to name the limited deployment", budget_status)
     assert status["hourlySpend"] <= 60.0 + 1e-6
 
 
@@ -361,7 +475,7 @@ def test_lost_spot_node_is_replaced_on_demand(
         )
         return [p for p in pods["items"] if p["status"].get("phase") == "Running"]
 
-    running = _wait("spotty running on spot", on_spot, timeout=120)
+    running = wait_for("spotty running on spot", on_spot, timeout=120)
     total = sum(c["spec"]["replicas"] for c in _children(cluster, "spotty"))
     for node in {p["spec"]["nodeName"] for p in running}:
         cluster.kubectl("delete", "node", node, "--wait=false")
@@ -375,7 +489,7 @@ def test_lost_spot_node_is_replaced_on_demand(
 
     # Spot cannot bring nodes back within its provisioning time: on-demand takes the replicas
     # within one timer interval (3 s) plus the watch and the apply.
-    _wait("lost spot replicas moved to on-demand", replaced, timeout=20)
+    wait_for("lost spot replicas moved to on-demand", replaced, timeout=20)
 
     def serving() -> bool:
         pods = cluster.kubectl_json(
@@ -388,42 +502,13 @@ def test_lost_spot_node_is_replaced_on_demand(
         )
         return sum(p["status"].get("phase") == "Running" for p in pods["items"]) >= total
 
-    _wait("the replacements Running on on-demand nodes", serving, timeout=60)
+    wait_for("the replacements Running on on-demand nodes", serving, timeout=60)
 
     def counted() -> int:
         status = cluster.kubectl_json("get", "gpunodepool", "e2e-spot").get("status") or {}
         return int(status.get("interruptionsObserved", 0))
 
-    _wait("the interruption counted in the pool's status", counted, timeout=30)
-
-
-def test_scales_up_ahead_of_a_daily_peak(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    doc = _deployment(
-        "ahead",
-        "Enforce",
-        query='peakwise_trace_requests_per_minute{service="e2e-spike"} / 60',
-        capacity={"spot": {"maxFraction": 0}},
-        forecast={"history": "5d", "leadTime": "2m", "quantile": 0.9},
-    )
-    _apply(cluster, doc)
-    status = _wait(
-        "a plan for ahead",
-        lambda: (s := _status(cluster, "ahead")).get("desiredReplicas") and s,
-        timeout=120,
-    )
-    seen_at = time.time()
-    # Demand now is 2 requests/s (one replica of 4/s); the spike of 20/s is still ahead.
-    assert seen_at < operator.spike_at - 2 * 60, (
-        "the spike should still be more than a lead time away"
-    )
-    assert status["forecast"]["peak"] >= 15.0
-    assert status["desiredReplicas"] >= 5
-    _wait(
-        "the replicas ready before the spike",
-        lambda: sum(c["spec"]["replicas"] for c in _children(cluster, "ahead")) >= 5,
-        timeout=30,
-    )
-    assert time.time() < operator.spike_at - 2 * 60
+    wait_for("the interruption counted in the pool's status", counted, timeout=30)
 
 
 def _get(url: str) -> str:
@@ -436,7 +521,7 @@ def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: Operat
         text = _get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
         return text if 'peakwise_demand_forecast{name="chat",namespace="e2e-op"}' in text else None
 
-    text = _wait("metrics with a forecast", metrics)
+    text = wait_for("metrics with a forecast", metrics)
     for name in (
         "peakwise_desired_replicas",
         "peakwise_cost_hourly",
@@ -447,12 +532,290 @@ def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: Operat
     assert _get(f"http://127.0.0.1:{operator.liveness_port}/healthz")
 
 
+def _ready_children(cluster: LocalCluster, name: str) -> dict[str, dict[str, Any]] | None:
+    """The children by pool once every one has rolled out completely, else None."""
+    children = _children(cluster, name)
+    out = {}
+    for child in children:
+        spec, status = child["spec"], child.get("status") or {}
+        want = spec["replicas"]
+        done = (
+            status.get("observedGeneration", 0) >= child["metadata"]["generation"]
+            and status.get("updatedReplicas", 0) == want
+            and status.get("readyReplicas", 0) == want
+            and status.get("replicas", 0) == want  # no old pods left
+        )
+        if not done:
+            return None
+        out[child["metadata"]["labels"]["peakwise.dev/pool"]] = child
+    return out or None
+
+
+def _container(child: dict[str, Any]) -> dict[str, Any]:
+    return dict(child["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_template_change_rolls_out_to_every_child(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    # 20/s at 4/s a replica: five replicas, too many for one 4-GPU node, and at most half on
+    # spot: a node in each pool (cheaper than two on-demand nodes), so one child per pool.
+    doc = _deployment("roll", "Enforce", query="vector(20)", gpu="e2e-roll-gpu")
+    _apply(cluster, doc)
+    before = wait_for(
+        "two children rolled out",
+        lambda: (c := _ready_children(cluster, "roll")) and len(c) == 2 and c,
+        timeout=60,
+    )
+    assert set(before) == {"e2e-roll-od", "e2e-roll-spot"}
+    sizes = {pool: c["spec"]["replicas"] for pool, c in before.items()}
+    cluster.kubectl(
+        *("patch", "inferencedeployment", "roll", "-n", NS, "--type", "merge", "-p"),
+        json.dumps(
+            {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "server",
+                                    "image": "e2e/server:2",
+                                    "env": [{"name": "MODEL_REVISION", "value": "2"}],
+                                }
+                            ]
+                        }
+                    }
+                }
+            }
+        ),
+    )
+
+    def rolled() -> dict[str, dict[str, Any]] | None:
+        children = _ready_children(cluster, "roll")
+        if not children or len(children) != 2:
+            return None
+        new = all(
+            _container(c)["image"] == "e2e/server:2"
+            and {"name": "MODEL_REVISION", "value": "2"} in _container(c).get("env", [])
+            for c in children.values()
+        )
+        return children if new else None
+
+    after = wait_for("the new template rolled out to both children", rolled, timeout=60)
+    assert {pool: c["spec"]["replicas"] for pool, c in after.items()} == sizes
+    for pool, child in after.items():
+        # The pool's placement and GPUs are still there, under the new template.
+        pod = child["spec"]["template"]["spec"]
+        assert pod["nodeSelector"]["peakwise.dev/pool"] == pool
+        assert _container(child)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert child["metadata"]["generation"] > before[pool]["metadata"]["generation"]
+    pods = cluster.kubectl_json(
+        "get", "pods", "-n", NS, "-l", "peakwise.dev/inference-deployment=roll"
+    )["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    assert len(running) == sum(sizes.values())
+    assert {p["spec"]["containers"][0]["image"] for p in running} == {"e2e/server:2"}
+
+
+def _steady(cluster: LocalCluster, operator: OperatorProcess, name: str, rounds: int = 2) -> None:
+    """Wait for `rounds` more planning rounds (status.lastPlanTime moves on each)."""
+    seen = {_status(cluster, name).get("lastPlanTime")}
+    wait_for(
+        f"{rounds} more rounds",
+        lambda: seen.add(_status(cluster, name).get("lastPlanTime")) or len(seen) > rounds,
+        timeout=rounds * INTERVAL_S * 3 + 10,
+    )
+
+
+def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    child = "roll-e2e-roll-od"
+    planned = wait_for("roll rolled out", lambda: _ready_children(cluster, "roll"), timeout=60)
+    want = planned["e2e-roll-od"]["spec"]["replicas"]
+
+    def live() -> dict[str, Any]:
+        return dict(cluster.kubectl_json("get", "deployment", child, "-n", NS))
+
+    # Nothing changes: rounds go by without a single write to the children.
+    writes, generation = operator.child_writes("roll"), live()["metadata"]["generation"]
+    _steady(cluster, operator, "roll")
+    assert operator.child_writes("roll") == writes
+    assert live()["metadata"]["generation"] == generation
+
+    def back(check: Any, what: str) -> float:
+        started = time.monotonic()
+        # One timer interval, plus the watch event and the apply.
+        wait_for(what, lambda: check(live()), timeout=INTERVAL_S + 5, every=0.2)
+        return time.monotonic() - started
+
+    cluster.kubectl("scale", "deployment", child, "-n", NS, "--replicas", str(want + 3))
+    took = back(lambda d: d["spec"]["replicas"] == want, "the hand scaling undone")
+    print(f"kubectl scale undone in {took:.1f}s")
+    cluster.kubectl(
+        *("patch", "deployment", child, "-n", NS, "-p"),
+        '{"spec":{"template":{"spec":{"containers":[{"name":"server","image":"hand/edit:1"}]}}}}',
+    )
+    back(lambda d: _container(d)["image"] == "e2e/server:2", "the hand-edited image undone")
+    cluster.kubectl(
+        "label",
+        "deployment",
+        child,
+        "-n",
+        NS,
+        "app.kubernetes.io/managed-by=someone",
+        "--overwrite",
+    )
+    back(
+        lambda d: d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "peakwise",
+        "the hand-edited label undone",
+    )
+    assert operator.child_writes("roll") >= writes + 3
+
+    # Put back, it stays put: no flapping, no more writes.
+    wait_for("roll rolled out again", lambda: _ready_children(cluster, "roll"), timeout=60)
+    writes, generation = operator.child_writes("roll"), live()["metadata"]["generation"]
+    _steady(cluster, operator, "roll")
+    assert operator.child_writes("roll") == writes
+    assert live()["metadata"]["generation"] == generation
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or []}
+
+
+def _events(cluster: LocalCluster, namespace: str, name: str, reason: str) -> list[Any]:
+    return list(
+        cluster.kubectl_json(
+            *("get", "events", "-n", namespace, "--field-selector"),
+            f"involvedObject.name={name},reason={reason}",
+        )["items"]
+    )
+
+
+def test_rbac_denials_are_reported_and_clear_once_granted(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    # Take away two permissions the chart grants: writing Deployments in one watched
+    # namespace, and creating Nodes (the kwok provider) everywhere.
+    write_role = next(
+        d
+        for d in operator.rbac
+        if d["kind"] == "Role"
+        and d["metadata"]["name"] == f"{SERVICE_ACCOUNT}-write"
+        and d["metadata"]["namespace"] == DENY_NS
+    )
+    nodes_role = _rbac_object(operator.rbac, "ClusterRole", f"{SERVICE_ACCOUNT}-cluster-write")
+    _apply(cluster, _without_rule(write_role, "deployments"), _without_rule(nodes_role, "nodes"))
+    sa = f"system:serviceaccount:{RELEASE_NS}:{SERVICE_ACCOUNT}"
+    denied = cluster.kubectl(
+        "auth", "can-i", "create", "deployments", "-n", DENY_NS, "--as", sa, check=False
+    )
+    assert denied.stdout.strip() == "no"
+
+    pool = _pool("e2e-deny-pool", "onDemand", 40.0, gpu="e2e-deny-gpu")
+    doc = _deployment("denied", "Enforce", query="vector(4)", gpu="e2e-deny-gpu")
+    doc["metadata"]["namespace"] = DENY_NS
+    _apply(cluster, pool, doc)
+
+    def infd_status() -> dict[str, Any]:
+        obj = cluster.kubectl_json("get", "inferencedeployment", "denied", "-n", DENY_NS)
+        return dict(obj.get("status") or {})
+
+    def pool_status() -> dict[str, Any]:
+        return dict(cluster.kubectl_json("get", "gpunodepool", "e2e-deny-pool").get("status") or {})
+
+    def forbidden(status: dict[str, Any]) -> dict[str, Any] | None:
+        degraded = _conditions(status).get("Degraded", {})
+        ok = degraded.get("status") == "True" and degraded.get("reason") == "Forbidden"
+        return degraded if ok else None
+
+    degraded = wait_for(
+        "Degraded=Forbidden on the InferenceDeployment", lambda: forbidden(infd_status())
+    )
+    message = degraded["message"]
+    assert re.search(r"may not (patch|create) deployments\.apps in namespace e2e-deny", message), (
+        message
+    )
+    pool_degraded = wait_for("Degraded=Forbidden on the pool", lambda: forbidden(pool_status()))
+    assert re.search(r"may not create nodes at the cluster scope", pool_degraded["message"]), (
+        pool_degraded["message"]
+    )
+    events = wait_for(
+        "a Warning Event on the InferenceDeployment",
+        lambda: _events(cluster, DENY_NS, "denied", "Forbidden"),
+    )
+    assert {e["type"] for e in events} == {"Warning"}
+    wait_for(
+        "a Warning Event on the pool",
+        lambda: _events(cluster, "default", "e2e-deny-pool", "Forbidden"),
+    )
+    # The rest goes on: the plan is in status, other deployments are planned, the operator runs.
+    assert infd_status()["desiredReplicas"] >= 1
+    assert cluster.kubectl_json("get", "deployments", "-n", DENY_NS)["items"] == []
+    _steady(cluster, operator, "chat", rounds=2)
+    assert operator.running()
+    assert len(_events(cluster, DENY_NS, "denied", "Forbidden")) == len(events)  # not every round
+
+    _apply(cluster, write_role, nodes_role)  # granted again
+    wait_for(
+        "the InferenceDeployment healthy and Ready",
+        lambda: (
+            (c := _conditions(infd_status()))["Degraded"]["status"] == "False"
+            and c["Ready"]["status"] == "True"
+        ),
+        timeout=60,
+    )
+    assert _conditions(pool_status())["Degraded"]["status"] == "False"
+    assert pool_status()["readyNodes"] >= 1
+    children = cluster.kubectl_json("get", "deployments", "-n", DENY_NS)["items"]
+    assert [c["metadata"]["name"] for c in children] == ["denied-e2e-deny-pool"]
+
+
+def test_scales_up_ahead_of_a_daily_peak_and_back_down_after(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """History with a daily peak (a minute at 20/s, 2/s otherwise), today's planned from the
+    fixture on: replicas up at least one lead time before it, held through it, and released
+    after it within the stabilisation window, for good."""
+    peak = operator.peak
+    assert peak is not None
+    # The forecast window (from one lead time ahead of the current minute) leaves the peak one
+    # lead time before the peak ends; the stabilisation window holds that target from then on.
+    released = peak.end - PEAK_LEAD_S + PEAK_WINDOW_S
+    # Slack: rounds come every interval, the sampler every second, and one forecast step (a
+    # minute) in case the model's window starts a step later.
+    earliest, latest = released - INTERVAL_S - 2, released + INTERVAL_S + 2 + 60
+    up_at = wait_for(
+        "the peak's replicas",
+        lambda: peak.first(0, lambda n: n >= PEAK_REPLICAS),
+        timeout=max(10.0, peak.start - time.time()),
+    )
+    down_at = wait_for(
+        "the peak's replicas released",
+        lambda: peak.first(up_at, lambda n: n <= BASE_REPLICAS),
+        timeout=max(10.0, latest - time.time() + 5),
+    )
+    wait_for("a few samples after the release", lambda: peak.first(down_at + 5, lambda n: True))
+    samples = list(peak.samples)
+    print(
+        f"peak {peak.start:.0f}..{peak.end:.0f}: up {up_at - peak.start:+.0f}s before it, "
+        f"released {down_at - released:+.0f}s from {released - peak.end:+.0f}s after its end; "
+        + " ".join(f"{t - peak.start:+.0f}:{n}" for t, n in samples[::5])
+    )
+    assert up_at <= peak.start - PEAK_LEAD_S, "not scaled up one lead time ahead"
+    held = [n for t, n in samples if up_at <= t < earliest]
+    assert min(held) >= PEAK_REPLICAS, "let go during the peak"
+    assert earliest <= down_at <= latest, "not released within the stabilisation window"
+    assert max(n for t, n in samples if t >= down_at) <= BASE_REPLICAS, "flapped back up"
+
+
 def test_restart_loses_no_spend(cluster: LocalCluster, operator: OperatorProcess) -> None:
     def spend() -> dict[str, Any] | None:
         status = cluster.kubectl_json("get", "costbudget", "cap", "-n", "e2e-budget").get("status")
         return status if status and status.get("spend", 0) > 0 else None
 
-    before = _wait("spend accrued", spend)
+    before = wait_for("spend accrued", spend)
     operator.kill()
     operator.start()
 
@@ -460,6 +823,6 @@ def test_restart_loses_no_spend(cluster: LocalCluster, operator: OperatorProcess
         status = spend()
         return status if status and status["lastAccrualTime"] > before["lastAccrualTime"] else None
 
-    after = _wait("spend accrued after the restart", accrued_again, timeout=60)
+    after = wait_for("spend accrued after the restart", accrued_again, timeout=60)
     assert after["spend"] >= before["spend"]
     assert after["periodStart"] == before["periodStart"]

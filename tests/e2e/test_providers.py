@@ -15,8 +15,7 @@ the operator's end-to-end test (namespace e2e-op, pools e2e-od and e2e-spot).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e import third_party_crds
 from e2e.clusterfix import LocalCluster
+from e2e.polling import wait_for
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.operator.labels import GPU_RESOURCE, POOL
 from peakwise.operator.providers import (
@@ -43,21 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 NS = "e2e-providers"
 CAPI_GROUP = "cluster.x-k8s.io"
 KARPENTER_GROUP, KARPENTER_VERSION = "karpenter.sh", "v1"
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def _crd_exists(cluster: LocalCluster, name: str) -> bool:
@@ -387,7 +372,7 @@ def test_kwok_provider_creates_ready_gpu_nodes_and_removes_newest_first(
     provider = KwokProvider(api, on_delete=deleted.append)
     try:
         assert provider.set_nodes(pool, 3) == 3
-        nodes = _wait(
+        nodes = wait_for(
             "three Ready kwok nodes",
             lambda: (
                 (n := _pool_nodes(core, name))
@@ -415,11 +400,11 @@ def test_kwok_provider_creates_ready_gpu_nodes_and_removes_newest_first(
         # Down to one: the newest two go, newest first, and on_delete sees each name first.
         assert provider.set_nodes(pool, 1) == 1
         assert deleted == ["e2e-prov-kn-2", "e2e-prov-kn-1"]
-        _wait("one node left", lambda: list(_pool_nodes(core, name)) == ["e2e-prov-kn-0"])
+        wait_for("one node left", lambda: list(_pool_nodes(core, name)) == ["e2e-prov-kn-0"])
 
         # Up again: the freed name is reused, and kwok makes it Ready.
         assert provider.set_nodes(pool, 2) == 2
-        _wait(
+        wait_for(
             "two Ready nodes",
             lambda: (
                 sorted(n := _pool_nodes(core, name)) == ["e2e-prov-kn-0", "e2e-prov-kn-1"]
@@ -429,7 +414,7 @@ def test_kwok_provider_creates_ready_gpu_nodes_and_removes_newest_first(
 
         assert provider.set_nodes(pool, 0) == 0
         assert deleted == ["e2e-prov-kn-2", "e2e-prov-kn-1", "e2e-prov-kn-1", "e2e-prov-kn-0"]
-        _wait("no nodes left", lambda: not _pool_nodes(core, name))
+        wait_for("no nodes left", lambda: not _pool_nodes(core, name))
     finally:
         for node_name in _pool_nodes(core, name):
             core.delete_node(node_name)

@@ -1,10 +1,12 @@
 """Third-party CRDs (Cluster API, Karpenter) read from their published Go modules.
 
-Self-contained (it does not rely on ``hack/cluster build`` or ``hack/cluster.d``): for each
-module it runs ``go mod download -json MODULE@VERSION`` in a throw-away module (a temporary
-directory with its own go.mod, ``GOFLAGS=-mod=mod``, ``GOTOOLCHAIN=local``). With the module
-already in the Go module cache this costs milliseconds and no network; otherwise Go fetches
-it from the module proxy (``GOPROXY``) once and the cache keeps it for every later run.
+The modules, versions and CRD files are pinned once, in ``hack/cluster.d/crd-modules.txt``
+(``hack/cluster build`` downloads the same modules ahead of time). This helper does not need
+that build: for each module it runs ``go mod download -json MODULE@VERSION`` in a throw-away
+module (a temporary directory with its own go.mod, ``GOFLAGS=-mod=mod``,
+``GOTOOLCHAIN=local``). With the module already in the Go module cache this costs
+milliseconds and no network; otherwise Go fetches it from the module proxy (``GOPROXY``)
+once and the cache keeps it for every later run.
 
 The CRD is read from the extracted module directory when Go reports one, else straight from
 the module's zip in the download cache: Karpenter's go.mod asks for a newer Go than the local
@@ -27,18 +29,11 @@ from typing import Any
 
 import yaml
 
-# The versions match hack/cluster.d/crd-modules.txt so both helpers share one cached copy;
-# the paths are tried in order (Cluster API moved its core CRDs under core/ in v1.11).
+PINS = Path(__file__).resolve().parents[2] / "hack" / "cluster.d" / "crd-modules.txt"
 CLUSTER_API = "sigs.k8s.io/cluster-api"
-CLUSTER_API_VERSION = "v1.14.2"
 KARPENTER = "sigs.k8s.io/karpenter"
-KARPENTER_VERSION = "v1.14.3"
-
-MACHINE_DEPLOYMENT_CRD = (
-    "core/config/crd/bases/cluster.x-k8s.io_machinedeployments.yaml",
-    "config/crd/bases/cluster.x-k8s.io_machinedeployments.yaml",
-)
-NODEPOOL_CRD = ("pkg/apis/crds/karpenter.sh_nodepools.yaml",)
+MACHINE_DEPLOYMENTS = "cluster.x-k8s.io_machinedeployments.yaml"
+NODEPOOLS = "karpenter.sh_nodepools.yaml"
 
 _GO_TIMEOUT = 600.0
 
@@ -123,34 +118,52 @@ def download(module: str, version: str) -> Module:
     return found
 
 
-def crd_text(module: str, version: str, candidates: tuple[str, ...]) -> str:
-    """The YAML of the first of ``candidates`` (paths inside the module) that exists."""
+def pinned_modules() -> dict[str, tuple[str, list[str]]]:
+    """``{module: (version, [CRD paths inside the module])}`` from crd-modules.txt."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in PINS.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        module, version, *paths = line.split()
+        pins[module] = (version, paths)
+    return pins
+
+
+def crd_texts(module: str) -> dict[str, str]:
+    """``{path: YAML}`` of every pinned CRD file of ``module`` (e.g. sigs.k8s.io/karpenter)."""
+    version, paths = pinned_modules()[module]
     found = download(module, version)
-    for name in candidates:
-        text = found.read(name)
-        if text is not None:
-            return text
-    raise CRDModuleError(
-        f"none of {list(candidates)} is in {module}@{version} "
-        f"(dir {found.dir}, zip {found.zip}): did the CRD move in this release?"
-    )
+    texts = {}
+    for path in paths:
+        text = found.read(path)
+        if text is None:
+            raise CRDModuleError(
+                f"{path} is not in {module}@{version} (dir {found.dir}, zip {found.zip}): "
+                "did the CRD move in this release? Fix hack/cluster.d/crd-modules.txt"
+            )
+        texts[path] = text
+    return texts
 
 
-def crd(module: str, version: str, candidates: tuple[str, ...]) -> dict[str, Any]:
-    """The CRD as a dict (the files hold exactly one CustomResourceDefinition)."""
-    docs = [d for d in yaml.safe_load_all(crd_text(module, version, candidates)) if d]
+def crd(module: str, file_name: str) -> dict[str, Any]:
+    """The pinned CRD of ``module`` whose file is called ``file_name``, as a dict."""
+    texts = {p: t for p, t in crd_texts(module).items() if Path(p).name == file_name}
+    if len(texts) != 1:
+        raise CRDModuleError(f"expected one pinned {file_name} for {module}: {sorted(texts)}")
+    ((path, text),) = texts.items()
+    docs = [d for d in yaml.safe_load_all(text) if d]
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     if len(crds) != 1:
-        raise CRDModuleError(f"expected one CRD in {module}@{version} {candidates}: {len(crds)}")
+        raise CRDModuleError(f"expected one CRD in {module} {path}: {len(crds)}")
     return dict(crds[0])
 
 
 def machine_deployment_crd() -> dict[str, Any]:
-    return crd(CLUSTER_API, CLUSTER_API_VERSION, MACHINE_DEPLOYMENT_CRD)
+    return crd(CLUSTER_API, MACHINE_DEPLOYMENTS)
 
 
 def nodepool_crd() -> dict[str, Any]:
-    return crd(KARPENTER, KARPENTER_VERSION, NODEPOOL_CRD)
+    return crd(KARPENTER, NODEPOOLS)
 
 
 def served_versions(definition: dict[str, Any]) -> list[str]:
