@@ -369,7 +369,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
                         pool.metadata.generation,
                     )
                 )
-                if _newly(previous, "Degraded", reason, str(error)):
+                if _newly(body, "Degraded", reason, str(error)):
                     kopf.warn(body, reason=reason, message=str(error)[:1000])
         else:
             conditions.append(
@@ -548,15 +548,17 @@ async def _actuate(
     return problems
 
 
-def _newly(previous: Any, type_: str, reason: str, message: str) -> bool:
-    """The condition `type_` is not already True with this reason and message (so a Warning
-    Event is posted once per problem, not once per round)."""
-    old = next((c for c in previous or [] if c.type == type_), None)
+def _newly(body: kopf.Body, type_: str, reason: str, message: str) -> bool:
+    """The object's condition `type_` is not already True with this reason and message, so a
+    Warning Event is posted once per problem, not once per round. Read from the live body:
+    a shared round's parsed objects may predate the last status patch."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    old = next((c for c in conditions if c.get("type") == type_), None)
     return not (
         old is not None
-        and old.status == "True"
-        and old.reason == reason
-        and old.message == message[:1000]
+        and old.get("status") == "True"
+        and old.get("reason") == reason
+        and old.get("message") == message[:1000]
     )
 
 
@@ -577,7 +579,7 @@ def _report_actuation(
     status["conditions"] = [
         degraded if c["type"] == "Degraded" else c for c in status["conditions"]
     ]
-    if _newly(previous, "Degraded", reason, message):
+    if _newly(body, "Degraded", reason, message):
         kopf.warn(body, reason=reason, message=message)
 
 
