@@ -20,7 +20,8 @@ Fits run on a background worker, never as a cost every round has to pay:
   Forecasting condition says so, until its fit lands. So the first round after a start with
   1,000 distinct queries takes seconds, not the ~1,000 s of fits it would otherwise.
 * A fitted model whose own backtest covers far less often than its quantile asks
-  (`coverage_tolerance`) is not trusted alone: the forecast is at least the reactive one.
+  (`coverage_tolerance`), or that had too little history to learn seasonality, is not
+  trusted alone: the forecast is at least the reactive one, and the condition says why.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class ForecastService:
         if not math.isfinite(peak):
             return ForecastResult(None, info, observed, "the model gave no forecast")
         peak, model, fallback = max(peak, 0.0), info.model, ""
-        poor = self._poor_backtest(info, spec.forecast.quantile)
+        poor = self._poor_backtest(info, spec.forecast.quantile) or _short_history(info)
         if poor:
             recent_steps = max(1, round(self.recent.total_seconds() / STEP_SECONDS))
             reactive = reactive_peak(series.values[-recent_steps:], self.reactive_margin) or 0.0
@@ -334,6 +335,15 @@ class ForecastService:
                 f"backtest, far below the {quantile:.0%} asked for"
             )
         return ""
+
+
+def _short_history(info: ForecastInfo) -> str:
+    """Why the model is only a recent-level stand-in, or ''."""
+    if not info.short_history:
+        return ""
+    span = info.training_span_seconds
+    known = f" ({span / 3600:.0f} h of it)" if span is not None else ""
+    return f"history too short to learn seasonality{known}: model {info.model} is a stand-in"
 
 
 def _wait(job: Future[None], timeout: float | None) -> None:

@@ -60,7 +60,7 @@ class Model:
         return np.array([[self.level]])
 
 
-def spec(query: str = "demand") -> InferenceDeploymentSpec:
+def spec(query: str = "demand", history: str = "1d") -> InferenceDeploymentSpec:
     return InferenceDeploymentSpec.model_validate(
         {
             "mode": "Enforce",
@@ -68,7 +68,7 @@ def spec(query: str = "demand") -> InferenceDeploymentSpec:
             "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
             "demand": {"query": query},
             "replicas": {"min": 1, "max": 4},
-            "forecast": {"history": "1d", "quantile": 0.95},
+            "forecast": {"history": history, "quantile": 0.95},
         }
     )
 
@@ -142,6 +142,22 @@ def test_a_poor_backtest_is_not_trusted_below_the_reactive_forecast() -> None:
     assert good.forecast is not None and good.forecast.peak == 100.0 and good.fallback == ""
 
 
+def test_a_short_history_model_is_not_trusted_below_the_reactive_forecast() -> None:
+    def young(lead: int, width: int, q: float) -> Model:
+        model = Model(100.0, None, None)
+        model.info_ = ForecastInfo(
+            "recent-peak", 600, short_history=True, training_span_seconds=36000
+        )
+        return model
+
+    forecasts = ForecastService(Ramp(), young)  # type: ignore[arg-type]
+    result = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
+    assert result.forecast is not None and result.forecast.peak == pytest.approx(1440 * 1.25)
+    assert "history too short to learn seasonality (10 h of it)" in result.fallback
+    cond = forecasting_condition([], result, NOW, 1)
+    assert (cond["status"], cond["reason"]) == ("False", "ReactiveFallback")
+
+
 def test_a_round_waits_for_fits_only_when_they_can_finish_in_time() -> None:
     gate = threading.Event()
     forecasts = service(Ramp(), gate=gate)
@@ -206,17 +222,17 @@ def test_fits_in_a_worker_process_survive_the_worker_being_killed() -> None:
     pool = partial(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
     forecasts = ForecastService(Daily(), auto_forecaster, fit_pool=pool)
     try:
-        first = forecasts.forecast(("ns", "a"), spec("a"), LEAD, NOW)
+        first = forecasts.forecast(("ns", "a"), spec("a", "8d"), LEAD, NOW)
         assert first.forecast is not None and first.info is not None and not first.fallback
         worker = forecasts._fit_pool
         assert isinstance(worker, ProcessPoolExecutor)
         for pid in list(worker._processes):  # what the OOM killer would do
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
-        lost = forecasts.forecast(("ns", "b"), spec("b"), LEAD, NOW)
+        lost = forecasts.forecast(("ns", "b"), spec("b", "8d"), LEAD, NOW)
         assert lost.forecast is not None and "could not be fitted" in lost.fallback
         # A new worker takes over: the next fit works.
-        again = forecasts.forecast(("ns", "c"), spec("c"), LEAD, NOW)
+        again = forecasts.forecast(("ns", "c"), spec("c", "8d"), LEAD, NOW)
         assert again.info is not None and not again.fallback
     finally:
         forecasts.close()
