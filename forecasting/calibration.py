@@ -126,3 +126,80 @@ def demand_floor(values: FloatArray, fraction: float) -> float:
     if known.size == 0:
         return 0.0
     return float(fraction * max(float(np.mean(known)), 0.0))
+
+
+@dataclass(frozen=True)
+class ScaledCalibration:
+    """Additive margins in units of a per-origin scale: the quantile is
+    ``base + margin_q × scale``, ``margin_q`` the empirical ``q``-quantile of
+    ``(actual - base) / scale`` (split-conformal calibration with a locally weighted score).
+
+    For forecasters whose uncertainty follows something other than the level (the nowcast's
+    scale is how much demand has been moving lately); under ``MIN_CALIBRATION_PAIRS`` the
+    quantile is ``base × default_margin`` like the ratio calibration's.
+    """
+
+    scores: FloatArray
+    default_margin: float = 1.25
+
+    @classmethod
+    def from_pairs(
+        cls, actual: FloatArray, base: FloatArray, scale: FloatArray, default_margin: float = 1.25
+    ) -> ScaledCalibration:
+        usable = ~np.isnan(actual) & ~np.isnan(base) & (scale > 0)
+        scores = np.sort((actual[usable] - base[usable]) / scale[usable])
+        return cls(scores=scores, default_margin=default_margin)
+
+    @property
+    def pairs(self) -> int:
+        return int(self.scores.shape[0])
+
+    def margin(self, quantile: float) -> float:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        # "higher": a finite-sample conformal quantile should err on the side of coverage.
+        return float(np.quantile(self.scores, quantile, method="higher"))
+
+    def apply(self, base: FloatArray, scale: FloatArray, quantiles: Sequence[float]) -> FloatArray:
+        """Calibrated quantiles, shape ``base.shape + (len(quantiles),)``; NaN stays NaN."""
+        out = np.empty((*base.shape, len(quantiles)))
+        for k, q in enumerate(quantiles):
+            if self.pairs < MIN_CALIBRATION_PAIRS:
+                margin = self.default_margin if q >= 0.5 else 1.0
+                out[..., k] = base * margin
+            else:
+                out[..., k] = base + self.margin(q) * scale
+        clipped: FloatArray = np.maximum(out, 0.0)
+        return clipped
+
+
+@dataclass(frozen=True)
+class ScaledStepCalibration:
+    """One ``ScaledCalibration`` per horizon step ``h = 1 … horizon``."""
+
+    steps: tuple[ScaledCalibration, ...]
+
+    @classmethod
+    def from_pairs(
+        cls, actual: FloatArray, base: FloatArray, scale: FloatArray, default_margin: float = 1.25
+    ) -> ScaledStepCalibration:
+        """``actual`` and ``base`` of shape ``(origins, horizon)``, ``scale`` per origin."""
+        return cls(
+            tuple(
+                ScaledCalibration.from_pairs(actual[:, h], base[:, h], scale, default_margin)
+                for h in range(actual.shape[1])
+            )
+        )
+
+    @property
+    def pairs(self) -> int:
+        """Pairs of the least-calibrated step."""
+        return min((step.pairs for step in self.steps), default=0)
+
+    def apply(self, base: FloatArray, scale: FloatArray, quantiles: Sequence[float]) -> FloatArray:
+        """Quantiles of shape ``(origins, horizon, len(quantiles))``; ``scale`` per origin."""
+        horizon = base.shape[1]
+        out = np.empty((*base.shape, len(quantiles)))
+        for h, step in enumerate(self.steps[:horizon]):
+            out[:, h, :] = step.apply(base[:, h], scale, quantiles)
+        return out

@@ -15,6 +15,7 @@ MODEL_NAMES = (
     "recent-peak",
     "exp-smoothing",
     "quantile-gbm",
+    "nowcast",
     "seasonal-peak (baseline)",
     "auto (selected)",
 )

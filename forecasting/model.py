@@ -76,7 +76,37 @@ class FittedSteps(Generic[StateT]):
     short_history: bool
 
 
-class PeakModel(ABC, Generic[StateT]):
+class EstimatorParams:
+    """scikit-learn's parameter protocol: every ``__init__`` argument is a hyperparameter
+    stored unchanged under its own name, so ``get_params``, ``set_params`` and
+    ``sklearn.base.clone`` work without scikit-learn's base classes."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in signature.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {key!r}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class PeakModel(EstimatorParams, ABC, Generic[StateT]):
     """Base class: calibrated window-peak quantiles from a model-specific base forecast."""
 
     name: ClassVar[str] = "peak-model"
@@ -138,31 +168,6 @@ class PeakModel(ABC, Generic[StateT]):
     def _fallback_window_seconds(self) -> float:
         """Window of the recent-peak fallback (models with a fallback have this parameter)."""
         return float(getattr(self, "fallback_window_seconds", 7200))
-
-    # --- scikit-learn conventions --------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in signature.parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> Self:
-        valid = set(self._param_names())
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {key!r}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     # --- fitting and predicting ----------------------------------------------------------
     def fit(self, series: Series) -> Self:

@@ -38,7 +38,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.base import ForecastInfo, IntArray, PeakForecaster
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
@@ -46,18 +46,18 @@ from peakwise.forecasting.calibration import (
     score,
 )
 from peakwise.forecasting.gbm import QuantileGBMPeakForecaster
-from peakwise.forecasting.model import PeakModel
 from peakwise.forecasting.naive import (
     DAY_SECONDS,
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
 )
+from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
 from peakwise.forecasting.windows import step_targets, valid_origins, window_peak_targets
 
-ModelFactory = Callable[[int, int, float], PeakModel[Any]]
+ModelFactory = Callable[[int, int, float], PeakForecaster]
 
 CANDIDATES: dict[str, ModelFactory] = {
     "seasonal-naive-day": lambda lead, width, q: SeasonalNaivePeakForecaster(
@@ -73,6 +73,7 @@ CANDIDATES: dict[str, ModelFactory] = {
     "quantile-gbm": lambda lead, width, q: QuantileGBMPeakForecaster(
         lead=lead, width=width, quantile=q
     ),
+    "nowcast": lambda lead, width, q: NowcastForecaster(lead=lead, width=width, quantile=q),
 }
 """Every model AutoForecaster can choose from, by name."""
 
@@ -88,7 +89,7 @@ MAX_STEP_VALIDATION_ORIGINS = 500
 class Selection:
     """The outcome of selection for one window shape."""
 
-    models: tuple[PeakModel[Any], ...]
+    models: tuple[PeakForecaster, ...]
     weights: tuple[float, ...]
     calibration: RatioCalibration | None
     """Held-out margins for the blend; None when the single model's own margins are used."""
@@ -103,19 +104,51 @@ Scored = tuple[float, str, FloatArray]
 """A candidate's held-out loss, name and forecasts."""
 
 
-def best_blend(
-    scored: Sequence[Scored], actual: FloatArray, quantile: float, max_blend: int
-) -> tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]:
-    """The single best candidate or an inverse-loss blend of the best few, whichever has the
-    lowest held-out loss: (loss, names, weights, blended forecasts). ``scored`` is best first.
+def cost_at_coverage(actual: FloatArray, predicted: FloatArray, quantile: float) -> float:
+    """What capacity following ``predicted`` would cost if it were scaled to cover exactly a
+    ``quantile`` share of the known ``actual`` values: the mean forecast × the ``quantile`` of
+    ``actual / forecast``. Lower is better; NaN when nothing is known.
+
+    This compares forecasts the way capacity is judged: cost at a share of covered steps,
+    whatever the size of the misses (which pinball loss also weighs).
     """
+    known = ~np.isnan(actual) & ~np.isnan(predicted)
+    if not known.any():
+        return float("nan")
+    forecast = predicted[known]
+    level = float(np.mean(forecast))
+    # A tiny stand-in for zero forecasts, so an idle step cannot make the ratio infinite.
+    floor = max(1e-3 * float(np.mean(np.abs(actual[known]))), 1e-12)
+    ratios = actual[known] / np.maximum(forecast, floor)
+    return max(level, floor) * float(np.quantile(ratios, quantile, method="higher"))
+
+
+CRITERIA: dict[str, Callable[[FloatArray, FloatArray, float], float]] = {
+    "pinball": lambda actual, predicted, q: score(actual, predicted, q)[0],
+    "cost-at-coverage": cost_at_coverage,
+}
+"""How AutoForecaster ranks candidates and blends on the held-out span (lower is better)."""
+
+
+def best_blend(
+    scored: Sequence[Scored],
+    actual: FloatArray,
+    quantile: float,
+    max_blend: int,
+    criterion: str = "pinball",
+) -> tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]:
+    """The single best candidate or an inverse-score blend of the best few, whichever scores
+    lowest by ``criterion`` on the held-out span: (score, names, weights, blended forecasts).
+    ``scored`` is best first, by the same criterion.
+    """
+    rank = CRITERIA[criterion]
     options: list[tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]] = []
     for size in range(1, min(max_blend, len(scored)) + 1):
         top = scored[:size]
         raw = np.array([1.0 / max(loss, 1e-12) for loss, _, _ in top])
         weights = raw / raw.sum()
         blended = np.sum([w * p for w, (_, _, p) in zip(weights, top, strict=True)], axis=0)
-        loss, _ = score(actual, blended, quantile)
+        loss = rank(actual, blended, quantile)
         options.append(
             (loss, tuple(name for _, name, _ in top), tuple(float(w) for w in weights), blended)
         )
@@ -127,7 +160,7 @@ def best_blend(
 class StepSelection:
     """Which of the selected models per-step forecasts blend, for one horizon."""
 
-    models: tuple[PeakModel[Any], ...]
+    models: tuple[PeakForecaster, ...]
     weights: tuple[float, ...]
     label: str
     loss: float | None
@@ -151,6 +184,7 @@ class AutoForecaster:
         min_history_seconds: int = 2 * DAY_SECONDS,
         max_blend: int = 3,
         recalibrate: bool = False,
+        criterion: str = "pinball",
     ) -> None:
         self.candidates = candidates
         self.lead = lead
@@ -161,6 +195,7 @@ class AutoForecaster:
         self.min_history_seconds = min_history_seconds
         self.max_blend = max_blend
         self.recalibrate = recalibrate
+        self.criterion = criterion
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
@@ -173,6 +208,7 @@ class AutoForecaster:
             "min_history_seconds": self.min_history_seconds,
             "max_blend": self.max_blend,
             "recalibrate": self.recalibrate,
+            "criterion": self.criterion,
         }
 
     def set_params(self, **params: Any) -> Self:
@@ -190,6 +226,9 @@ class AutoForecaster:
         unknown = [name for name in self.candidates if name not in CANDIDATES]
         if unknown or not self.candidates:
             raise ValueError(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
+        if self.criterion not in CRITERIA:
+            known = sorted(CRITERIA)
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose from {known}")
         values = np.asarray(series.values, dtype=np.float64).copy()
         self.training_series_ = Series(series.start, series.step_seconds, values)
         self.selections_: dict[tuple[int, int], Selection] = {}
@@ -243,20 +282,23 @@ class AutoForecaster:
             predicted = model.predict_steps(
                 series, origins, horizon=horizon, quantiles=[self.quantile]
             )[:, :, 0]
-            loss, _ = score(actual, predicted, self.quantile)
-            if not np.isnan(loss):
-                scored.append((loss, label, predicted))
+            rank = CRITERIA[self.criterion](actual, predicted, self.quantile)
+            if not np.isnan(rank):
+                scored.append((rank, label, predicted))
         if not scored:  # nothing known to compare with: keep the window-peak blend
             return StepSelection(chosen.models, chosen.weights, chosen.label, None, None)
         scored.sort(key=lambda item: item[0])
-        loss, names, weights, blended = best_blend(scored, actual, self.quantile, self.max_blend)
+        _, names, weights, blended = best_blend(
+            scored, actual, self.quantile, self.max_blend, self.criterion
+        )
         parts = ", ".join(f"{name} {w:.2f}" for name, w in zip(names, weights, strict=True))
+        loss, cover = score(actual, blended, self.quantile)
         return StepSelection(
             models=tuple(by_label[name] for name in names),
             weights=weights,
             label=names[0] if len(names) == 1 else f"blend({parts})",
             loss=float(loss),
-            coverage=score(actual, blended, self.quantile)[1],
+            coverage=cover,
         )
 
     def _select(self, lead: int, width: int) -> Selection:
@@ -283,7 +325,9 @@ class AutoForecaster:
         train = series.head(first)
         origins = np.arange(first, n - lead - width, dtype=np.int64)
         actual = window_peak_targets(series.values, lead, width)[origins]
-        scored: list[tuple[float, str, FloatArray]] = []
+        rank = CRITERIA[self.criterion]
+        scored: list[Scored] = []
+        losses: dict[str, float] = {}
         for name in self.candidates:
             candidate = CANDIDATES[name](lead, width, self.quantile).fit(train)
             if candidate.info_.short_history:
@@ -295,12 +339,16 @@ class AutoForecaster:
             )[:, 0]
             loss, _ = score(actual, predicted, self.quantile)
             if not np.isnan(loss):
-                scored.append((loss, name, predicted))
+                losses[name] = loss
+                scored.append((rank(actual, predicted, self.quantile), name, predicted))
         scored.sort(key=lambda item: item[0])
         if not scored:  # nothing known in the held-out span: all gaps
             scored = [(float("nan"), "recent-peak", np.full(origins.shape[0], np.nan))]
 
-        loss, names, weights, blended = best_blend(scored, actual, self.quantile, self.max_blend)
+        _, names, weights, blended = best_blend(
+            scored, actual, self.quantile, self.max_blend, self.criterion
+        )
+        loss, cover = score(actual, blended, self.quantile)
 
         calibration: RatioCalibration | None = None
         if self.recalibrate:
@@ -308,7 +356,6 @@ class AutoForecaster:
             calibration = RatioCalibration.from_pairs(actual, blended, floor)
             if calibration.pairs < MIN_CALIBRATION_PAIRS:
                 calibration = None
-        cover = score(actual, blended, self.quantile)[1]
 
         models = tuple(CANDIDATES[name](lead, width, self.quantile).fit(series) for name in names)
         parts = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True))
@@ -321,7 +368,7 @@ class AutoForecaster:
             loss=None if np.isnan(loss) else float(loss),
             coverage=None if np.isnan(cover) else float(cover),
             short_history=False,
-            candidates=tuple((name, float(loss)) for loss, name, _ in scored),
+            candidates=tuple((name, losses[name]) for _, name, _ in scored if name in losses),
         )
 
     def predict_peak(
@@ -391,3 +438,10 @@ class AutoForecaster:
             quantile=self.quantile,
             candidates=chosen.candidates,
         )
+
+
+def default_forecaster(lead: int, width: int, quantile: float) -> AutoForecaster:
+    """The forecaster Peakwise uses for a service, in the operator and in ``peakwise
+    backtest`` alike: an unfitted ``AutoForecaster`` over every candidate for this window
+    shape (``lead`` and ``width`` in steps) and quantile."""
+    return AutoForecaster(lead=lead, width=width, quantile=quantile)

@@ -119,8 +119,9 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--window",
-        default="30m",
-        help="forecast window each decision covers, one lead time ahead (default 30m)",
+        default="1m",
+        help="forecast window each decision covers, one lead time ahead (default 1m: one "
+        "decision interval, so each minute is covered by the freshest forecast made for it)",
     )
     p.add_argument("--warmup", default="1d", help="replayed but not measured (default 1d)")
     p.add_argument("--seed", type=int, default=1, help="seed for spot interruptions")

@@ -8,14 +8,13 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, Self
 
 import numpy as np
 
 from peakwise.api.costbudget import CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
-from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.base import PeakForecaster
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.planner import (
     BudgetState,
@@ -70,26 +69,7 @@ class ReactivePolicy:
         return {self.pool: self._last}
 
 
-class WindowPeakForecaster(Protocol):
-    """The part of ``PeakForecaster`` a replay needs: fit, window-peak quantiles, metadata."""
-
-    def fit(self, series: Series) -> Self: ...
-
-    def predict_peak(
-        self,
-        series: Series,
-        origins: IntArray,
-        *,
-        lead: int,
-        width: int,
-        quantiles: Sequence[float],
-    ) -> FloatArray: ...
-
-    @property
-    def info_(self) -> ForecastInfo: ...
-
-
-ForecasterFactory = Callable[[int, int], WindowPeakForecaster]
+ForecasterFactory = Callable[[int, int], PeakForecaster]
 """(lead, width) -> an unfitted forecaster."""
 
 

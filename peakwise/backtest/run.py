@@ -12,7 +12,6 @@ import numpy as np
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import ForecastSpec, InferenceDeploymentSpec, ScaleDownPolicy
 from peakwise.backtest.config import BacktestConfig, ConfigError
-from peakwise.backtest.nowcast import NowcastForecaster
 from peakwise.backtest.policies import (
     Decide,
     ForecasterFactory,
@@ -23,6 +22,7 @@ from peakwise.backtest.policies import (
     static_policy,
 )
 from peakwise.backtest.simulator import SimPool, Simulator
+from peakwise.forecasting.select import default_forecaster
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.planner import DemandForecast, DeploymentState, PlanInput, PoolState, plan
 from peakwise.planner.capacity import lead_time
@@ -207,13 +207,6 @@ def summarize(run: PolicyRun, oracle_cost: float, warmup: int) -> Summary:
     )
 
 
-def default_forecaster(quantile: float) -> ForecasterFactory:
-    """What Peakwise forecasts each minute with: the last observed demand plus a conformal
-    margin scaled to recent volatility (see nowcast.py). At a horizon of one lead time it
-    beat the model selection of ``peakwise.forecasting`` on cost at the same coverage."""
-    return lambda lead, width: NowcastForecaster(lead=lead, width=width, quantile=quantile)
-
-
 def run_backtest(
     series: Series,
     config: BacktestConfig,
@@ -272,8 +265,9 @@ def run_backtest(
         )
         return _simulate("reactive", policy, [baseline], demand, options.seed)
 
+    quantile = spec.forecast.quantile
     peaks, models = forecast_peaks(
-        forecaster or default_forecaster(spec.forecast.quantile),
+        forecaster or (lambda lead, width: default_forecaster(lead, width, quantile)),
         series,
         lead=lead,
         width=width,

@@ -18,6 +18,7 @@ from peakwise.forecasting.naive import (
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
 )
+from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
@@ -32,6 +33,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "recent-peak": RecentPeakForecaster,
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
+    "nowcast": NowcastForecaster,
     "auto": AutoForecaster,
 }
 ALL = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())

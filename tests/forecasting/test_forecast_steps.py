@@ -16,6 +16,7 @@ from peakwise.forecasting.naive import (
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
 )
+from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
@@ -31,6 +32,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "recent-peak": RecentPeakForecaster,
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
+    "nowcast": NowcastForecaster,
     "auto": AutoForecaster,
     "seasonal-peak (baseline)": SeasonalPeakForecaster,
 }
