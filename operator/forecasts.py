@@ -84,13 +84,6 @@ def fit_model(
     return factory(lead, width, quantile).fit(series)
 
 
-def auto_forecaster(lead: int, width: int, quantile: float) -> PeakForecaster:
-    """The operator's forecaster: the best model (or blend) on the service's own history."""
-    from peakwise.forecasting.select import AutoForecaster
-
-    return AutoForecaster(lead=lead, width=width, quantile=quantile)
-
-
 @dataclass
 class _Fitted:
     model: PeakForecaster
@@ -107,7 +100,7 @@ class ForecastService:
         source: HistorySource,
         factory: ForecasterFactory,
         refit_every: timedelta = timedelta(hours=6),
-        window: timedelta = timedelta(minutes=30),
+        window: timedelta = timedelta(minutes=1),
         *,
         recent: timedelta = timedelta(hours=1),
         reactive_margin: float = 1.25,
@@ -207,6 +200,10 @@ class ForecastService:
     def _width(self) -> int:
         return max(1, self._steps(self.window))
 
+    def _window_span(self) -> timedelta:
+        """The window each forecast covers, in whole steps (the planner holds targets for it)."""
+        return timedelta(seconds=self._width() * STEP_SECONDS)
+
     def _job(
         self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
     ) -> tuple[_Fitted | None, Future[None] | None]:
@@ -281,7 +278,9 @@ class ForecastService:
         if peak is None:
             return ForecastResult(None, None, None, "the demand query returned no data")
         observed = float(series.values[~np.isnan(series.values)][-1])
-        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, "reactive")
+        forecast = DemandForecast(
+            peak, spec.forecast.quantile, end + lead, "reactive", self._window_span()
+        )
         reason = (
             f"{why}; sized reactively meanwhile: the peak of the last "
             f"{_minutes(self.recent)} × {self.reactive_margin:g}"
@@ -322,7 +321,8 @@ class ForecastService:
             fallback = f"{poor}; sized for at least the reactive forecast ({reactive:,.4g}/s)"
             if reactive > peak:
                 peak, model = reactive, f"reactive (model {info.model} not trusted)"
-        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, model)
+        window = self._window_span()
+        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, model, window)
         return ForecastResult(forecast, info, observed, fallback=fallback)
 
     def _poor_backtest(self, info: ForecastInfo, quantile: float) -> str:

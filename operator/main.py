@@ -17,9 +17,10 @@ import kopf
 from prometheus_client import start_http_server
 
 from peakwise.api.common import parse_duration
+from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import metrics
 from peakwise.operator.controller import Controller
-from peakwise.operator.forecasts import ForecastService, HistorySource, auto_forecaster
+from peakwise.operator.forecasts import ForecastService, HistorySource
 from peakwise.operator.handlers import Runtime, register
 from peakwise.operator.kube import KubeAdapter, api_client
 
@@ -57,7 +58,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
     run.add_argument("--refit-every", default="6h", help="refit each service's model (6h)")
-    run.add_argument("--window", default="30m", help="forecast window per decision (30m)")
+    run.add_argument(
+        "--window",
+        default="1m",
+        help="forecast window each decision covers, from one lead time ahead: one decision "
+        "interval, in whole minutes of data (1m)",
+    )
     run.add_argument(
         "--fit-wait",
         default="15s",
@@ -129,7 +135,7 @@ def run_operator(args: argparse.Namespace) -> int:
     client = api_client()
     forecasts = ForecastService(
         history_source(args.prometheus_url),
-        auto_forecaster,
+        default_forecaster,
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
         fit_workers=args.fit_workers,

@@ -18,8 +18,9 @@ import pytest
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
+from peakwise.forecasting.select import default_forecaster
 from peakwise.forecasting.series import Series
-from peakwise.operator.forecasts import ForecastService, auto_forecaster, reactive_peak
+from peakwise.operator.forecasts import ForecastService, reactive_peak
 from peakwise.operator.state import forecasting_condition
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
@@ -220,7 +221,7 @@ class Daily:
 
 def test_fits_in_a_worker_process_survive_the_worker_being_killed() -> None:
     pool = partial(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
-    forecasts = ForecastService(Daily(), auto_forecaster, fit_pool=pool)
+    forecasts = ForecastService(Daily(), default_forecaster, fit_pool=pool)
     try:
         first = forecasts.forecast(("ns", "a"), spec("a", "8d"), LEAD, NOW)
         assert first.forecast is not None and first.info is not None and not first.fallback
