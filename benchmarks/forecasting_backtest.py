@@ -19,7 +19,7 @@ from peakwise.backtest.report import table
 from peakwise.backtest.run import BacktestOptions, run_backtest
 from peakwise.forecasting.base import PeakForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
-from peakwise.forecasting.select import AutoForecaster
+from peakwise.forecasting.select import default_forecaster
 from peakwise.trace import read_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +30,6 @@ def seasonal(lead: int, width: int) -> PeakForecaster:
     return SeasonalPeakForecaster(lead=lead, width=width)
 
 
-def auto(lead: int, width: int) -> PeakForecaster:
-    return AutoForecaster(lead=lead, width=width)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "examples/backtest/on-demand.yaml"))
@@ -41,6 +37,12 @@ def main() -> int:
     args = parser.parse_args()
     series = read_trace(SERVEGEN, zero_is_gap_min_run=10).series
     config = with_replicas_at_peak(load_config(args.config), series, args.replicas_at_peak)
+    quantile = config.deployment.spec.forecast.quantile
+
+    def auto(lead: int, width: int) -> PeakForecaster:
+        # The operator's forecaster, selected and calibrated at the config's quantile.
+        return default_forecaster(lead, width, quantile)
+
     for name, factory in (("SeasonalPeakForecaster", seasonal), ("AutoForecaster", auto)):
         started = time.perf_counter()
         result = run_backtest(series, config, BacktestOptions(), forecaster=factory)

@@ -9,6 +9,10 @@ A small ``floor`` (a fraction of the service's typical demand) stands in for tin
 near-zero blip cannot produce an absurd ratio, and where the base is ~0 the forecast becomes
 the ``q``-quantile of the actual peaks themselves (``floor × quantile(actual / floor)``).
 
+``ScaledCalibration`` is the other form: an additive margin in units of a per-origin scale
+(recent volatility), used by the nowcast and, where it does better, by every model
+(``PeakModel(margin=...)``).
+
 Per-step forecasts (``predict_steps``) are calibrated the same way, one ``RatioCalibration``
 per horizon step (``StepCalibration``): the spread of ``actual / base`` grows with the step,
 so one margin for the whole horizon would be too wide near the origin and too narrow at the

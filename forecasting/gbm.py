@@ -93,6 +93,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         quantile: float = 0.95,
         floor_fraction: float = 0.05,
         default_margin: float = 1.25,
+        margin: str = "auto",
     ) -> None:
         super().__init__(
             lead=lead,
@@ -100,6 +101,7 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             quantile=quantile,
             floor_fraction=floor_fraction,
             default_margin=default_margin,
+            margin=margin,
         )
         self.max_iter = max_iter
         self.learning_rate = learning_rate

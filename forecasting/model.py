@@ -10,7 +10,10 @@ forecast per origin; this class adds what they all need:
   ``predict_peak`` asks for another shape it is fitted for that one too, from the stored
   training history, once (margins learned for a 30-minute window do not fit a 1-minute one);
 * residual calibration (see ``calibration.py``), separately for the model's main form and for
-  its recent-level fallback (too little history, or gaps where the main form needs data);
+  its recent-level fallback (too little history, or gaps where the main form needs data); the
+  window-peak margin is a ratio to the base or additive and scaled to recent volatility (the
+  nowcast's), and with ``margin="auto"`` whichever has the lower pinball loss on the
+  calibration residuals;
 * per-step forecasts (``predict_steps``): the model gives a base path over the horizon, and a
   ratio calibration per horizon step turns it into quantiles. Like other window shapes, the
   per-step part is fitted from the stored training history the first time a horizon is asked
@@ -33,6 +36,7 @@ from peakwise.forecasting.base import ForecastInfo, IntArray
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
+    ScaledCalibration,
     StepCalibration,
     demand_floor,
     score,
@@ -41,6 +45,7 @@ from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     recent_peak_base,
     recent_peak_path,
+    recent_range,
     step_targets,
     valid_origins,
     window_peak_targets,
@@ -53,17 +58,38 @@ StateT = TypeVar("StateT")
 # this large calibrates as well and keeps the per-step fit (GBM predictions) and memory small.
 MAX_STEP_CALIBRATION_ORIGINS = 1000
 
+MARGINS = ("auto", "ratio", "scaled")
+"""How a model's window-peak margins are learned (the ``margin`` hyperparameter)."""
+
+# The scale of additive margins, as the nowcast's: the range of the last hour plus twice the
+# history's median range (so a flat hour does not make the margin vanish).
+VOLATILITY_SECONDS = 3600
+RANGE_REGULARIZATION = 2.0
+
+Calibration = RatioCalibration | ScaledCalibration
+
+
+def calibrated(
+    calibration: Calibration, base: FloatArray, scale: FloatArray, quantiles: Sequence[float]
+) -> FloatArray:
+    """Quantiles from a base forecast by either form of margin, shape ``(len(base), len(q))``."""
+    if isinstance(calibration, ScaledCalibration):
+        return calibration.apply(base, scale, quantiles)
+    return calibration.apply(base, quantiles)
+
 
 @dataclass(frozen=True)
 class FittedWindow(Generic[StateT]):
     """What a model learned for one window shape ``(lead, width)``."""
 
     state: StateT
-    primary: RatioCalibration
-    fallback: RatioCalibration
+    primary: Calibration
+    fallback: Calibration
     loss: float | None
     coverage: float | None
     short_history: bool
+    form: str = "ratio"
+    """``ratio`` (base × margin) or ``scaled`` (base + margin × recent volatility)."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +145,14 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
         quantile: float = 0.95,
         floor_fraction: float = 0.05,
         default_margin: float = 1.25,
+        margin: str = "auto",
     ) -> None:
         self.lead = lead
         self.width = width
         self.quantile = quantile
         self.floor_fraction = floor_fraction
         self.default_margin = default_margin
+        self.margin = margin
 
     # --- what a concrete model provides -------------------------------------------------
     @abstractmethod
@@ -171,10 +199,14 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
 
     # --- fitting and predicting ----------------------------------------------------------
     def fit(self, series: Series) -> Self:
+        if self.margin not in MARGINS:
+            raise ValueError(f"margin must be one of {MARGINS}, got {self.margin!r}")
         values = np.asarray(series.values, dtype=np.float64).copy()
         self.training_series_: Series = Series(series.start, series.step_seconds, values)
         self.step_seconds_: int = series.step_seconds
         self.floor_: float = demand_floor(values, self.floor_fraction)
+        ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[~np.isnan(values)]
+        self.typical_range_: float = float(np.median(ranges)) if ranges.size else 0.0
         self.fits_: dict[tuple[int, int], FittedWindow[StateT]] = {}
         self.step_fits_: dict[int, FittedSteps[StateT]] = {}
         self.fitted_window(self.lead, self.width)
@@ -183,6 +215,12 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
     def steps(self, seconds: float) -> int:
         """A duration in steps of the fitted series (at least one)."""
         return max(1, round(seconds / self.step_seconds_))
+
+    def _volatility(self, values: FloatArray, origins: IntArray) -> FloatArray:
+        """Per-origin scale of additive margins: recent range + a share of the typical one."""
+        ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[origins]
+        scale: FloatArray = ranges + max(RANGE_REGULARIZATION * self.typical_range_, 1e-9)
+        return scale
 
     def fitted_window(self, lead: int, width: int) -> FittedWindow[StateT]:
         """The fit for this window shape, learning it from the training history if needed."""
@@ -207,31 +245,55 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
             base, fallback = self._base(state, training, origins, lead, width)
         else:
             base, fallback = np.empty(0), np.empty(0, dtype=np.bool_)
-        primary = RatioCalibration.from_pairs(
-            actual[~fallback], base[~fallback], self.floor_, self.default_margin
-        )
-        backup = RatioCalibration.from_pairs(
-            actual[fallback], base[fallback], self.floor_, self.default_margin
-        )
-        loss: float | None = None
-        cover: float | None = None
-        if origins.size:
-            predicted = np.where(
-                fallback,
-                backup.apply(base, [self.quantile])[:, 0],
-                primary.apply(base, [self.quantile])[:, 0],
+        scale = self._volatility(values, origins)
+        # Both forms of margin are learned on the same held-out residuals; with "auto" the
+        # one with the lower pinball loss there is kept. Ratio margins transfer across
+        # levels; additive ones scaled to recent volatility are not set by the quiet hours.
+        forms = ("ratio", "scaled") if self.margin == "auto" else (self.margin,)
+        best: FittedWindow[StateT] | None = None
+        for form in forms:
+            primary: Calibration
+            backup: Calibration
+            if form == "scaled":
+                primary = ScaledCalibration.from_pairs(
+                    actual[~fallback], base[~fallback], scale[~fallback], self.default_margin
+                )
+                backup = ScaledCalibration.from_pairs(
+                    actual[fallback], base[fallback], scale[fallback], self.default_margin
+                )
+            else:
+                primary = RatioCalibration.from_pairs(
+                    actual[~fallback], base[~fallback], self.floor_, self.default_margin
+                )
+                backup = RatioCalibration.from_pairs(
+                    actual[fallback], base[fallback], self.floor_, self.default_margin
+                )
+            loss: float | None = None
+            cover: float | None = None
+            if origins.size:
+                predicted = np.where(
+                    fallback,
+                    calibrated(backup, base, scale, [self.quantile])[:, 0],
+                    calibrated(primary, base, scale, [self.quantile])[:, 0],
+                )
+                raw_loss, raw_cover = score(actual, predicted, self.quantile)
+                if not np.isnan(raw_loss):
+                    loss, cover = raw_loss, raw_cover
+            fitted = FittedWindow(
+                state=state,
+                primary=primary,
+                fallback=backup,
+                loss=loss,
+                coverage=cover,
+                short_history=primary.pairs < MIN_CALIBRATION_PAIRS,
+                form=form,
             )
-            raw_loss, raw_cover = score(actual, predicted, self.quantile)
-            if not np.isnan(raw_loss):
-                loss, cover = raw_loss, raw_cover
-        return FittedWindow(
-            state=state,
-            primary=primary,
-            fallback=backup,
-            loss=loss,
-            coverage=cover,
-            short_history=primary.pairs < MIN_CALIBRATION_PAIRS,
-        )
+            if best is None or (
+                fitted.loss is not None and (best.loss is None or fitted.loss < best.loss)
+            ):
+                best = fitted
+        assert best is not None
+        return best
 
     def fitted_steps(self, horizon: int) -> FittedSteps[StateT]:
         """The per-step fit for this horizon, learning it from the training history if needed."""
@@ -318,8 +380,11 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
             # barely a week): trust the calibrated fallback everywhere instead.
             base = recent_peak_base(values, origins, self.steps(self._fallback_window_seconds()))
             fallback = np.ones(origins.shape[0], dtype=np.bool_)
-        main = fitted.primary.apply(base, quantiles)
-        backup = fitted.fallback.apply(base, quantiles)
+        scale = (
+            self._volatility(values, origins) if fitted.form == "scaled" else np.zeros_like(base)
+        )
+        main = calibrated(fitted.primary, base, scale, quantiles)
+        backup = calibrated(fitted.fallback, base, scale, quantiles)
         return np.where(fallback[:, None], backup, main)
 
     @property

@@ -38,6 +38,7 @@ class RecentPeakForecaster(PeakModel[None]):
         quantile: float = 0.95,
         floor_fraction: float = 0.05,
         default_margin: float = 1.25,
+        margin: str = "auto",
     ) -> None:
         super().__init__(
             lead=lead,
@@ -45,6 +46,7 @@ class RecentPeakForecaster(PeakModel[None]):
             quantile=quantile,
             floor_fraction=floor_fraction,
             default_margin=default_margin,
+            margin=margin,
         )
         self.window_seconds = window_seconds
 
@@ -85,6 +87,7 @@ class SeasonalNaivePeakForecaster(PeakModel[None]):
         quantile: float = 0.95,
         floor_fraction: float = 0.05,
         default_margin: float = 1.25,
+        margin: str = "auto",
     ) -> None:
         super().__init__(
             lead=lead,
@@ -92,6 +95,7 @@ class SeasonalNaivePeakForecaster(PeakModel[None]):
             quantile=quantile,
             floor_fraction=floor_fraction,
             default_margin=default_margin,
+            margin=margin,
         )
         self.season_seconds = season_seconds
         self.fallback_window_seconds = fallback_window_seconds

@@ -1,8 +1,8 @@
 """The last observed demand, with a margin scaled to how much demand has been moving lately.
 
 At a horizon of a few minutes the last observed value is a strong point forecast; what
-matters for capacity is the margin. A margin proportional to the level (the ratio calibration
-of the other models) is set by the quietest, lowest-demand hours, where relative jumps are
+matters for capacity is the margin. A margin proportional to the level (a ratio calibration)
+is set by the quietest, lowest-demand hours, where relative jumps are
 largest, and then costs most at the peak. Here the margin is ``c_q × scale`` instead, where
 ``scale`` is the recent range of demand (highest minus lowest over the last
 ``volatility_seconds``) plus ``regularization`` × the history's median range (so a flat hour
@@ -37,8 +37,8 @@ from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS, EstimatorPa
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     last_known,
+    recent_range,
     step_targets,
-    trailing_max,
     valid_origins,
     window_peak_targets,
 )
@@ -53,13 +53,6 @@ class NowcastWindowFit:
     """Pinball loss of the target quantile on the training history (out of sample: the model
     learned only this margin there); None without enough pairs."""
     coverage: float | None
-
-
-def recent_range(values: FloatArray, window: int) -> FloatArray:
-    """Highest minus lowest known value over the last ``window`` steps (0 where none known)."""
-    spread = trailing_max(values, window) + trailing_max(-values, window)
-    out: FloatArray = np.nan_to_num(spread, nan=0.0)
-    return out
 
 
 class NowcastForecaster(EstimatorParams):

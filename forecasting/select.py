@@ -83,6 +83,10 @@ DEFAULT_CANDIDATES = tuple(CANDIDATES)
 # held-out span rank the models reliably, and keep the GBM's predictions (origins × steps
 # rows) cheap.
 MAX_STEP_VALIDATION_ORIGINS = 500
+# ... taken from the newest 20% of the history (at most 3 days): the GBM's held-out
+# calibration tail, so no model is compared on data it was trained on.
+STEP_VALIDATION_FRACTION = 0.2
+MAX_STEP_VALIDATION_SECONDS = 3 * DAY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -179,8 +183,8 @@ class AutoForecaster:
         lead: int = 10,
         width: int = 30,
         quantile: float = 0.95,
-        validation_fraction: float = 0.2,
-        max_validation_seconds: int = 3 * DAY_SECONDS,
+        validation_fraction: float = 0.3,
+        max_validation_seconds: int = 5 * DAY_SECONDS,
         min_history_seconds: int = 2 * DAY_SECONDS,
         max_blend: int = 3,
         recalibrate: bool = False,
@@ -245,13 +249,14 @@ class AutoForecaster:
             self.selections_[key] = self._select(lead, width)
         return self.selections_[key]
 
-    def _validation_steps(self, length: int) -> int:
+    def _validation_steps(
+        self, length: int, fraction: float | None = None, seconds: int | None = None
+    ) -> int:
         """Steps held out for validation in a history of ``length`` steps."""
         step = self.training_series_.step_seconds
-        return min(
-            int(self.validation_fraction * length),
-            max(1, round(self.max_validation_seconds / step)),
-        )
+        fraction = self.validation_fraction if fraction is None else fraction
+        seconds = self.max_validation_seconds if seconds is None else seconds
+        return min(int(fraction * length), max(1, round(seconds / step)))
 
     def step_selection(self, horizon: int) -> StepSelection:
         """The blend used for per-step forecasts over ``horizon`` steps (chosen on first use)."""
@@ -271,7 +276,8 @@ class AutoForecaster:
         n = len(series)
         # The newest part of the history, the GBM's held-out tail: no model learned anything
         # there but its margins, so the forecasts compared are out of sample.
-        first = max(0, n - self._validation_steps(n) - horizon)
+        span = self._validation_steps(n, STEP_VALIDATION_FRACTION, MAX_STEP_VALIDATION_SECONDS)
+        first = max(0, n - span - horizon)
         origins = np.arange(first, max(first, n - horizon), dtype=np.int64)
         stride = -(-origins.shape[0] // MAX_STEP_VALIDATION_ORIGINS)
         origins = origins[::-1][:: max(1, stride)][::-1]

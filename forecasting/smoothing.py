@@ -130,6 +130,7 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
         quantile: float = 0.95,
         floor_fraction: float = 0.05,
         default_margin: float = 1.25,
+        margin: str = "auto",
     ) -> None:
         super().__init__(
             lead=lead,
@@ -137,6 +138,7 @@ class ExponentialSmoothingPeakForecaster(PeakModel[SmoothingState]):
             quantile=quantile,
             floor_fraction=floor_fraction,
             default_margin=default_margin,
+            margin=margin,
         )
         self.bucket_seconds = bucket_seconds
         self.season_seconds = season_seconds

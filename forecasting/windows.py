@@ -29,6 +29,13 @@ def trailing_max(values: FloatArray, width: int) -> FloatArray:
     return result
 
 
+def recent_range(values: FloatArray, window: int) -> FloatArray:
+    """Highest minus lowest known value over the last ``window`` steps (0 where none known)."""
+    spread = trailing_max(values, window) + trailing_max(-values, window)
+    out: FloatArray = np.nan_to_num(spread, nan=0.0)
+    return out
+
+
 def trailing_mean(values: FloatArray, width: int) -> FloatArray:
     """``out[j] = mean(values[max(0, j - width + 1) : j + 1])`` ignoring gaps; NaN without data."""
     known = ~np.isnan(values)
