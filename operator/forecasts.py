@@ -15,10 +15,12 @@ Fits run on a background worker, never as a cost every round has to pay:
 * A model older than `refit_every` keeps serving while its refit runs.
 * A round first queues the fits it needs (`schedule`), then waits for them until a deadline
   (`wait_for_fits`), and not at all when they cannot finish by then. A service still
-  without a model (a new service, or every service after the operator starts) is sized
-  *reactively* — the peak of the last `recent` of demand times `reactive_margin` — and the
-  Forecasting condition says so, until its fit lands. So the first round after a start with
-  1,000 distinct queries takes seconds, not the ~1,000 s of fits it would otherwise.
+  without a model (a new service, or every service after the operator starts) gets a
+  *provisional* forecast, its latest observed demand: the planner keeps at least the
+  capacity running now and scales up if that demand needs more, so a restart changes no
+  plan; the Forecasting condition says so until the fit lands. So the first round after a
+  start with 1,000 distinct queries takes seconds, not the ~1,000 s of fits it would
+  otherwise.
 * A fitted model whose own backtest covers far less often than its quantile asks
   (`coverage_tolerance`), or that had too little history to learn seasonality, is not
   trusted alone: the forecast is at least the reactive one, and the condition says why.
@@ -64,7 +66,7 @@ class ForecastResult:
     problem: str = ""
     """Why there is no forecast, for the Forecasting condition."""
     fallback: str = ""
-    """Why the forecast is (at least) the reactive one rather than the model's alone."""
+    """Why the model's forecast alone does not size the service (provisional or reactive)."""
 
 
 def reactive_peak(values: FloatArray, margin: float) -> float | None:
@@ -161,7 +163,7 @@ class ForecastService:
         """Wait until no fit is pending, or until `deadline` (a `time.monotonic()` value).
 
         Gives up at once when the queued fits, at the mean fit time so far, cannot finish by
-        the deadline: a round then sizes those services reactively instead of idling.
+        the deadline: a round then plans those services provisionally instead of idling.
         """
         while True:
             with self._lock:
@@ -182,7 +184,7 @@ class ForecastService:
     ) -> ForecastResult:
         """Blocking (network; with `wait`, the fits it starts): run it in a thread.
 
-        Without `wait`, a deployment whose model is not fitted yet is sized reactively and a
+        Without `wait`, a deployment whose model is not fitted yet is planned provisionally and a
         stale model serves while its refit runs in the background.
         """
         fitted, job = self._job(key, spec, lead, now)
@@ -191,7 +193,7 @@ class ForecastService:
             fitted = self._fitted.get(self._model_of[key]) or fitted
         end = now.replace(second=0, microsecond=0)
         if fitted is None:
-            return self._reactive(spec, lead, end, self._why_no_model(job))
+            return self._until_fitted(spec, lead, end, self._why_no_model(job))
         return self._predict(fitted, spec, lead, self._steps(lead), self._width(), end)
 
     def _steps(self, d: timedelta) -> int:
@@ -266,25 +268,31 @@ class ForecastService:
     def _history(self, spec: InferenceDeploymentSpec, start: datetime, end: datetime) -> Series:
         return self.source.fetch(spec.demand.query, start, end, STEP_SECONDS)
 
-    def _reactive(
+    def _until_fitted(
         self, spec: InferenceDeploymentSpec, lead: timedelta, end: datetime, why: str
     ) -> ForecastResult:
-        """Size for the recent peak × margin; no model needed, only the last `recent`."""
+        """A provisional forecast while the model is fitted: the latest observed demand.
+
+        The planner keeps at least the capacity running now for it (a restart changes no
+        plan) and scales up when the latest demand needs more.
+        """
         try:
             series = self._history(spec, end - self.recent, end)
         except Exception as error:
             return ForecastResult(None, None, None, f"demand history unavailable: {error}")
-        peak = reactive_peak(series.values, self.reactive_margin)
-        if peak is None:
+        known = series.values[~np.isnan(series.values)]
+        if known.size == 0:
             return ForecastResult(None, None, None, "the demand query returned no data")
-        observed = float(series.values[~np.isnan(series.values)][-1])
+        observed = float(known[-1])
         forecast = DemandForecast(
-            peak, spec.forecast.quantile, end + lead, "reactive", self._window_span()
+            observed,
+            spec.forecast.quantile,
+            end + lead,
+            "provisional (latest demand)",
+            self._window_span(),
+            provisional=True,
         )
-        reason = (
-            f"{why}; sized reactively meanwhile: the peak of the last "
-            f"{_minutes(self.recent)} × {self.reactive_margin:g}"
-        )
+        reason = f"{why}; meanwhile holding current capacity, more if the latest demand needs it"
         return ForecastResult(forecast, None, observed, fallback=reason)
 
     def _predict(

@@ -276,9 +276,8 @@ def forecasting_condition(
         problem = result.problem if result else "no forecast yet"
         return condition(previous, "Forecasting", False, "NoForecast", problem, now, generation)
     if result.fallback:
-        return condition(
-            previous, "Forecasting", False, "ReactiveFallback", result.fallback, now, generation
-        )
+        reason = "ModelPending" if result.forecast.provisional else "ReactiveFallback"
+        return condition(previous, "Forecasting", False, reason, result.fallback, now, generation)
     info = result.info
     message = f"model {info.model if info else result.forecast.model}"
     if info and info.backtest_loss is not None and info.coverage is not None:

@@ -96,6 +96,14 @@ def _demands(
                 f"no usable forecast: holding current capacity ({sum(state.current.values())} "
                 "replicas)"
             )
+        elif forecast.provisional:
+            # No model yet: a restart must not change the plan, so nothing goes below what
+            # runs now; demand above it is still followed.
+            raw = max(forecast.peak, _current_capacity(state, shell, slices))
+            why.append(
+                f"model not fitted yet: holding current capacity ({sum(state.current.values())} "
+                f"replicas), or more if demand ({forecast.peak:,.1f}/s) needs it"
+            )
         else:
             raw = forecast.peak
             model = f", {forecast.model}" if forecast.model else ""

@@ -30,6 +30,9 @@ class DemandForecast:
     model: str = ""
     window: timedelta = DEFAULT_FORECAST_WINDOW
     """Width of that window. The planner holds the target until the window has passed."""
+    provisional: bool = False
+    """A stand-in while the service's model is not fitted yet (e.g. after a restart): the
+    planner keeps at least the capacity running now and only scales up for it."""
 
 
 @dataclass(frozen=True)

@@ -96,14 +96,15 @@ def settle(forecasts: ForecastService) -> None:
     assert not forecasts.pending_fits()
 
 
-def test_reactive_until_the_first_fit_lands_then_the_model() -> None:
+def test_provisional_until_the_first_fit_lands_then_the_model() -> None:
     gate = threading.Event()
     source = Ramp()
     forecasts = service(source, gate=gate)
     first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
-    # The ramp's last hour ends at 1440/s: sized for that peak × 1.25.
-    assert first.forecast is not None and first.forecast.model == "reactive"
-    assert first.forecast.peak == pytest.approx(1440 * 1.25)
+    # The ramp ends at 1440/s: the latest demand, marked provisional (the planner keeps at
+    # least what runs now for it).
+    assert first.forecast is not None and first.forecast.provisional
+    assert first.forecast.peak == pytest.approx(1440)
     assert "being fitted in the background" in first.fallback
     assert forecasts.fits == 0 and forecasts.pending_fits() == 1
     # Only the last hour was read for it; the fit reads the whole day.
@@ -112,7 +113,7 @@ def test_reactive_until_the_first_fit_lands_then_the_model() -> None:
     settle(forecasts)
     later = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=1), False)
     assert later.forecast is not None and later.forecast.peak == 5000.0
-    assert later.fallback == "" and forecasts.fits == 1
+    assert not later.forecast.provisional and later.fallback == "" and forecasts.fits == 1
 
 
 def test_a_stale_model_serves_while_it_is_refitted() -> None:
@@ -180,7 +181,7 @@ def test_a_round_waits_for_fits_only_when_they_can_finish_in_time() -> None:
 def test_a_failed_fit_sizes_reactively_and_says_why() -> None:
     forecasts = service(Ramp(), level=float("nan"))
     result = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
-    assert result.forecast is not None and result.forecast.model == "reactive"
+    assert result.forecast is not None and result.forecast.provisional
     assert "could not be fitted (singular matrix)" in result.fallback
 
 
@@ -198,10 +199,10 @@ def test_reactive_peak_ignores_gaps() -> None:
 
 def test_the_forecasting_condition_names_what_sized_the_service() -> None:
     forecasts = service(Ramp(), gate=threading.Event())
-    reactive = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
-    cond = forecasting_condition([], reactive, NOW, 3)
-    assert (cond["status"], cond["reason"]) == ("False", "ReactiveFallback")
-    assert "reactively" in cond["message"]
+    pending = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
+    cond = forecasting_condition([], pending, NOW, 3)
+    assert (cond["status"], cond["reason"]) == ("False", "ModelPending")
+    assert "holding current capacity" in cond["message"]
     modelled = service(Ramp()).forecast(("ns", "a"), spec(), LEAD, NOW)
     cond = forecasting_condition([], modelled, NOW, 3)
     assert (cond["status"], cond["reason"]) == ("True", "Forecasting")

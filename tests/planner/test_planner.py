@@ -151,6 +151,22 @@ def test_no_forecast_holds_current_capacity() -> None:
     assert any("no usable forecast" in r for r in chat.reasons)
 
 
+def test_a_provisional_forecast_keeps_current_capacity_and_scales_up_for_demand() -> None:
+    def provisional(peak: float, current: int) -> DeploymentState:
+        state = deployment("chat", peak, current={"od": current})
+        assert state.forecast is not None
+        return replace(state, forecast=replace(state.forecast, provisional=True))
+
+    pools = (pool("od"),)
+    # Demand needs 2 replicas, 7 run: a model still being fitted does not scale them down.
+    kept = plan(PlanInput(NOW, (provisional(200.0, 7),), pools)).deployments[("team", "chat")]
+    assert kept.replicas == {"od": 7}
+    assert any("model not fitted yet" in r for r in kept.reasons)
+    # Demand needs 9: it does scale up.
+    up = plan(PlanInput(NOW, (provisional(900.0, 7),), pools)).deployments[("team", "chat")]
+    assert up.replicas == {"od": 9}
+
+
 def test_nan_forecast_never_scales_to_zero() -> None:
     state = deployment("chat", float("nan"), current={"od": 4}, min_replicas=0)
     result = plan(PlanInput(NOW, (state,), (pool("od"),)))
