@@ -201,8 +201,8 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
     def fit(self, series: Series) -> Self:
         if self.margin not in MARGINS:
             raise ValueError(f"margin must be one of {MARGINS}, got {self.margin!r}")
-        values = np.asarray(series.values, dtype=np.float64).copy()
-        self.training_series_: Series = Series(series.start, series.step_seconds, values)
+        self.training_series_: Series = series.frozen()
+        values = self.training_series_.values
         self.step_seconds_: int = series.step_seconds
         self.floor_: float = demand_floor(values, self.floor_fraction)
         ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[~np.isnan(values)]

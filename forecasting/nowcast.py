@@ -78,8 +78,8 @@ class NowcastForecaster(EstimatorParams):
         self.default_margin = default_margin
 
     def fit(self, series: Series) -> Self:
-        values = np.asarray(series.values, dtype=np.float64).copy()
-        self.training_series_ = Series(series.start, series.step_seconds, values)
+        self.training_series_ = series.frozen()
+        values = self.training_series_.values
         self.volatility_steps_ = max(1, round(self.volatility_seconds / series.step_seconds))
         ranges = recent_range(values, self.volatility_steps_)[~np.isnan(values)]
         # The typical range keeps the score's denominator away from zero in flat hours.

@@ -233,8 +233,7 @@ class AutoForecaster:
         if self.criterion not in CRITERIA:
             known = sorted(CRITERIA)
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {known}")
-        values = np.asarray(series.values, dtype=np.float64).copy()
-        self.training_series_ = Series(series.start, series.step_seconds, values)
+        self.training_series_ = series.frozen()
         self.selections_: dict[tuple[int, int], Selection] = {}
         self.step_selections_: dict[int, StepSelection] = {}
         self.selection(self.lead, self.width)

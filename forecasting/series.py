@@ -40,6 +40,18 @@ class Series:
         """How many whole steps `duration` spans (at least one)."""
         return max(1, round(duration.total_seconds() / self.step_seconds))
 
+    def frozen(self) -> Series:
+        """This series with read-only float64 values, copied only if they are not already.
+
+        Estimators keep their training history; the models a selection fits on one history
+        then share one array instead of a copy each (at scale that is most of their memory).
+        """
+        values = self.values
+        if values.dtype != np.float64 or values.flags.writeable:
+            values = np.array(values, dtype=np.float64)
+            values.setflags(write=False)
+        return Series(self.start, self.step_seconds, values)
+
     def head(self, length: int) -> Series:
         """The first `length` steps: what was known at index `length - 1`."""
         return Series(self.start, self.step_seconds, self.values[:length])
