@@ -120,6 +120,8 @@ class ForecastService:
         self._fitted: dict[_ModelKey, _Fitted] = {}
         self._model_of: dict[tuple[str, str], _ModelKey] = {}
         self._jobs: dict[_ModelKey, Future[None]] = {}
+        self._memo: dict[_ModelKey, tuple[datetime, _Fitted | None, ForecastResult]] = {}
+        self._memo_locks: dict[_ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()
         # One worker by default: on a small node the fits must leave a core to the event loop.
         self._executor = ThreadPoolExecutor(fit_workers, thread_name_prefix="peakwise-fit")
@@ -144,6 +146,8 @@ class ForecastService:
             model_key = self._model_of.pop(key, None)
             if model_key is not None and model_key not in self._model_of.values():
                 self._fitted.pop(model_key, None)
+                self._memo.pop(model_key, None)
+                self._memo_locks.pop(model_key, None)
                 job = self._jobs.pop(model_key, None)
                 if job is not None:
                     job.cancel()
@@ -192,9 +196,21 @@ class ForecastService:
             _wait(job, None)
             fitted = self._fitted.get(self._model_of[key]) or fitted
         end = now.replace(second=0, microsecond=0)
-        if fitted is None:
-            return self._until_fitted(spec, lead, end, self._why_no_model(job))
-        return self._predict(fitted, spec, lead, self._steps(lead), self._width(), end)
+        model_key = self._model_of[key]
+        # Deployments of one model key share its forecast for the minute: one fetch and one
+        # prediction per group and minute, however many deployments and rounds ask.
+        with self._lock:
+            lock = self._memo_locks.setdefault(model_key, threading.Lock())
+        with lock:
+            memo = self._memo.get(model_key)
+            if memo is not None and memo[0] == end and memo[1] is fitted:
+                return memo[2]
+            if fitted is None:
+                result = self._until_fitted(spec, lead, end, self._why_no_model(job))
+            else:
+                result = self._predict(fitted, spec, lead, self._steps(lead), self._width(), end)
+            self._memo[model_key] = (end, fitted, result)
+        return result
 
     def _steps(self, d: timedelta) -> int:
         return max(0, round(d.total_seconds() / STEP_SECONDS))

@@ -116,6 +116,19 @@ def test_provisional_until_the_first_fit_lands_then_the_model() -> None:
     assert not later.forecast.provisional and later.fallback == "" and forecasts.fits == 1
 
 
+def test_a_group_fetches_and_predicts_once_a_minute() -> None:
+    source = Ramp()
+    forecasts = service(source)
+    first = forecasts.forecast(("ns", "d0"), spec(), LEAD, NOW)
+    fetched = len(source.ranges)  # the fit's history and the forecast's
+    for i in range(1, 10):
+        again = forecasts.forecast(("ns", f"d{i}"), spec(), LEAD, NOW + timedelta(seconds=30))
+        assert again is first
+    assert len(source.ranges) == fetched
+    later = forecasts.forecast(("ns", "d3"), spec(), LEAD, NOW + timedelta(minutes=1))
+    assert later is not first and len(source.ranges) == fetched + 1
+
+
 def test_a_stale_model_serves_while_it_is_refitted() -> None:
     gate = threading.Event()
     gate.set()
