@@ -21,14 +21,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from e2e.clusterfix import LocalCluster
+from e2e.polling import wait_for
 from e2e.promstack import free_port
 
 from chart.chartlib import CHART
@@ -46,19 +48,8 @@ SYNTH = [sys.executable, "-m", "peakwise", "synth-trace", "--days", "3", "--peak
 QUERY = 'peakwise_trace_requests_per_minute{service="rbac-chat"} / 60'
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+# The operator here starts cold under a restricted ServiceAccount: allow two minutes.
+_wait = partial(wait_for, timeout=120.0, every=1.0)
 
 
 def _apply(cluster: LocalCluster, *docs: dict[str, Any]) -> None:
