@@ -17,17 +17,9 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import Counter
 
 from peakwise.operator.labels import FIELD_MANAGER, INFERENCE_DEPLOYMENT
-from peakwise.operator.metrics import REGISTRY
-
-child_writes = Counter(
-    "peakwise_child_writes",
-    "Writes to child Deployments (apply, delete) per InferenceDeployment",
-    ("namespace", "name", "verb"),
-    registry=REGISTRY,
-)
+from peakwise.operator.metrics import child_writes
 
 # The RBAC authorizer's wording: `... cannot patch resource "deployments" in API group "apps"
 # in the namespace "x"` (or `at the cluster scope`).

@@ -68,3 +68,9 @@ fits_pending = Gauge(
     "peakwise_model_fits_pending", "Model fits queued or running", registry=REGISTRY
 )
 model_fits = Counter("peakwise_model_fits", "Forecasting models fitted", registry=REGISTRY)
+child_writes = Counter(
+    "peakwise_child_writes",
+    "Writes to child Deployments (apply, delete) per InferenceDeployment",
+    ("namespace", "name", "verb"),
+    registry=REGISTRY,
+)
