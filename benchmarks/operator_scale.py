@@ -21,7 +21,7 @@ What it does:
 
 The operator fits one forecaster per distinct query (about a second each on one core for 14
 days of minutes) on a background worker. The first round after a start waits for fits only up
-to ``--fit-wait`` (15 s) and sizes the services whose model is not ready reactively; the
+to ``--fit-wait`` (15 s) and plans the services whose model is not ready provisionally; the
 benchmark prints how many were, per round, and when every model was fitted. Later rounds
 only fetch the newest minutes and predict.
 """
@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rounds += [per] * int(count - seen_count)
                     log(
                         f"planning round #{int(count)}: {per:.1f}s (forecast + plan); "
-                        f"{int(reactive)} sized reactively, {int(pending)} fits pending"
+                        f"{int(reactive)} planned provisionally or reactively, "
+                        f"{int(pending)} fits pending"
                     )
                     reactive_per_round.append(int(reactive))
                     seen_count, seen_sum = count, total
@@ -336,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "planning_round_seconds": [round(r, 2) for r in rounds],
                     "full_round_seconds": [round(f, 1) for f in full],
                     "first_all_planned_seconds": round(first_all or -1, 1),
-                    "sized_reactively_per_round": reactive_per_round,
+                    "provisional_or_reactive_per_round": reactive_per_round,
                     "all_models_fitted_seconds": round(all_fitted or -1, 1),
                     "peak_rss_mib": round(peak_rss / 2**20, 1),
                     "fit_worker_peak_rss_mib": round(worker_rss / 2**20, 1),

@@ -163,7 +163,8 @@ class Controller:
         leads = {key: lead_time(d.spec, pool_states) for key, d in deployments.items()}
         for key, infd in deployments.items():
             self.forecasts.schedule(key, infd.spec, leads[key], now)
-        deadline = time.monotonic() + self.fit_wait.total_seconds()
+        forecasting = time.monotonic()
+        deadline = forecasting + self.fit_wait.total_seconds()
         await asyncio.to_thread(self.forecasts.wait_for_fits, deadline)
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
@@ -174,7 +175,7 @@ class Controller:
             return key, result
 
         results = dict(await asyncio.gather(*(one(k, d) for k, d in deployments.items())))
-        forecast_seconds = time.monotonic() - deadline + self.fit_wait.total_seconds()
+        forecast_seconds = time.monotonic() - forecasting
         observed = Observed(
             now=now,
             deployments=list(deployments.values()),
@@ -188,7 +189,7 @@ class Controller:
         started = time.monotonic()
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         log.info(
-            "round: %d deployments (%d sized reactively, %d fits pending); "
+            "round: %d deployments (%d planned provisionally or reactively, %d fits pending); "
             "forecasts %.1fs, plan %.1fs",
             len(deployments),
             sum(1 for r in results.values() if r.fallback),

@@ -191,12 +191,11 @@ class ForecastService:
         Without `wait`, a deployment whose model is not fitted yet is planned provisionally and a
         stale model serves while its refit runs in the background.
         """
-        fitted, job = self._job(key, spec, lead, now)
+        model_key, fitted, job = self._job(key, spec, lead, now)
         if job is not None and wait:
             _wait(job, None)
-            fitted = self._fitted.get(self._model_of[key]) or fitted
+            fitted = self._fitted.get(model_key) or fitted
         end = now.replace(second=0, microsecond=0)
-        model_key = self._model_of[key]
         # Deployments of one model key share its forecast for the minute: one fetch and one
         # prediction per group and minute, however many deployments and rounds ask.
         with self._lock:
@@ -224,8 +223,9 @@ class ForecastService:
 
     def _job(
         self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
-    ) -> tuple[_Fitted | None, Future[None] | None]:
-        """The deployment's fitted model, if any, and the fit it needs, queued if not yet."""
+    ) -> tuple[_ModelKey, _Fitted | None, Future[None] | None]:
+        """The deployment's model key, its fitted model if any, and the fit it needs, queued
+        if not yet."""
         model_key: _ModelKey = (
             spec.demand.query,
             spec.forecast.history,
@@ -237,13 +237,13 @@ class ForecastService:
             self._model_of[key] = model_key
             fitted = self._fitted.get(model_key)
             if fitted is not None and now - fitted.fitted_at < self.refit_every:
-                return fitted, None
+                return model_key, fitted, None
             job = self._jobs.get(model_key)
             if job is None or job.done():
                 end = now.replace(second=0, microsecond=0)
                 job = self._executor.submit(self._fit, model_key, spec, end, now)
                 self._jobs[model_key] = job
-            return fitted, job
+            return model_key, fitted, job
 
     # --- fitting, in the background ------------------------------------------------------
     def _fit(
