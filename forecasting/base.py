@@ -90,6 +90,45 @@ class PeakForecaster(Protocol):
         """Metadata of the fitted model."""
         ...
 
+    def discard_history(self) -> Self:
+        """Let go of the training history kept for fitting other window shapes and horizons
+        on first use. What was fitted keeps predicting; anything else then raises. For
+        callers that keep many fitted models (the operator keeps one per service)."""
+        ...
+
+
+class TrainingHistory:
+    """Mixin: the training history a fitted estimator keeps, and how it lets it go.
+
+    Estimators learn the constructor's window shape in ``fit`` and other shapes (or per-step
+    horizons) from the same history when first asked, so they keep it (read-only, shared
+    with the models a selection fitted) until ``discard_history``.
+    """
+
+    training_series_: Series
+    training_steps_: int
+    training_span_seconds_: float
+
+    def _keep_history(self, series: Series) -> Series:
+        self.training_series_ = series.frozen()
+        self.training_steps_ = len(series)
+        self.training_span_seconds_ = float(len(series) * series.step_seconds)
+        return self.training_series_
+
+    def _history(self) -> Series:
+        """The training history, for fitting a window shape or horizon on first use."""
+        try:
+            return self.training_series_
+        except AttributeError:
+            raise RuntimeError(
+                f"{type(self).__name__} discarded its training history; refit it to forecast "
+                "a window shape or horizon it has not forecast before"
+            ) from None
+
+    def discard_history(self) -> Self:
+        self.__dict__.pop("training_series_", None)
+        return self
+
 
 def window_peaks(values: FloatArray, origins: IntArray, lead: int, width: int) -> FloatArray:
     """The actual window peak for each origin (NaN where the window is all gaps or off the end)."""

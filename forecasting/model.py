@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
@@ -132,7 +132,7 @@ class EstimatorParams:
         return f"{type(self).__name__}({args})"
 
 
-class PeakModel(EstimatorParams, ABC, Generic[StateT]):
+class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
     """Base class: calibrated window-peak quantiles from a model-specific base forecast."""
 
     name: ClassVar[str] = "peak-model"
@@ -201,8 +201,7 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
     def fit(self, series: Series) -> Self:
         if self.margin not in MARGINS:
             raise ValueError(f"margin must be one of {MARGINS}, got {self.margin!r}")
-        self.training_series_: Series = series.frozen()
-        values = self.training_series_.values
+        values = self._keep_history(series).values
         self.step_seconds_: int = series.step_seconds
         self.floor_: float = demand_floor(values, self.floor_fraction)
         ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[~np.isnan(values)]
@@ -234,7 +233,7 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
         return self.fits_[key]
 
     def _fit_window(self, lead: int, width: int) -> FittedWindow[StateT]:
-        training = self.training_series_
+        training = self._history()
         values = training.values
         state = self._fit_state(training, lead, width)
         n = values.shape[0]
@@ -306,7 +305,7 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
         return self.step_fits_[horizon]
 
     def _fit_steps(self, horizon: int) -> FittedSteps[StateT]:
-        training = self.training_series_
+        training = self._history()
         n = len(training)
         state = self._fit_step_state(training, horizon)
         start = self._calibration_start(n, 0, horizon)
@@ -392,10 +391,10 @@ class PeakModel(EstimatorParams, ABC, Generic[StateT]):
         fitted = self.fitted_window(self.lead, self.width)
         return ForecastInfo(
             model=self._model_name(),
-            training_steps=len(self.training_series_),
+            training_steps=self.training_steps_,
             backtest_loss=fitted.loss,
             coverage=fitted.coverage,
             short_history=fitted.short_history,
-            training_span_seconds=float(len(self.training_series_) * self.step_seconds_),
+            training_span_seconds=self.training_span_seconds_,
             quantile=self.quantile,
         )

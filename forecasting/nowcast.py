@@ -26,7 +26,7 @@ from typing import Self
 
 import numpy as np
 
-from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     ScaledCalibration,
@@ -55,7 +55,7 @@ class NowcastWindowFit:
     coverage: float | None
 
 
-class NowcastForecaster(EstimatorParams):
+class NowcastForecaster(EstimatorParams, TrainingHistory):
     """``last observed value + c_q × (recent range + regularization × typical range)``."""
 
     name = "nowcast"
@@ -78,8 +78,7 @@ class NowcastForecaster(EstimatorParams):
         self.default_margin = default_margin
 
     def fit(self, series: Series) -> Self:
-        self.training_series_ = series.frozen()
-        values = self.training_series_.values
+        values = self._keep_history(series).values
         self.volatility_steps_ = max(1, round(self.volatility_seconds / series.step_seconds))
         ranges = recent_range(values, self.volatility_steps_)[~np.isnan(values)]
         # The typical range keeps the score's denominator away from zero in flat hours.
@@ -106,7 +105,7 @@ class NowcastForecaster(EstimatorParams):
         return self.fits_[key]
 
     def _fit_window(self, lead: int, width: int) -> NowcastWindowFit:
-        values = self.training_series_.values
+        values = self._history().values
         origins = np.arange(0, max(0, values.shape[0] - lead - width), dtype=np.int64)
         actual = window_peak_targets(values, lead, width)[origins]
         base = last_known(values)[origins]
@@ -127,7 +126,7 @@ class NowcastForecaster(EstimatorParams):
         if horizon < 1:
             raise ValueError(f"need horizon ≥ 1, got {horizon}")
         if horizon not in self.step_fits_:
-            values = self.training_series_.values
+            values = self._history().values
             origins = np.arange(0, max(0, values.shape[0] - horizon), dtype=np.int64)
             # Neighbouring origins' residuals are nearly the same sample (as in PeakModel).
             stride = -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS)  # ceiling division
@@ -181,13 +180,12 @@ class NowcastForecaster(EstimatorParams):
     @property
     def info_(self) -> ForecastInfo:
         fitted = self.fitted_window(self.lead, self.width)
-        series = self.training_series_
         return ForecastInfo(
             model=self.name,
-            training_steps=len(series),
+            training_steps=self.training_steps_,
             backtest_loss=fitted.loss,
             coverage=fitted.coverage,
             short_history=fitted.calibration.pairs < MIN_CALIBRATION_PAIRS,
-            training_span_seconds=float(len(series) * series.step_seconds),
+            training_span_seconds=self.training_span_seconds_,
             quantile=self.quantile,
         )

@@ -113,6 +113,11 @@ class SeasonalPeakForecaster:
 
     def _fit_steps(self, horizon: int) -> list[tuple[FloatArray, FloatArray]]:
         """(seasonal, recent) ratios per step; the baseline calibrates on all its history."""
+        if not hasattr(self, "training_values_"):
+            raise RuntimeError(
+                "SeasonalPeakForecaster discarded its training history; refit it to forecast "
+                "a horizon it has not forecast before"
+            )
         values = self.training_values_
         origins = np.arange(0, max(0, values.shape[0] - horizon), dtype=np.int64)
         origins = origins[:: max(1, -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS))]
@@ -168,6 +173,10 @@ class SeasonalPeakForecaster:
             m_recent = _margin(self.recent_ratios_, q, self.default_margin)
             out[:, k] = np.where(np.isnan(seasonal), recent * m_recent, seasonal * m_seasonal)
         return out
+
+    def discard_history(self) -> Self:
+        self.__dict__.pop("training_values_", None)
+        return self
 
     @property
     def info_(self) -> ForecastInfo:

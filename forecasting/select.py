@@ -38,7 +38,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from peakwise.forecasting.base import ForecastInfo, IntArray, PeakForecaster
+from peakwise.forecasting.base import ForecastInfo, IntArray, PeakForecaster, TrainingHistory
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
@@ -173,7 +173,7 @@ class StepSelection:
     coverage: float | None
 
 
-class AutoForecaster:
+class AutoForecaster(TrainingHistory):
     """The forecaster to use for a service: rolling-origin model selection + conformal margins."""
 
     def __init__(
@@ -233,7 +233,7 @@ class AutoForecaster:
         if self.criterion not in CRITERIA:
             known = sorted(CRITERIA)
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {known}")
-        self.training_series_ = series.frozen()
+        self._keep_history(series)
         self.selections_: dict[tuple[int, int], Selection] = {}
         self.step_selections_: dict[int, StepSelection] = {}
         self.selection(self.lead, self.width)
@@ -252,7 +252,7 @@ class AutoForecaster:
         self, length: int, fraction: float | None = None, seconds: int | None = None
     ) -> int:
         """Steps held out for validation in a history of ``length`` steps."""
-        step = self.training_series_.step_seconds
+        step = self._history().step_seconds
         fraction = self.validation_fraction if fraction is None else fraction
         seconds = self.max_validation_seconds if seconds is None else seconds
         return min(int(fraction * length), max(1, round(seconds / step)))
@@ -271,7 +271,7 @@ class AutoForecaster:
         chosen = self.selection(self.lead, self.width)
         if len(chosen.models) == 1:
             return StepSelection(chosen.models, (1.0,), chosen.label, None, None)
-        series = self.training_series_
+        series = self._history()
         n = len(series)
         # The newest part of the history, the GBM's held-out tail: no model learned anything
         # there but its margins, so the forecasts compared are out of sample.
@@ -307,7 +307,7 @@ class AutoForecaster:
         )
 
     def _select(self, lead: int, width: int) -> Selection:
-        series = self.training_series_
+        series = self._history()
         n = len(series)
         step = series.step_seconds
         validation = self._validation_steps(n)
@@ -432,17 +432,24 @@ class AutoForecaster:
     @property
     def info_(self) -> ForecastInfo:
         chosen = self.selection(self.lead, self.width)
-        series = self.training_series_
         return ForecastInfo(
             model=chosen.label,
-            training_steps=len(series),
+            training_steps=self.training_steps_,
             backtest_loss=chosen.loss,
             coverage=chosen.coverage,
             short_history=chosen.short_history,
-            training_span_seconds=float(len(series) * series.step_seconds),
+            training_span_seconds=self.training_span_seconds_,
             quantile=self.quantile,
             candidates=chosen.candidates,
         )
+
+    def discard_history(self) -> Self:
+        kept = [s.models for s in self.selections_.values()]
+        kept += [s.models for s in self.step_selections_.values()]
+        for models in kept:
+            for model in models:
+                model.discard_history()
+        return super().discard_history()
 
 
 def default_forecaster(lead: int, width: int, quantile: float) -> AutoForecaster:

@@ -82,8 +82,12 @@ ForecasterFactory = Callable[[int, int, float], PeakForecaster]
 def fit_model(
     factory: ForecasterFactory, lead: int, width: int, quantile: float, series: Series
 ) -> PeakForecaster:
-    """One fit (module-level so a process pool can run it)."""
-    return factory(lead, width, quantile).fit(series)
+    """One fit (module-level so a process pool can run it).
+
+    The model keeps only what forecasting this window shape needs: the operator holds one
+    per service, and the history lives in the Prometheus adapter's cache already.
+    """
+    return factory(lead, width, quantile).fit(series).discard_history()
 
 
 @dataclass

@@ -50,6 +50,9 @@ class Model:
         self.level, self.gate = level, gate
         self.info_ = ForecastInfo("flat", 0, backtest_loss=1.0, coverage=coverage)
 
+    def discard_history(self) -> Model:
+        return self
+
     def fit(self, series: Series) -> Model:
         if self.gate is not None:
             assert self.gate.wait(5), "test gate never opened"
