@@ -1,16 +1,23 @@
 """The last observed demand, with a margin scaled to how much demand has been moving lately.
 
 At a horizon of a few minutes the last observed value is a strong point forecast; what
-matters for capacity is the margin. A margin proportional to the level (a ratio calibration)
-is set by the quietest, lowest-demand hours, where relative jumps are
-largest, and then costs most at the peak. Here the margin is ``c_q × scale`` instead, where
-``scale`` is the recent range of demand (highest minus lowest over the last
-``volatility_seconds``) plus ``regularization`` × the history's median range (so a flat hour
-does not make the margin vanish), and ``c_q`` is the ``q``-quantile of
-``(actual - last) / scale`` over the training history (``calibration.ScaledCalibration``). The
+matters for capacity is the margin. The base is the last known value pulled ``peak_weight``
+(default 0.3) of the way toward the highest demand of the last ``peak_seconds`` (2 h, the
+recent-peak model's window): demand that has just dropped often comes back (a client pausing,
+a recovery after an outage), and a base that remembers part of the drop covers that more
+cheaply than a margin widened everywhere. With ``peak_weight=0`` the base is the last value.
+On ServeGen (on-demand backtest, q0.99) the nowcast alone goes from 1.32× oracle at 0.47% of
+minutes under-provisioned to 1.29× at 0.41%; weights 0.25–0.5 trace about the same frontier.
+
+A margin proportional to the level (a ratio calibration) is set by the quietest, lowest-demand
+hours, where relative jumps are largest, and then costs most at the peak. Here the margin is
+``c_q × scale`` instead, where ``scale`` is the recent range of demand (highest minus lowest
+over the last ``volatility_seconds``) plus ``regularization`` × the history's median range (so
+a flat hour does not make the margin vanish), and ``c_q`` is the ``q``-quantile of
+``(actual - base) / scale`` over the training history (``calibration.ScaledCalibration``). The
 margin is wide when demand has been jumpy and narrow when it has been steady.
 
-Per step the base is the last value held flat, with one such margin per step
+Per step the base is held flat, with one such margin per step
 (``ScaledStepCalibration``): the spread grows with the step.
 
 The model learns nothing but the margins and the median range, so every residual in the
@@ -37,6 +44,7 @@ from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS, EstimatorPa
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     last_known,
+    recent_peak_base,
     recent_range,
     step_targets,
     valid_origins,
@@ -69,6 +77,8 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         width: int = 1,
         quantile: float = 0.95,
         default_margin: float = 1.25,
+        peak_weight: float = 0.3,
+        peak_seconds: int = 7200,
     ) -> None:
         self.volatility_seconds = volatility_seconds
         self.regularization = regularization
@@ -76,10 +86,15 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         self.width = width
         self.quantile = quantile
         self.default_margin = default_margin
+        self.peak_weight = peak_weight
+        self.peak_seconds = peak_seconds
 
     def fit(self, series: Series) -> Self:
         values = self._keep_history(series).values
+        if not 0.0 <= self.peak_weight <= 1.0:
+            raise ValueError(f"peak_weight must be in [0, 1], got {self.peak_weight}")
         self.volatility_steps_ = max(1, round(self.volatility_seconds / series.step_seconds))
+        self.peak_steps_ = max(1, round(self.peak_seconds / series.step_seconds))
         ranges = recent_range(values, self.volatility_steps_)[~np.isnan(values)]
         # The typical range keeps the score's denominator away from zero in flat hours.
         self.typical_range_ = float(np.median(ranges)) if ranges.size else 0.0
@@ -87,6 +102,15 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         self.step_fits_: dict[int, ScaledStepCalibration] = {}
         self.fitted_window(self.lead, self.width)
         return self
+
+    def _base(self, values: FloatArray, origins: IntArray) -> FloatArray:
+        """The last known value, pulled ``peak_weight`` of the way to the recent peak."""
+        last = last_known(values)[origins]
+        if self.peak_weight == 0.0:
+            return last
+        peak = recent_peak_base(values, origins, self.peak_steps_)
+        base: FloatArray = (1.0 - self.peak_weight) * last + self.peak_weight * peak
+        return base
 
     def _scale(self, values: FloatArray, origins: IntArray) -> FloatArray:
         ranges = recent_range(values, self.volatility_steps_)[origins]
@@ -108,7 +132,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         values = self._history().values
         origins = np.arange(0, max(0, values.shape[0] - lead - width), dtype=np.int64)
         actual = window_peak_targets(values, lead, width)[origins]
-        base = last_known(values)[origins]
+        base = self._base(values, origins)
         scale = self._scale(values, origins)
         calibration = ScaledCalibration.from_pairs(actual, base, scale, self.default_margin)
         if calibration.pairs < MIN_CALIBRATION_PAIRS:
@@ -132,7 +156,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
             stride = -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS)  # ceiling division
             origins = origins[::-1][:: max(1, stride)][::-1]
             actual = step_targets(values, origins, horizon)
-            base = np.repeat(last_known(values)[origins][:, None], horizon, axis=1)
+            base = np.repeat(self._base(values, origins)[:, None], horizon, axis=1)
             self.step_fits_[horizon] = ScaledStepCalibration.from_pairs(
                 actual, base, self._scale(values, origins), self.default_margin
             )
@@ -157,7 +181,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         if origins.size == 0:
             return np.empty((0, len(quantiles)))
         values = self._known(series, origins)
-        base = last_known(values)[origins]
+        base = self._base(values, origins)
         return fitted.calibration.apply(base, self._scale(values, origins), quantiles)
 
     def predict_steps(
@@ -174,7 +198,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         if origins.size == 0:
             return np.empty((0, horizon, len(quantiles)))
         values = self._known(series, origins)
-        base = np.repeat(last_known(values)[origins][:, None], horizon, axis=1)
+        base = np.repeat(self._base(values, origins)[:, None], horizon, axis=1)
         return fitted.apply(base, self._scale(values, origins), quantiles)
 
     @property

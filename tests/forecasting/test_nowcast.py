@@ -4,6 +4,7 @@ the default forecaster still sees a sharp daily spike coming."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from forecast_data import START
 
 from peakwise.forecasting.nowcast import NowcastForecaster
@@ -120,3 +121,26 @@ def test_default_forecaster_sees_a_daily_spike_coming() -> None:
     after = np.arange(first + 60, first + 120, dtype=np.int64) - lead - 1
     calm = model.predict_peak(series, after, lead=lead, width=1, quantiles=[0.95])[:, 0]
     assert np.all(calm < 1.6 * series.values[after + lead + 1])
+
+
+def test_base_is_pulled_toward_the_recent_peak_while_it_is_in_the_window() -> None:
+    # 30 minutes at 200, then 10 at 100: too short to calibrate, so out = base × 1.25.
+    series = Series(START, 60, np.r_[np.full(30, 200.0), np.full(10, 100.0)])
+    origin = np.array([39], dtype=np.int64)
+
+    def forecast(weight: float, seconds: int = 7200) -> float:
+        model = NowcastForecaster(
+            lead=10, width=1, quantile=0.99, peak_weight=weight, peak_seconds=seconds
+        ).fit(series)
+        return float(model.predict_peak(series, origin, lead=10, width=1, quantiles=[0.99])[0, 0])
+
+    assert forecast(0.0) == 100.0 * 1.25  # the last value only
+    assert forecast(0.5) == 150.0 * 1.25  # half-way to the 200 of the last 2 h
+    # Once the peak has left the window, the last value is the base again.
+    assert forecast(0.5, 300) == 100.0 * 1.25
+
+
+def test_peak_weight_outside_zero_one_is_an_error() -> None:
+    series = _walk(200)
+    with pytest.raises(ValueError, match="peak_weight"):
+        NowcastForecaster(peak_weight=1.5).fit(series)
