@@ -17,6 +17,9 @@ What it does:
    * the full round: from a round's time (``status.lastPlanTime`` holds it) until every
      object's status carries it (actuation and status writes included), polled every 3 s;
    * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
+   With ``--until-fitted`` it goes on until every model is fitted and ``--rounds`` more full
+   rounds have run, and prints the RSS then: what 1,000 fitted models cost (with 1,000
+   distinct queries that takes about half an hour).
 4. Cleans up what it created (``--keep`` leaves it) and stops the cluster it started.
 
 The operator fits one forecaster per distinct query (about a second each on one core for 14
@@ -270,12 +273,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seen_count, seen_sum = 0.0, 0.0
         first_all = None
         all_fitted: float | None = None
+        fitted_wall = 0.0  # time.time() when every model was fitted
+        rss_when_fitted = 0
+        after_fitted: list[float] = []
         reactive_per_round: list[int] = []
         peak_rss = 0
         worker_rss = 0
         full_stamps: list[str] = []
         try:
-            while len(full) < args.rounds and time.monotonic() - t0 < args.timeout:
+
+            def measured() -> bool:
+                if args.until_fitted:
+                    return all_fitted is not None and len(after_fitted) >= args.rounds
+                return len(full) >= args.rounds
+
+            while not measured() and time.monotonic() - t0 < args.timeout:
                 time.sleep(3)
                 if proc.poll() is not None:
                     raise RuntimeError(f"the operator exited ({proc.returncode}); see {log_file}")
@@ -294,7 +306,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 if all_fitted is None and fitted >= args.queries and pending == 0:
                     all_fitted = time.monotonic() - t0
-                    log(f"all {int(fitted)} models fitted {all_fitted:.1f}s after the start")
+                    fitted_wall = time.time()
+                    rss_when_fitted = vm(proc.pid, "VmRSS")
+                    log(
+                        f"all {int(fitted)} models fitted {all_fitted:.1f}s after the start; "
+                        f"RSS {rss_when_fitted / 2**20:.0f} MiB"
+                    )
                 count = metric(text, "peakwise_planning_round_seconds_count")
                 total = metric(text, "peakwise_planning_round_seconds_sum")
                 if count > seen_count:
@@ -320,10 +337,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     # Every object now carries this round or a later one: the full round
                     # (forecast, plan, actuation, status) took at most this long.
                     oldest = min(stamps)
-                    took = time.time() - datetime.fromisoformat(oldest).timestamp()
+                    planned_at = datetime.fromisoformat(oldest).timestamp()
+                    took = time.time() - planned_at
                     if oldest not in full_stamps:
                         full_stamps.append(oldest)
                         full.append(took)
+                        if all_fitted is not None and planned_at >= fitted_wall:
+                            after_fitted.append(took)
                         log(f"round at {oldest}: all {len(times)} statuses, {took:.1f}s later")
             peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
             figures.update(
@@ -340,6 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "provisional_or_reactive_per_round": reactive_per_round,
                     "all_models_fitted_seconds": round(all_fitted or -1, 1),
                     "peak_rss_mib": round(peak_rss / 2**20, 1),
+                    "rss_mib_when_all_fitted": round(rss_when_fitted / 2**20, 1),
+                    "rss_mib_at_the_end": round(vm(proc.pid, "VmRSS") / 2**20, 1),
+                    "full_round_seconds_after_all_fitted": [round(f, 1) for f in after_fitted],
                     "fit_worker_peak_rss_mib": round(worker_rss / 2**20, 1),
                     "operator_log": str(log_file),
                 }
@@ -367,7 +390,12 @@ def main() -> None:
     p.add_argument("--history", default="14d")
     p.add_argument("--interval", default="30s", help="the operator's default")
     p.add_argument("--rounds", type=int, default=3, help="full rounds to measure")
-    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument(
+        "--until-fitted",
+        action="store_true",
+        help="measure until every model is fitted, then --rounds more full rounds",
+    )
+    p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--log", help="operator log file (default: a temp file)")
     p.add_argument("--profile", help="run the operator under cProfile, write stats here")
     p.add_argument("--keep", action="store_true", help="leave the objects in the cluster")

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from peakwise.api.costbudget import CostBudget
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
-from peakwise.operator import metrics
+from peakwise.operator import memory, metrics
 from peakwise.operator.forecasts import ForecastResult, ForecastService
 from peakwise.operator.state import (
     Key,
@@ -155,6 +155,8 @@ class Controller:
             self._round = await self._compute(view(), now)
             self._finished_at = self.clock()
             metrics.round_seconds.observe(time.perf_counter() - started)
+            # A round frees a copy of every service's history: hand those pages back.
+            await asyncio.to_thread(memory.release_free_memory)
             return self._round
 
     async def _compute(self, snapshot: Snapshot, now: datetime) -> Round:

@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 
 from peakwise.api.common import parse_duration
 from peakwise.forecasting.select import default_forecaster
-from peakwise.operator import metrics
+from peakwise.operator import memory, metrics
 from peakwise.operator.controller import Controller
 from peakwise.operator.forecasts import ForecastService, HistorySource
 from peakwise.operator.handlers import Runtime, register
@@ -129,6 +129,7 @@ def run_operator(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every handler success per object at INFO: thousands of lines a minute.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    memory.limit_arenas()  # before any thread starts: see memory.py
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()
     register(registry, interval)

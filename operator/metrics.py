@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry()
+# process_resident_memory_bytes, process_cpu_seconds_total, open file descriptors, ...
+ProcessCollector(registry=REGISTRY)
 _DEPLOYMENT = ("namespace", "name")
 
 demand_forecast = Gauge(
