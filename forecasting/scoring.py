@@ -18,7 +18,7 @@ import numpy as np
 
 from peakwise.forecasting.base import IntArray, PeakForecaster, pinball_loss
 from peakwise.forecasting.calibration import coverage
-from peakwise.forecasting.select import CANDIDATES, AutoForecaster
+from peakwise.forecasting.select import CANDIDATES, default_forecaster
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import step_targets, window_peak_targets
 
@@ -26,16 +26,15 @@ Factory = Callable[[int, int, float], PeakForecaster]
 
 
 def default_models() -> dict[str, Factory]:
-    """Every candidate on its own, the selecting AutoForecaster, and the older baseline."""
+    """Every candidate on its own, the selecting AutoForecaster (``default_forecaster``, as the
+    operator uses it), and the older baseline."""
     from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 
     models: dict[str, Factory] = dict(CANDIDATES)
     models["seasonal-peak (baseline)"] = lambda lead, width, q: SeasonalPeakForecaster(
         lead=lead, width=width
     )
-    models["auto (selected)"] = lambda lead, width, q: AutoForecaster(
-        lead=lead, width=width, quantile=q
-    )
+    models["auto (selected)"] = default_forecaster  # as the operator uses it
     return models
 
 
@@ -96,7 +95,9 @@ def evaluate(
 ) -> list[ModelScore]:
     """Rolling-origin scores of each model over origins ``first_origin`` onwards; with
     ``horizon``, also of its per-step forecasts over that many steps (same origins, scored
-    where the step is inside the trace)."""
+    where the step is inside the trace). Each model is made once and refitted at every
+    refit, as the operator and the backtest keep one per service (a warm-started selection
+    carries its scores from one refit to the next)."""
     n = len(series)
     actual = window_peak_targets(series.values, lead, width)
     scored: list[ModelScore] = []
@@ -108,12 +109,12 @@ def evaluate(
         median = np.full(n, np.nan)
         fit_times: list[float] = []
         chosen: list[str] = []
-        model: PeakForecaster | None = None
+        model = factory(lead, width, quantile)
         steps = _StepTally(horizon, quantile) if horizon else None
         for start in range(first_origin, last_origin, refit_every):
             stop = min(last_origin, start + refit_every)
             began = time.perf_counter()
-            model = factory(lead, width, quantile).fit(series.head(start))
+            model.fit(series.head(start))
             fit_times.append(time.perf_counter() - began)
             chosen.append(model.info_.model)
             origins = np.arange(start, stop, dtype=np.int64)
@@ -123,7 +124,6 @@ def evaluate(
             median[start:stop], forecast[start:stop] = out[:, 0], out[:, 1]
             if steps:
                 steps.add(model, series, origins)
-        assert model is not None
         # The operator's call: one origin, the whole history; best of a few to skip hiccups.
         predict_times = []
         for _ in range(5):

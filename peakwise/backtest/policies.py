@@ -85,16 +85,19 @@ def forecast_peaks(
 ) -> tuple[FloatArray, list[str]]:
     """The forecast window peak for every origin, refitting every `refit_every` minutes.
 
-    Each block of origins is predicted by a model fitted on the history up to the block's
-    first origin, from a series cut at the block's last origin: nothing after an origin is
-    visible to its forecast.
+    One forecaster is made and refitted, as the operator keeps one per service (a
+    warm-started one carries what it learned from earlier fits). Each block of origins is
+    predicted by the model fitted on the history up to the block's first origin, from a
+    series cut at the block's last origin: nothing after an origin is visible to its
+    forecast.
     """
     n = len(series)
     peaks = np.full(n, np.nan)
     models = [""] * n
+    model = forecaster_factory(lead, width)
     for start in range(0, n, refit_every):
         stop = min(n, start + refit_every)
-        model = forecaster_factory(lead, width).fit(series.head(start + 1))
+        model.fit(series.head(start + 1))
         origins = np.arange(start, stop, dtype=np.int64)
         predicted = model.predict_peak(
             series.head(stop), origins, lead=lead, width=width, quantiles=[quantile]

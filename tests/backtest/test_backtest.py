@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from peakwise.backtest.config import ConfigError, load_config, parse_config
+from peakwise.backtest.policies import forecast_peaks
 from peakwise.backtest.report import CSV_COLUMNS, table, write_csvs
 from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
+from peakwise.forecasting.select import AutoForecaster, default_forecaster
 from peakwise.forecasting.series import Series
 from peakwise.trace import demand_from_table, synthesize_trace
 
@@ -82,6 +84,27 @@ def test_no_lookahead_appending_data_keeps_the_schedule() -> None:
                 short_runs[name].replicas[tier], long_runs[name].replicas[tier][:cut]
             )
         np.testing.assert_array_equal(short_runs[name].cost, long_runs[name].cost[:cut])
+
+
+def test_the_warm_started_forecaster_is_refitted_and_never_looks_ahead() -> None:
+    # Four and a half days: the refits on days 3 and 4 carry the scores of the earlier ones.
+    full = _series(5, seed=6).head(int(4.5 * 1440))
+    cut = int(3.5 * 1440)
+    made: list[AutoForecaster] = []
+
+    def factory(lead: int, width: int) -> AutoForecaster:
+        made.append(default_forecaster(lead, width, 0.99))
+        return made[-1]
+
+    def peaks(series: Series) -> tuple[np.ndarray, list[str]]:
+        return forecast_peaks(factory, series, lead=10, width=1, quantile=0.99, refit_every=1440)
+
+    short, short_models = peaks(full.head(cut))
+    assert len(made) == 1 and made[0].warm_start  # one estimator, refitted every day
+    assert made[0].scores_until_ == full.time_at(3 * 1440 + 1)
+    long, long_models = peaks(full)
+    np.testing.assert_array_equal(short, long[:cut])
+    assert short_models == long_models[:cut]
 
 
 def test_config_errors_are_clear() -> None:

@@ -117,10 +117,15 @@ def test_default_forecaster_sees_a_daily_spike_coming() -> None:
     # steps[i] forecasts minute before + i + 1: the spike is steps[lead + 1 : lead + 31].
     assert np.all(steps[lead + 1 : lead + 31] >= 0.9 * actual)
     assert np.all(steps[:lead] < 0.5 * actual.mean())  # no spike before it comes
-    # It does not keep the spike's level after it.
+    # It does not keep the spike's level (3×) after it. The selection scores the capacity the
+    # planner keeps (each forecast held lead + width minutes) and picks exponential smoothing
+    # here, whose evening level stays up to 1.64× the demand for an hour after the spike; in a
+    # backtest of this series (on-demand example, q0.99) that costs 1.23× the oracle at 0.13%
+    # of minutes short, against 1.26× at 0.10% for the blend with seasonal-naive (up to 1.5×)
+    # that scoring the forecasts alone picks.
     after = np.arange(first + 60, first + 120, dtype=np.int64) - lead - 1
     calm = model.predict_peak(series, after, lead=lead, width=1, quantiles=[0.95])[:, 0]
-    assert np.all(calm < 1.6 * series.values[after + lead + 1])
+    assert np.all(calm < 2.0 * series.values[after + lead + 1])
 
 
 def test_base_is_pulled_toward_the_recent_peak_while_it_is_in_the_window() -> None:
