@@ -12,14 +12,15 @@ Selection, for a window shape ``(lead, width)``:
    the held-out span, in time order, never shuffled.
 2. Every candidate and every blend of up to ``max_blend`` of them (quantile averaging,
    inverse-score weights) is scored by ``criterion`` (pinball loss at the target quantile)
-   on what capacity following it would be: a forecast stays in force until its window has passed (the
-   planner holds each target ``lead + width`` steps), so the capacity for an origin's window
-   is the highest of the last ``hold`` forecasts, and that running maximum is what is scored
-   (``hold=1`` scores the forecasts themselves). The lowest score wins. A forecast that dips
-   for a minute leaves no capacity short while an earlier one still holds, and one that
-   stays high after a jump is charged for every minute it holds. On servegen the forecasts'
-   own losses favour the recent peak, while the capacity that follows the nowcast is cheaper
-   on eleven of twelve days and short in fewer minutes over the trace (0.41% against 0.68%).
+   on what capacity following it would be: a forecast stays in force until its window has
+   passed (the planner holds each target ``lead + width`` steps at least), so the capacity
+   for an origin's window is the highest of the last ``hold`` forecasts, and that running
+   maximum is what is scored (``hold=1`` scores the forecasts themselves). The lowest score
+   wins. A forecast that dips for a minute leaves no capacity short while an earlier one
+   still holds, and one that stays high after a jump is charged for every minute it holds.
+   On servegen the forecasts' own losses favour the recent peak, while the capacity that
+   follows the nowcast is cheaper on eleven of twelve days and short in fewer minutes over
+   the trace (0.41% against 0.68%).
 3. The chosen candidates are refitted on the whole history. Each is calibrated by its own
    residuals (the GBM on a held-out tail); averaging calibrated quantiles keeps the blend
    calibrated. With ``recalibrate=True`` the winner's held-out ratios ``actual / forecast``
