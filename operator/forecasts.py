@@ -12,7 +12,10 @@ once per refit, not once per deployment; its history comes from the same cached 
 
 Fits run on a background worker, never as a cost every round has to pay:
 
-* A model older than `refit_every` keeps serving while its refit runs.
+* A model older than `refit_every` keeps serving while its refit runs. The refit starts
+  from a copy of it, so the forecaster's warm-started selection (`AutoForecaster`,
+  `warm_start`) carries its scores over, as in `peakwise backtest`; after a restart the
+  first fit starts afresh.
 * A round first queues the fits it needs (`schedule`), then waits for them until a deadline
   (`wait_for_fits`), and not at all when they cannot finish by then. A service still
   without a model (a new service, or every service after the operator starts) gets a
@@ -28,6 +31,7 @@ Fits run on a background worker, never as a cost every round has to pay:
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Callable
@@ -80,14 +84,22 @@ ForecasterFactory = Callable[[int, int, float], PeakForecaster]
 
 
 def fit_model(
-    factory: ForecasterFactory, lead: int, width: int, quantile: float, series: Series
+    factory: ForecasterFactory,
+    lead: int,
+    width: int,
+    quantile: float,
+    series: Series,
+    previous: PeakForecaster | None = None,
 ) -> PeakForecaster:
     """One fit (module-level so a process pool can run it).
 
-    The model keeps only what forecasting this window shape needs: the operator holds one
-    per service, and the history lives in the Prometheus adapter's cache already.
+    A refit starts from a copy of the `previous` model, so a warm-started forecaster carries
+    its selection over (the served model is never refitted in place: it keeps predicting
+    meanwhile). The model keeps only what forecasting this window shape needs: the operator
+    holds one per service, and the history lives in the Prometheus adapter's cache already.
     """
-    return factory(lead, width, quantile).fit(series).discard_history()
+    model = copy.deepcopy(previous) if previous is not None else factory(lead, width, quantile)
+    return model.fit(series).discard_history()
 
 
 @dataclass
@@ -257,13 +269,17 @@ class ForecastService:
         series = self._history(spec, end - spec.forecast.history, end)
         if np.isnan(series.values).all():
             raise ValueError("the demand query returned no data")
+        with self._lock:
+            serving = self._fitted.get(model_key)
+        previous = serving.model if serving is not None else None
         started = monotonic()
         pool = self._fit_pool
+        fit = (self.factory, lead_steps, width, quantile, series, previous)
         if pool is None:
-            model = fit_model(self.factory, lead_steps, width, quantile, series)
+            model = fit_model(*fit)
         else:
             try:
-                fitting = pool.submit(fit_model, self.factory, lead_steps, width, quantile, series)
+                fitting = pool.submit(fit_model, *fit)
                 model = fitting.result()
             except BrokenExecutor:
                 # A worker died (killed, out of memory): the pool is unusable; start another.

@@ -53,6 +53,10 @@ class Model:
     def discard_history(self) -> Model:
         return self
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Model:
+        # A refit starts from a copy of the served model; the copy shares the test's gate.
+        return Model(self.level, self.info_.coverage, self.gate)
+
     def fit(self, series: Series) -> Model:
         if self.gate is not None:
             assert self.gate.wait(5), "test gate never opened"

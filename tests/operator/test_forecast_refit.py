@@ -1,0 +1,93 @@
+"""A refit starts from a copy of the model it replaces: a warm-started selection carries over,
+and the model being served is never refitted under the predictions that use it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.forecasting.base import ForecastInfo
+from peakwise.forecasting.select import default_forecaster
+from peakwise.forecasting.series import Series
+from peakwise.operator.forecasts import ForecastService, fit_model
+
+NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+
+
+def daily_demand(days: int) -> Series:
+    minutes = np.arange(days * 1440)
+    noise = np.random.default_rng(11).lognormal(0.0, 0.2, minutes.shape[0])
+    return Series(NOW, 60, 100 * (1.2 + np.sin(2 * np.pi * minutes / 1440)) * noise)
+
+
+class Source:
+    def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
+        n = int((end - start).total_seconds() // step_seconds) + 1
+        return Series(start, step_seconds, np.full(n, 10.0))
+
+
+class Model:
+    """Counts the fits it has been through, copies included."""
+
+    def __init__(self) -> None:
+        self.fits_seen = 0
+        self.info_ = ForecastInfo(model="flat", training_steps=0)
+
+    def fit(self, series: Series) -> Model:
+        self.fits_seen += 1
+        return self
+
+    def discard_history(self) -> Model:
+        return self
+
+    def predict_peak(self, series: Series, origins: Any, **_: Any) -> Any:
+        return np.array([[10.0]])
+
+
+def spec() -> InferenceDeploymentSpec:
+    return InferenceDeploymentSpec.model_validate(
+        {
+            "mode": "Recommend",
+            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
+            "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
+            "demand": {"query": "q"},
+            "replicas": {"min": 1, "max": 4},
+            "forecast": {"history": "1d"},
+        }
+    )
+
+
+def test_a_refit_starts_from_a_copy_of_the_served_model() -> None:
+    made: list[Model] = []
+
+    def factory(lead: int, width: int, q: float) -> Model:
+        made.append(Model())
+        return made[-1]
+
+    forecasts = ForecastService(Source(), factory, refit_every=timedelta(hours=1))  # type: ignore[arg-type]
+    lead = timedelta(minutes=5)
+    key = ("ns", "a")
+    forecasts.forecast(key, spec(), lead, NOW)
+    first = forecasts._fitted[forecasts._model_of[key]].model
+    forecasts.forecast(key, spec(), lead, NOW + timedelta(hours=2))
+    second = forecasts._fitted[forecasts._model_of[key]].model
+    assert len(made) == 1, "a refit must not start from a fresh model"
+    assert second is not first
+    assert (first.fits_seen, second.fits_seen) == (1, 2)  # type: ignore[attr-defined]
+
+
+def test_a_warm_refit_carries_the_selection_scores() -> None:
+    series = daily_demand(6)
+    earlier = series.head(len(series) - 720)
+    previous = fit_model(default_forecaster, 10, 1, 0.95, earlier)
+    kept = {k: dict(v) for k, v in previous.scores_.items()}  # type: ignore[attr-defined]
+    warm = fit_model(default_forecaster, 10, 1, 0.95, series, previous=previous)
+    cold = fit_model(default_forecaster, 10, 1, 0.95, series)
+    # The served model is untouched; the refit blended its scores with the new ones.
+    assert previous.scores_ == kept  # type: ignore[attr-defined]
+    assert warm.scores_until_ > previous.scores_until_  # type: ignore[attr-defined]
+    assert warm.scores_ != cold.scores_  # type: ignore[attr-defined]
+    assert set(warm.scores_[(10, 1)]) == set(cold.scores_[(10, 1)])  # type: ignore[attr-defined]
