@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from peakwise.forecasting.base import ForecastInfo, IntArray
+from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
@@ -32,7 +32,7 @@ def forward_max(values: FloatArray, width: int) -> FloatArray:
     return out
 
 
-class SeasonalPeakForecaster:
+class SeasonalPeakForecaster(TrainingHistory):
     """Window peak one season ago × (recent level / level one season ago) × a learned margin.
 
     The margin for quantile q is the q-quantile of actual/base ratios on the training history,
@@ -97,8 +97,8 @@ class SeasonalPeakForecaster:
         return seasonal, np.repeat(recent[:, None], horizon, axis=1)
 
     def fit(self, series: Series) -> Self:
-        values = series.values
-        self.training_steps_ = len(series)
+        # Kept for the per-step margins, learned on first use per horizon.
+        values = self._keep_history(series).values
         # Margins are learned for the window the forecasts will be asked for.
         lead, width = self.lead, self.width
         origins = np.arange(0, max(0, len(series) - lead - width), dtype=np.int64)
@@ -106,19 +106,12 @@ class SeasonalPeakForecaster:
         seasonal, recent = self._bases(values, origins, lead, width)
         self.seasonal_ratios_ = _ratios(actual, seasonal)
         self.recent_ratios_ = _ratios(actual, recent)
-        # Kept for the per-step margins, learned on first use per horizon.
-        self.training_values_ = np.array(values, dtype=np.float64)
         self.step_ratios_: dict[int, list[tuple[FloatArray, FloatArray]]] = {}
         return self
 
     def _fit_steps(self, horizon: int) -> list[tuple[FloatArray, FloatArray]]:
         """(seasonal, recent) ratios per step; the baseline calibrates on all its history."""
-        if not hasattr(self, "training_values_"):
-            raise RuntimeError(
-                "SeasonalPeakForecaster discarded its training history; refit it to forecast "
-                "a horizon it has not forecast before"
-            )
-        values = self.training_values_
+        values = self._history().values
         origins = np.arange(0, max(0, values.shape[0] - horizon), dtype=np.int64)
         origins = origins[:: max(1, -(-origins.shape[0] // MAX_STEP_CALIBRATION_ORIGINS))]
         actual = step_targets(values, origins, horizon)
@@ -173,10 +166,6 @@ class SeasonalPeakForecaster:
             m_recent = _margin(self.recent_ratios_, q, self.default_margin)
             out[:, k] = np.where(np.isnan(seasonal), recent * m_recent, seasonal * m_seasonal)
         return out
-
-    def discard_history(self) -> Self:
-        self.__dict__.pop("training_values_", None)
-        return self
 
     @property
     def info_(self) -> ForecastInfo:
