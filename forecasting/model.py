@@ -43,6 +43,7 @@ from peakwise.forecasting.calibration import (
 )
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
+    known_until,
     recent_peak_base,
     recent_peak_path,
     recent_range,
@@ -343,8 +344,7 @@ class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
         fitted = self.fitted_steps(horizon)
         if origins.size == 0:
             return np.empty((0, horizon, len(quantiles)))
-        # Cut at the last origin: nothing later can leak into any forecast.
-        values = np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
+        values = known_until(series.values, origins)
         known = Series(series.start, series.step_seconds, values)
         base, fallback = self._step_base(fitted.state, known, origins, horizon)
         if fitted.short_history and fitted.fallback.pairs >= MIN_CALIBRATION_PAIRS:
@@ -370,8 +370,7 @@ class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
         fitted = self.fitted_window(lead, width)
         if origins.size == 0:
             return np.empty((0, len(quantiles)))
-        # Cut at the last origin: nothing later can leak into any forecast.
-        values = np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
+        values = known_until(series.values, origins)
         known = Series(series.start, series.step_seconds, values)
         base, fallback = self._base(fitted.state, known, origins, lead, width)
         if fitted.short_history and fitted.fallback.pairs >= MIN_CALIBRATION_PAIRS:

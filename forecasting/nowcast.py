@@ -43,6 +43,7 @@ from peakwise.forecasting.calibration import (
 from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS, EstimatorParams
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
+    known_until,
     last_known,
     recent_peak_base,
     recent_range,
@@ -162,10 +163,6 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
             )
         return self.step_fits_[horizon]
 
-    def _known(self, series: Series, origins: IntArray) -> FloatArray:
-        """The values up to the last origin: nothing later can leak into any forecast."""
-        return np.asarray(series.values[: int(origins.max()) + 1], dtype=np.float64)
-
     def predict_peak(
         self,
         series: Series,
@@ -180,7 +177,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         fitted = self.fitted_window(lead, width)
         if origins.size == 0:
             return np.empty((0, len(quantiles)))
-        values = self._known(series, origins)
+        values = known_until(series.values, origins)
         base = self._base(values, origins)
         return fitted.calibration.apply(base, self._scale(values, origins), quantiles)
 
@@ -197,7 +194,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
         fitted = self.fitted_steps(horizon)
         if origins.size == 0:
             return np.empty((0, horizon, len(quantiles)))
-        values = self._known(series, origins)
+        values = known_until(series.values, origins)
         base = np.repeat(self._base(values, origins)[:, None], horizon, axis=1)
         return fitted.apply(base, self._scale(values, origins), quantiles)
 

@@ -120,3 +120,8 @@ def valid_origins(origins: IntArray, length: int) -> None:
     """Raise when an origin is outside the series it is meant to index."""
     if origins.size and (int(origins.min()) < 0 or int(origins.max()) >= length):
         raise ValueError(f"origins must index the series (0 ≤ origin < {length})")
+
+
+def known_until(values: FloatArray, origins: IntArray) -> FloatArray:
+    """The values up to the last origin, as float64: nothing later can leak into a forecast."""
+    return np.asarray(values[: int(origins.max()) + 1], dtype=np.float64)
