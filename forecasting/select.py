@@ -56,7 +56,7 @@ forecast of a few hundred held-out origins.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Self
@@ -201,6 +201,41 @@ class StepSelection:
     """Per-step pinball loss at the target quantile on the newest part of the history, mean
     over origins and steps; None when there was nothing to compare."""
     coverage: float | None
+
+
+def best_option(
+    forecasts: Mapping[str, FloatArray],
+    scores: dict[tuple[str, ...], float],
+    max_blend: int,
+    blend_score: Callable[[tuple[str, ...], FloatArray], float],
+) -> tuple[tuple[str, ...], tuple[float, ...], FloatArray]:
+    """The lowest-scoring candidate, or inverse-score blend of up to ``max_blend`` of them:
+    (its members best first, their weights, its forecasts).
+
+    ``scores`` holds each candidate's score, keyed ``(name,)``, and gains every blend's,
+    keyed by its members in the order of ``forecasts``; ``blend_score`` scores a blend's
+    forecasts (NaN leaves it out).
+    """
+    best: tuple[float, tuple[str, ...], tuple[float, ...], FloatArray] | None = None
+    for size in range(1, min(max_blend, len(forecasts)) + 1):
+        for option in itertools.combinations(forecasts, size):
+            raw = np.array([1.0 / max(scores[(name,)], 1e-12) for name in option])
+            share = raw / raw.sum()
+            mix: FloatArray = np.sum(
+                [w * forecasts[name] for w, name in zip(share, option, strict=True)], axis=0
+            )
+            if size > 1:
+                scored = blend_score(option, mix)
+                if np.isnan(scored):
+                    continue
+                scores[option] = scored
+            if best is None or scores[option] < best[0]:
+                best = (scores[option], option, tuple(float(w) for w in share), mix)
+    if best is None:
+        raise ValueError("no candidate to choose from")
+    _, members, shares, mix = best
+    order = sorted(range(len(members)), key=lambda i: scores[(members[i],)])
+    return tuple(members[i] for i in order), tuple(shares[i] for i in order), mix
 
 
 class AutoForecaster(TrainingHistory):
@@ -421,6 +456,9 @@ class AutoForecaster(TrainingHistory):
         def smoothed(option: tuple[str, ...], new: float) -> float:
             return kept * old[option] + (1.0 - kept) * new if option in old else new
 
+        def blend_score(option: tuple[str, ...], mix: FloatArray) -> float:
+            return smoothed(option, rank(actual, held(mix), self.quantile))
+
         forecasts: dict[str, FloatArray] = {}
         losses: dict[str, float] = {}
         scores: dict[tuple[str, ...], float] = {}
@@ -447,27 +485,7 @@ class AutoForecaster(TrainingHistory):
             weights: tuple[float, ...] = (1.0,)
             blended = np.full(origins.shape[0], np.nan)
         else:
-            best: tuple[float, tuple[str, ...], tuple[float, ...], FloatArray] | None = None
-            for size in range(1, min(self.max_blend, len(ranking)) + 1):
-                for option in itertools.combinations(forecasts, size):
-                    raw = np.array([1.0 / max(scores[(name,)], 1e-12) for name in option])
-                    share = raw / raw.sum()
-                    mix: FloatArray = np.sum(
-                        [w * forecasts[name] for w, name in zip(share, option, strict=True)],
-                        axis=0,
-                    )
-                    if size > 1:
-                        ranked = rank(actual, held(mix), self.quantile)
-                        if np.isnan(ranked):
-                            continue
-                        scores[option] = smoothed(option, ranked)
-                    if best is None or scores[option] < best[0]:
-                        best = (scores[option], option, tuple(float(w) for w in share), mix)
-            assert best is not None
-            _, members, shares, blended = best
-            order = sorted(range(len(members)), key=lambda i: scores[(members[i],)])
-            names = tuple(members[i] for i in order)
-            weights = tuple(shares[i] for i in order)
+            names, weights, blended = best_option(forecasts, scores, self.max_blend, blend_score)
         self.scores_[(lead, width)] = scores
         loss, cover = score(actual, blended, self.quantile)
 
