@@ -23,7 +23,8 @@ COPY requirements.lock ./
 RUN python -m venv /opt/buildtools \
     && /opt/buildtools/bin/pip install --constraint requirements.lock setuptools
 COPY pyproject.toml README.md ./
-# peakwise/operator and peakwise/forecasting are symlinks to these two folders.
+# peakwise/operator and peakwise/forecasting are symlinks to these two folders (namespace
+# subpackages: neither has an __init__.py, so neither shadows the standard library).
 COPY operator/ operator/
 COPY forecasting/ forecasting/
 COPY peakwise/ peakwise/

@@ -24,15 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from peakwise.forecasting.scoring import (
-    default_models,
-    evaluate,
-    format_steps_table,
-    format_table,
-)
+from peakwise.backtest.forecast_scores import default_models, evaluate
 from peakwise.forecasting.select import AutoForecaster, default_forecaster
 from peakwise.forecasting.series import Series
 from peakwise.operator.forecasts import fit_model
+from peakwise.reports.forecasts import format_steps_table, format_table
 from peakwise.trace import read_trace
 
 TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"

@@ -29,8 +29,9 @@ ensure_python_env() {
         "$venv/bin/pip" install -q -r "$REPO_ROOT/requirements.lock"
         touch "$venv/.complete"
     fi
-    # The project itself, editable, so this checkout is what runs.
-    if ! "$venv/bin/python" - "$REPO_ROOT" <<'PY' 2>/dev/null
+    # The project itself, editable, so this checkout is what runs. Checked in isolated mode
+    # (-I), so a peakwise/ folder in the current directory is not taken for the install.
+    if ! "$venv/bin/python" -I - "$REPO_ROOT" <<'PY' 2>/dev/null
 import pathlib, sys, peakwise
 sys.exit(0 if pathlib.Path(peakwise.__file__).resolve().parent == pathlib.Path(sys.argv[1], "peakwise").resolve() else 1)
 PY

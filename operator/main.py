@@ -92,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def history_source(url: str) -> HistorySource:
-    from peakwise.forecasting.prometheus import PrometheusHistory
+    from peakwise.adapters.prometheus import PrometheusHistory
 
     return PrometheusHistory(url)
 

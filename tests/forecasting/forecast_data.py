@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
+from shared_traces import SERVEGEN, TRACES
 
 from peakwise.forecasting.series import Series
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
-# CI checks the shared data out beside the repository: <root>/../shared/traces.
-TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "traces"
-SERVEGEN = TRACES / "servegen_m-mid_per_minute.csv"
+__all__ = ["SERVEGEN", "START", "TRACES", "constant", "daily_demand"]
 
 
 def daily_demand(days: float, seed: int = 0, level: float = 100.0) -> Series:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from forecast_data import daily_demand
 
-from peakwise.forecasting.evaluate import MODEL_NAMES, add_forecast_eval_parser
-from peakwise.forecasting.scoring import default_models, evaluate
+from peakwise.backtest.forecast_scores import default_models, evaluate
+from peakwise.cli.forecast_eval import MODEL_NAMES, add_forecast_eval_parser
 from peakwise.trace import TraceTable, write_trace_csv
 
 
@@ -134,7 +134,7 @@ def test_model_names_match_and_registration_is_light() -> None:
     import sys
 
     code = (
-        "import sys, argparse; from peakwise.forecasting.evaluate import add_forecast_eval_parser;"
+        "import sys, argparse; from peakwise.cli.forecast_eval import add_forecast_eval_parser;"
         "add_forecast_eval_parser(argparse.ArgumentParser().add_subparsers());"
         "print('sklearn' in sys.modules, 'numpy' in sys.modules)"
     )

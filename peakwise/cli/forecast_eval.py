@@ -1,4 +1,4 @@
-"""``peakwise forecast-eval``: score the forecasters on a trace (see ``scoring.py``).
+"""``peakwise forecast-eval``: score the forecasters on a trace (see ``forecast_scores.py``).
 
 Only the standard library is imported here, so registering the subcommand costs the
 ``peakwise`` CLI nothing; numpy and scikit-learn load when the command runs.
@@ -72,13 +72,8 @@ def add_forecast_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentPa
 
 def run_forecast_eval(args: argparse.Namespace) -> int:
     from peakwise.api.common import parse_duration
-    from peakwise.forecasting.scoring import (
-        default_models,
-        evaluate,
-        format_steps_table,
-        format_table,
-        plot_day,
-    )
+    from peakwise.backtest.forecast_scores import default_models, evaluate
+    from peakwise.reports.forecasts import format_steps_table, format_table, plot_day
     from peakwise.trace import TraceError, read_trace
 
     try:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from peakwise.forecasting.prometheus import (
+from peakwise.adapters.prometheus import (
     PrometheusAuthError,
     PrometheusHistory,
     PrometheusUnavailableError,

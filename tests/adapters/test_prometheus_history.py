@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 from e2e.promstack import PrometheusServer, free_port
-from forecast_data import SERVEGEN
+from shared_traces import SERVEGEN
 
-from peakwise.forecasting.prometheus import (
+from peakwise.adapters.prometheus import (
     EmptyResultError,
     MultipleSeriesError,
     PrometheusHistory,

@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backtest(sub)
     _add_operator(sub)
     _add_demo_view(sub)
-    from peakwise.forecasting.evaluate import add_forecast_eval_parser
+    from peakwise.cli.forecast_eval import add_forecast_eval_parser
 
     add_forecast_eval_parser(sub)
     return parser

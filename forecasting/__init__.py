@@ -1,1 +1,0 @@
-"""Demand forecasting: scikit-learn style estimators and the Prometheus history adapter."""

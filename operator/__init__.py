@@ -1,1 +1,0 @@
-"""The Kubernetes operator: kopf handlers, the Kubernetes adapter and node-pool providers."""

@@ -1,0 +1,1 @@
+"""What Peakwise prints and draws for people: tables and plots of scores and replays."""
