@@ -10,10 +10,12 @@ mkdir -p "$PEAKWISE_CACHE"
 log() { printf '\033[1m[peakwise]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[peakwise] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
-# The Python environment: one venv per content of requirements.lock.
+# The Python environment: one venv per checkout, content of requirements.lock and Python
+# version. Per checkout because the project is installed into it editable: two checkouts
+# sharing one venv would each point it at themselves.
 venv_dir() {
     local key
-    key="$(cat "$REPO_ROOT/requirements.lock" <(python3 --version 2>&1) | sha256sum | cut -c1-12)"
+    key="$(cat "$REPO_ROOT/requirements.lock" <(python3 --version 2>&1) <(echo "$REPO_ROOT") | sha256sum | cut -c1-12)"
     echo "$PEAKWISE_CACHE/venv-$key"
 }
 
