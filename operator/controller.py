@@ -3,7 +3,18 @@
 Every InferenceDeployment has its own kopf timer, but deployments share pools and budgets, so
 they are planned jointly: the first timer to find the round stale forecasts and plans all of
 them; the others reuse that plan and only actuate their own children and write their own
-status. State that must survive a restart lives in the objects' status, not here.
+status.
+
+Each object is parsed, bounded and forecast in its own error scope: an object that cannot be
+planned is left out of the round with the reason (its status says so), and the others are
+planned as if it did not exist.
+
+What a restart must not lose lives in the objects' status. The one thing kept here between
+rounds is each deployment's recent demand targets (the scale-down memory): the round updates
+them every time, while status is written only when something a person or a restart needs has
+changed. After a restart they come from status, and the highest of them is held a little
+longer, since targets planned after the last status write are not in it
+(`restarted_history`).
 """
 
 from __future__ import annotations
@@ -15,19 +26,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from peakwise.api.costbudget import CostBudget
+from peakwise.api.errors import describe
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator import memory, metrics
 from peakwise.operator.forecasts import ForecastResult, ForecastService
-from peakwise.operator.state import (
-    Key,
+from peakwise.operator.indexes import Key, Snapshot
+from peakwise.operator.planning import (
     Observed,
-    PoolObservation,
     enforced_pool_nodes,
     plan_enforce_first,
     plan_input,
@@ -35,31 +46,43 @@ from peakwise.operator.state import (
 from peakwise.planner import Plan, PoolState
 from peakwise.planner.capacity import lead_time
 
-Body = Mapping[str, Any]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What the indexes held when a round started (plain dicts, as kopf gives them)."""
-
-    deployments: Mapping[Key, Body]
-    pools: Mapping[str, Body]
-    budgets: Mapping[str, Body]
-    children: Mapping[Key, Mapping[str, int]]
-    pool_nodes: Mapping[str, PoolObservation]
+History = tuple[tuple[datetime, float], ...]
 
 
 @dataclass
 class Round:
+    number: int
     at: datetime
     plan: Plan
     deployments: dict[Key, InferenceDeployment]
     pools: dict[str, GPUNodePool]
+    budgets: dict[str, CostBudget]
     forecasts: dict[Key, ForecastResult]
+    leads: dict[Key, timedelta]
     pool_targets: dict[str, int]
     invalid: dict[str, str] = field(default_factory=dict)
-    """Objects that failed validation, with the reason (reported in their status/events)."""
+    """Objects left out of the round ("InferenceDeployment ns/name" ...), with the reason."""
+    started: float = 0.0
+    """time.monotonic() when the round started, for the full-round metric."""
+
+
+def object_name(kind: str, key: Key | str) -> str:
+    return f"{kind} {'/'.join(key) if isinstance(key, tuple) else key}"
+
+
+Parsed = TypeVar("Parsed", InferenceDeployment, GPUNodePool, CostBudget)
+
+
+def _parse(model: type[Parsed], body: Mapping[str, Any]) -> Parsed | str:
+    """The object as its model, or why not. A value the schema lets through but Python
+    cannot hold (a duration of a billion days) is a reason too, never an exception."""
+    try:
+        return model.model_validate(dict(body))
+    except ValidationError as error:
+        return describe(error)
+    except (ArithmeticError, ValueError) as error:
+        return f"a value is out of range: {error}"
 
 
 def parse_all(
@@ -67,31 +90,50 @@ def parse_all(
 ) -> tuple[
     dict[Key, InferenceDeployment], dict[str, GPUNodePool], dict[str, CostBudget], dict[str, str]
 ]:
+    """Every object that validates, and why the others do not."""
     invalid: dict[str, str] = {}
     deployments: dict[Key, InferenceDeployment] = {}
     for key, body in snapshot.deployments.items():
-        try:
-            deployments[key] = InferenceDeployment.model_validate(dict(body))
-        except ValidationError as error:
-            invalid[f"InferenceDeployment {key[0]}/{key[1]}"] = _first(error)
+        infd = _parse(InferenceDeployment, body)
+        if isinstance(infd, str):
+            invalid[object_name("InferenceDeployment", key)] = infd
+        else:
+            deployments[key] = infd
     pools: dict[str, GPUNodePool] = {}
     for name, body in snapshot.pools.items():
-        try:
-            pools[name] = GPUNodePool.model_validate(dict(body))
-        except ValidationError as error:
-            invalid[f"GPUNodePool {name}"] = _first(error)
+        pool = _parse(GPUNodePool, body)
+        if isinstance(pool, str):
+            invalid[object_name("GPUNodePool", name)] = pool
+        else:
+            pools[name] = pool
     budgets: dict[str, CostBudget] = {}
-    for ns, body in snapshot.budgets.items():
-        try:
-            budgets[ns] = CostBudget.model_validate(dict(body))
-        except ValidationError as error:
-            invalid[f"CostBudget {ns}"] = _first(error)
+    for ns, bodies in snapshot.budgets.items():
+        valid = []
+        for body in bodies:
+            name = f"{ns}/{(body.get('metadata') or {}).get('name', '')}"
+            budget = _parse(CostBudget, body)
+            if isinstance(budget, str):
+                invalid[f"CostBudget {name}"] = budget
+            else:
+                valid.append(budget)
+        if valid:
+            budgets[ns] = min(valid, key=lambda b: b.metadata.name)
     return deployments, pools, budgets, invalid
 
 
-def _first(error: ValidationError) -> str:
-    e = error.errors()[0]
-    return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+def restarted_history(infd: InferenceDeployment, now: datetime, heartbeat: timedelta) -> History:
+    """The recent targets of a deployment this process has not planned yet, from its status.
+
+    Targets planned after the last status write are not in it, but none of them changed a
+    decision (that would have been written) and none is later than one heartbeat after the
+    write: so the highest written target is held as if planned then (or now, if sooner).
+    """
+    status = infd.status
+    if status is None or not status.recent_targets:
+        return ()
+    top = max(t.demand for t in status.recent_targets)
+    written = status.last_plan_time or now
+    return ((min(now, written + heartbeat), top),)
 
 
 class Controller:
@@ -102,8 +144,11 @@ class Controller:
         clock: Callable[[], datetime],
         forecast_concurrency: int = 8,
         fit_wait: timedelta = timedelta(seconds=15),
+        status_heartbeat: timedelta = timedelta(minutes=5),
     ) -> None:
         self.forecasts = forecasts
+        self.status_heartbeat = status_heartbeat
+        """Longest a deployment's status goes unwritten (bounds what a restart can miss)."""
         self.interval = interval
         self.clock = clock
         self._round: Round | None = None
@@ -113,8 +158,12 @@ class Controller:
         self.fit_wait = fit_wait
         """How long a round waits for first fits before sizing the rest reactively."""
         self._finished_at = datetime.min.replace(tzinfo=UTC)
+        self._number = 0
         self.interrupted_at: dict[str, datetime] = {}
         """When each pool last lost a node to an interruption (seen by this process)."""
+        self.histories: dict[Key, History] = {}
+        """Each deployment's recent demand targets, as the last round left them."""
+        self._reported: dict[int, set[Key]] = {}
 
     def record_interruption(self, pool: str) -> None:
         self.interrupted_at[pool] = self.clock()
@@ -123,6 +172,11 @@ class Controller:
     def invalidate(self) -> None:
         """Something happened (a spot node went away): the next handler re-plans at once."""
         self._stale = True
+
+    def forget(self, key: Key) -> None:
+        """A deployment is gone: drop what the controller keeps for it."""
+        self.histories.pop(key, None)
+        self.forecasts.forget(key)
 
     def _fresh(self, now: datetime, key: Key | None, generation: int | None) -> bool:
         current = self._round
@@ -135,7 +189,9 @@ class Controller:
         # A new or changed object is planned when its own timer asks, not after the interval.
         if key is not None:
             known = current.deployments.get(key)
-            return known is not None and known.metadata.generation == generation
+            if known is None:
+                return object_name("InferenceDeployment", key) in current.invalid
+            return known.metadata.generation == generation
         return True
 
     async def round(
@@ -152,32 +208,69 @@ class Controller:
                 return self._round
             started = time.perf_counter()
             self._stale = False
-            self._round = await self._compute(view(), now)
+            self._number += 1
+            self._round = await self._compute(view(), now, self._number)
             self._finished_at = self.clock()
             metrics.round_seconds.observe(time.perf_counter() - started)
+            metrics.last_round_timestamp.set(time.time())
             # A round frees a copy of every service's history: hand those pages back.
             await asyncio.to_thread(memory.release_free_memory)
             return self._round
 
-    async def _compute(self, snapshot: Snapshot, now: datetime) -> Round:
+    def reported(self, round_: Round, key: Key) -> None:
+        """The handler of `key` wrote what `round_` decided; when every deployment of the
+        round has, the full round (plan, actuation, status) is measured."""
+        done = self._reported.setdefault(round_.number, set())
+        done.add(key)
+        if done >= set(round_.deployments) | self._invalid_keys(round_):
+            metrics.full_round_seconds.observe(time.monotonic() - round_.started)
+            self._reported = {n: s for n, s in self._reported.items() if n > round_.number}
+
+    @staticmethod
+    def _invalid_keys(round_: Round) -> set[Key]:
+        prefix = "InferenceDeployment "
+        keys = set()
+        for name in round_.invalid:
+            if name.startswith(prefix):
+                ns, _, n = name[len(prefix) :].partition("/")
+                keys.add((ns, n))
+        return keys
+
+    async def _compute(self, snapshot: Snapshot, now: datetime, number: int) -> Round:
+        started = time.monotonic()
         deployments, pools, budgets, invalid = parse_all(snapshot)
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
-        leads = {key: lead_time(d.spec, pool_states) for key, d in deployments.items()}
-        for key, infd in deployments.items():
-            self.forecasts.schedule(key, infd.spec, leads[key], now)
+        leads: dict[Key, timedelta] = {}
+        for key, infd in list(deployments.items()):
+            try:
+                leads[key] = lead_time(infd.spec, pool_states)
+                self.forecasts.schedule(key, infd.spec, leads[key], now)
+            except (ArithmeticError, ValueError) as error:  # e.g. a duration too large to add
+                invalid[object_name("InferenceDeployment", key)] = f"cannot be planned: {error}"
+                del deployments[key]
         forecasting = time.monotonic()
         deadline = forecasting + self.fit_wait.total_seconds()
         await asyncio.to_thread(self.forecasts.wait_for_fits, deadline)
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
             async with self._semaphore:
-                result = await asyncio.to_thread(
-                    self.forecasts.forecast, key, infd.spec, leads[key], now, False
-                )
+                try:
+                    result = await asyncio.to_thread(
+                        self.forecasts.forecast, key, infd.spec, leads[key], now, False
+                    )
+                except Exception as error:  # one service's forecast never stops the round
+                    log.exception("forecasting %s/%s", *key)
+                    result = ForecastResult(None, None, None, f"forecasting failed: {error}")
             return key, result
 
         results = dict(await asyncio.gather(*(one(k, d) for k, d in deployments.items())))
         forecast_seconds = time.monotonic() - forecasting
+        histories = {
+            key: self.histories[key]
+            if key in self.histories
+            else restarted_history(d, now, self.status_heartbeat)
+            for key, d in deployments.items()
+        }
         observed = Observed(
             now=now,
             deployments=list(deployments.values()),
@@ -187,21 +280,40 @@ class Controller:
             forecasts=results,
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
+            histories=histories,
         )
-        started = time.monotonic()
+        planning = time.monotonic()
         planned = await asyncio.to_thread(plan_enforce_first, plan_input(observed))
         log.info(
-            "round: %d deployments (%d planned provisionally or reactively, %d fits pending); "
-            "forecasts %.1fs, plan %.1fs",
+            "round %d: %d deployments (%d planned provisionally or reactively, %d fits pending, "
+            "%d objects left out); forecasts %.1fs, plan %.1fs",
+            number,
             len(deployments),
             sum(1 for r in results.values() if r.fallback),
             self.forecasts.pending_fits(),
+            len(invalid),
             forecast_seconds,
-            time.monotonic() - started,
+            time.monotonic() - planning,
         )
+        for key, d in planned.deployments.items():
+            self.histories[key] = d.demand_history
+        for key in set(self.histories) - set(deployments):
+            del self.histories[key]
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, pools, results)
-        return Round(now, planned, deployments, pools, results, targets, invalid)
+        return Round(
+            number=number,
+            at=now,
+            plan=planned,
+            deployments=deployments,
+            pools=pools,
+            budgets=budgets,
+            forecasts=results,
+            leads=leads,
+            pool_targets=targets,
+            invalid=invalid,
+            started=started,
+        )
 
     @staticmethod
     def _export(

@@ -1,63 +1,57 @@
-"""kopf handlers: read the object, call the core, write status through kopf's patch.
+"""kopf handlers: read the object, call the core, write status.
 
-Registered on a registry by `register`, so the timer interval and the namespaces come from the
-command line rather than from module globals. Reconciliation is level-based: timers re-plan
-from observed state and compare every child with what the plan wants (so a manual edit or a
-missed event is put right on the next round, and an unchanged child costs no write); the
-create/update handler only checks the object and rolls template changes out at once.
+Every handler is a module-level function; `register` only applies kopf's decorators with the
+interval from the command line. Reconciliation is level-based: timers re-plan from observed
+state (the shared round, `controller.py`), make the cluster follow (`actuation.py`) and write
+the status built by `status.py`, only when it changed. The create/update handler checks the
+object and rolls template changes out at once.
+
+Errors, on purpose: an object that does not validate is a `kopf.PermanentError` in its
+create/update handler (retrying cannot fix it) and Degraded in its status; a failed write to
+a child is a `kopf.TemporaryError` retried after one interval; a 403 is reported (Degraded,
+Forbidden, one Warning Event) and retried by the next timer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from peakwise.api.common import Condition
 from peakwise.api.costbudget import CostBudget
+from peakwise.api.errors import describe
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
-from peakwise.operator import metrics
-from peakwise.operator.children import (
-    TEMPLATE_HASH,
-    child_deployment,
-    needs_apply,
-    owned_view,
-    profile_for,
-    with_template_hash,
-)
-from peakwise.operator.controller import Controller, Snapshot
-from peakwise.operator.kube import ForbiddenError, KubeAdapter
+from peakwise.operator import indexes, metrics
+from peakwise.operator.actuation import Actuator
+from peakwise.operator.controller import Controller, Round, object_name
+from peakwise.operator.kube import ForbiddenError
 from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
-from peakwise.operator.providers import (
-    KwokProvider,
-    NodePoolProvider,
-    ProviderError,
-    ProviderForbiddenError,
-    provider_for,
-)
-from peakwise.operator.state import (
-    PoolObservation,
+from peakwise.operator.spend import namespace_spend_rate
+from peakwise.operator.status import (
+    MESSAGE_LIMIT,
+    changed_fields,
     condition,
     deployment_status,
+    invalid_status,
+    pool_status,
+    wire,
 )
-from peakwise.planner.budget import hours_left_in_month, month_start
+from peakwise.operator.status import budget_status as build_budget_status
 
 GROUP, VERSION = "peakwise.dev", "v1alpha1"
 log = logging.getLogger(__name__)
-# Taints cloud providers and node termination handlers put on a spot node about to go.
-INTERRUPTION_TAINTS = (
-    "peakwise.dev/interrupted",
-    "aws-node-termination-handler/spot-itn",
-    "cloud.google.com/impending-node-termination",
-    "kubernetes.azure.com/scalesetpriority-evicting",
-)
+Model = TypeVar("Model", bound=BaseModel)
+
+INFORMATIONAL = ("lastPlanTime", "forecast", "recentTargets")
+"""Status fields that change every round without a decision changing: written with the next
+decision, or by the heartbeat."""
 
 
 @dataclass
@@ -65,594 +59,375 @@ class Runtime:
     """What the handlers share; lives in kopf's memo."""
 
     controller: Controller
-    kube: KubeAdapter
-    api_client: Any
-    interruptions: dict[str, int] = field(default_factory=dict)
-    """Spot interruptions seen per pool since its status last counted them."""
-    interrupted_nodes: set[str] = field(default_factory=set)
-    deleting: set[str] = field(default_factory=set)
-    """Nodes this operator deletes itself (not interruptions)."""
-    applied: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
-    """(template hash, generation) of each child after this process last applied it."""
-
-    def provider(self, pool: GPUNodePool) -> NodePoolProvider:
-        if pool.spec.provider.kwok is not None:
-            return KwokProvider(self.api_client, on_delete=self.deleting.add)
-        return provider_for(pool, self.api_client)
+    actuator: Actuator
+    interval: timedelta
+    status_heartbeat: timedelta = timedelta(minutes=5)
+    """Longest a status goes unwritten while nothing changes."""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _first_value(store: Any) -> Any:
-    return next(iter(store), None)
+def parse(model: type[Model], body: Mapping[str, Any]) -> Model:
+    """The object as its model, or a PermanentError naming the field at fault."""
+    try:
+        return model.model_validate(dict(body))
+    except ValidationError as error:
+        raise kopf.PermanentError(f"invalid {model.__name__}: {describe(error)}") from None
+    except (ArithmeticError, ValueError) as error:  # e.g. a duration too large to represent
+        raise kopf.PermanentError(f"invalid {model.__name__}: out of range: {error}") from None
 
 
-def _pool_observation(node_index: Mapping[Any, Any], pool: str) -> PoolObservation:
-    nodes = list(node_index.get(pool, []))
-    return PoolObservation(
-        nodes=len(nodes),
-        ready_nodes=sum(1 for n in nodes if n["ready"]),
-        allocatable_gpus=sum(n["gpus"] for n in nodes if n["ready"]),
-    )
-
-
-def snapshot(
-    infd_index: Mapping[Any, Any],
-    pool_index: Mapping[Any, Any],
-    budget_index: Mapping[Any, Any],
-    child_index: Mapping[Any, Any],
-    node_index: Mapping[Any, Any],
-) -> Snapshot:
-    children: dict[tuple[str, str], dict[str, int]] = {}
-    for key, store in child_index.items():
-        for child in store:
-            children.setdefault(key, {})[child["pool"]] = child["replicas"]
-    pool_nodes = {pool: _pool_observation(node_index, pool) for pool in node_index}
-    return Snapshot(
-        deployments={k: _first_value(v) for k, v in infd_index.items()},
-        pools={k: _first_value(v) for k, v in pool_index.items()},
-        budgets={k: _first_value(v) for k, v in budget_index.items()},
-        children=children,
-        pool_nodes=pool_nodes,
-    )
-
-
-INDEXES = ("infd_index", "pool_index", "budget_index", "child_index", "node_index")
-"""The kopf indexes every round reads; kopf passes them to handlers by these names."""
-
-
-def snapshot_of(indexes: Mapping[str, Any]) -> Snapshot:
-    return snapshot(*(indexes[name] for name in INDEXES))
-
-
-def _ready_by_pool(child_index: Mapping[Any, Any], key: tuple[str, str]) -> dict[str, int]:
-    if key not in child_index:
-        return {}
-    return {c["pool"]: c["ready"] for c in child_index[key]}
-
-
-def _node_ready(status: Mapping[str, Any]) -> bool:
-    for c in status.get("conditions") or []:
-        if c.get("type") == "Ready":
-            return bool(c.get("status") == "True")
-    return False
-
-
-def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
-    every = interval.total_seconds()
-
-    # --- Indexes: the in-memory view every round plans from (fed by kopf's watches). ---
-
-    @kopf.index(GROUP, VERSION, "inferencedeployments", registry=registry, id="infd_index")
-    def infd_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> Any:
-        return {(namespace, name): dict(body)}
-
-    @kopf.index(GROUP, VERSION, "gpunodepools", registry=registry, id="pool_index")
-    def pool_index(body: kopf.Body, name: str, **_: Any) -> Any:
-        return {name: dict(body)}
-
-    @kopf.index(GROUP, VERSION, "costbudgets", registry=registry, id="budget_index")
-    def budget_index(body: kopf.Body, namespace: str, **_: Any) -> Any:
-        return {namespace: dict(body)}
-
-    @kopf.index(
-        "apps",
-        "v1",
-        "deployments",
-        labels={INFERENCE_DEPLOYMENT: kopf.PRESENT, POOL: kopf.PRESENT},
-        registry=registry,
-        id="child_index",
-    )
-    def child_index(
-        body: kopf.Body, namespace: str, name: str, labels: Mapping[str, str], **_: Any
-    ) -> Any:
-        return {
-            (namespace, labels[INFERENCE_DEPLOYMENT]): {
-                "name": name,
-                "pool": labels[POOL],
-                "replicas": body.get("spec", {}).get("replicas", 0),
-                "ready": body.get("status", {}).get("readyReplicas", 0) or 0,
-                "generation": body.get("metadata", {}).get("generation"),
-                # What the operator sets, to compare with the plan without a GET per round.
-                "live": owned_view(body),
-            }
-        }
-
-    @kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry, id="node_index")
-    def node_index(body: kopf.Body, name: str, labels: Mapping[str, str], **_: Any) -> Any:
-        capacity = body.get("status", {}).get("allocatable", {}) or {}
-        return {
-            labels[POOL]: {
-                "name": name,
-                "ready": _node_ready(body.get("status", {})),
-                "gpus": int(capacity.get("nvidia.com/gpu", 0) or 0),
-            }
-        }
-
-    # --- InferenceDeployment ---
-
-    @kopf.on.create(GROUP, VERSION, "inferencedeployments", registry=registry)
-    @kopf.on.resume(GROUP, VERSION, "inferencedeployments", registry=registry)
-    @kopf.on.update(GROUP, VERSION, "inferencedeployments", field="spec", registry=registry)
-    async def check_and_roll_out(
-        body: kopf.Body,
-        uid: str,
-        namespace: str,
-        memo: kopf.Memo,
-        child_index: kopf.Index[Any, Any],
-        pool_index: kopf.Index[Any, Any],
-        **_: Any,
-    ) -> None:
+def _conditions(body: Mapping[str, Any]) -> list[Condition]:
+    raw = (body.get("status") or {}).get("conditions") or []
+    out = []
+    for item in raw:
         try:
-            infd = InferenceDeployment.model_validate(dict(body))
-        except ValidationError as error:
-            raise kopf.PermanentError(
-                f"invalid InferenceDeployment: {error.errors()[0]['msg']}"
-            ) from None
-        if infd.spec.mode != "Enforce":
-            return
-        # The template changed: roll it out to every child at its current size now, rather
-        # than at the next timer. Denials are reported by the timer, which retries them.
-        runtime: Runtime = memo.runtime
-        key = (namespace, infd.metadata.name)
-        pools = {
-            name: GPUNodePool.model_validate(_first_value(store))
-            for name, store in pool_index.items()
-        }
-        children = list(child_index.get(key, []))
-        sizes = {c["pool"]: c["replicas"] for c in children if c["replicas"] > 0}
-        problems = await _apply_children(runtime, infd, uid, sizes, pools, children)
-        for problem in problems:
-            log.warning("rolling out %s/%s: %s", namespace, infd.metadata.name, problem)
-
-    @kopf.timer(
-        GROUP, VERSION, "inferencedeployments", interval=every, initial_delay=1.0, registry=registry
-    )
-    async def reconcile_deployment(
-        body: kopf.Body,
-        uid: str,
-        namespace: str,
-        name: str,
-        patch: kopf.Patch,
-        memo: kopf.Memo,
-        **indexes: Any,
-    ) -> None:
-        runtime: Runtime = memo.runtime
-        key = (namespace, name)
-        round_ = await runtime.controller.round(
-            lambda: snapshot_of(indexes), key, body.get("metadata", {}).get("generation")
-        )
-        infd = round_.deployments.get(key)
-        if infd is None:
-            reason = round_.invalid.get(
-                f"InferenceDeployment {namespace}/{name}", "not indexed yet"
-            )
-            patch.setdefault("status", {})["conditions"] = [
-                condition(
-                    [],
-                    "Degraded",
-                    True,
-                    "InvalidSpec",
-                    reason,
-                    _now(),
-                    body.get("metadata", {}).get("generation"),
-                )
-            ]
-            return
-        planned = round_.plan.deployments[key]
-        child_index, budget_index = indexes["child_index"], indexes["budget_index"]
-        ready = _ready_by_pool(child_index, key)
-        problems: list[Exception] = []
-        if infd.spec.mode == "Enforce":
-            problems = await _actuate(
-                runtime, infd, uid, planned.replicas, round_.pools, child_index.get(key, [])
-            )
-        budget = round_.plan.namespaces.get(namespace)
-        currency = "USD"
-        if namespace in budget_index:
-            currency = (_first_value(budget_index[namespace]).get("spec") or {}).get(
-                "currency", "USD"
-            )
-        status = deployment_status(
-            infd,
-            planned,
-            budget,
-            round_.forecasts.get(key),
-            ready,
-            round_.pools,
-            round_.at,
-            currency,
-        )
-        previous = infd.status.desired_replicas if infd.status else None
-        if previous is None or previous != planned.total:
-            verb = "Recommend" if infd.spec.mode == "Recommend" else "Scale"
-            kopf.info(body, reason=f"{verb}Replicas", message="; ".join(planned.reasons)[:1000])
-        if planned.budget_limited:
-            kopf.warn(
-                body,
-                reason="BudgetLimited",
-                message="; ".join(r for r in planned.reasons if "budget" in r)[:1000],
-            )
-        for pool_name, n in ready.items():
-            tier = (
-                round_.pools[pool_name].spec.capacity_type
-                if pool_name in round_.pools
-                else "unknown"
-            )
-            metrics.replicas.labels(namespace, name, pool_name, tier).set(n)
-        if problems:
-            _report_actuation(body, infd, status, problems, round_.at)
-        patch.setdefault("status", {}).update(status)
-        failed = [p for p in problems if not isinstance(p, ForbiddenError)]
-        if failed:
-            # Status (with the Degraded reason) is still written: kopf applies the patch on
-            # every attempt. A 403 is not retried sooner: the next timer tries again.
-            raise kopf.TemporaryError(f"scaling children failed: {failed[0]}", delay=every)
-
-    # --- GPUNodePool ---
-
-    @kopf.timer(
-        GROUP, VERSION, "gpunodepools", interval=every, initial_delay=2.0, registry=registry
-    )
-    async def reconcile_pool(
-        body: kopf.Body,
-        name: str,
-        patch: kopf.Patch,
-        memo: kopf.Memo,
-        **indexes: Any,
-    ) -> None:
-        runtime: Runtime = memo.runtime
-        try:
-            pool = GPUNodePool.model_validate(dict(body))
-        except ValidationError as error:
-            raise kopf.PermanentError(f"invalid GPUNodePool: {error.errors()[0]['msg']}") from None
-        round_ = await runtime.controller.round(lambda: snapshot_of(indexes))
-        observed = _pool_observation(indexes["node_index"], name)
-        used_by_enforce = any(
-            d.spec.mode == "Enforce"
-            and any(p.gpu_type == pool.spec.gpu_type for p in d.spec.gpu_profiles)
-            for d in round_.deployments.values()
-        )
-        desired = round_.pool_targets.get(name, observed.nodes)
-        conditions = []
-        now = _now()
-        previous = pool.status.conditions if pool.status else []
-        if used_by_enforce and desired != observed.nodes:
-            try:
-                await asyncio.to_thread(runtime.provider(pool).set_nodes, pool, desired)
-                conditions.append(
-                    condition(
-                        previous,
-                        "Degraded",
-                        False,
-                        "Scaling",
-                        f"asked for {desired} nodes",
-                        now,
-                        pool.metadata.generation,
-                    )
-                )
-            except ProviderError as error:
-                metrics.reconcile_errors.labels("provider").inc()
-                reason = (
-                    "Forbidden" if isinstance(error, ProviderForbiddenError) else "ProviderError"
-                )
-                conditions.append(
-                    condition(
-                        previous,
-                        "Degraded",
-                        True,
-                        reason,
-                        str(error),
-                        now,
-                        pool.metadata.generation,
-                    )
-                )
-                if _newly(body, "Degraded", reason, str(error)):
-                    kopf.warn(body, reason=reason, message=str(error)[:1000])
-        else:
-            conditions.append(
-                condition(
-                    previous,
-                    "Degraded",
-                    False,
-                    "Steady",
-                    "the pool has what the plan needs",
-                    now,
-                    pool.metadata.generation,
-                )
-            )
-        conditions.append(
-            condition(
-                previous,
-                "Ready",
-                observed.ready_nodes >= observed.nodes,
-                "NodesReady" if observed.ready_nodes >= observed.nodes else "NodesStarting",
-                f"{observed.ready_nodes} of {observed.nodes} nodes ready",
-                now,
-                pool.metadata.generation,
-            )
-        )
-        seen = runtime.interruptions.pop(name, 0)
-        old = pool.status
-        count = (old.interruptions_observed if old else 0) + seen
-        rate = old.interruption_rate if old else 0.0
-        last = old.last_interruption_time if old else None
-        elapsed_h = every / 3600.0
-        # An exponentially decaying rate (one-hour memory) of interruptions per node-hour.
-        rate = rate * math.exp(-elapsed_h) + (seen / max(observed.nodes + seen, 1)) * 1.0
-        status: dict[str, Any] = {
-            "observedGeneration": pool.metadata.generation,
-            "conditions": conditions,
-            "nodes": observed.nodes,
-            "readyNodes": observed.ready_nodes,
-            "desiredNodes": desired if used_by_enforce else observed.nodes,
-            "allocatableGpus": observed.allocatable_gpus,
-            "interruptionsObserved": count,
-            "interruptionRate": round(rate, 6),
-        }
-        if seen:
-            last = now
-            kopf.warn(
-                body,
-                reason="SpotInterruption",
-                message=f"{seen} node(s) interrupted; re-planning",
-            )
-        if last is not None:
-            status["lastInterruptionTime"] = last.isoformat()
-        patch.setdefault("status", {}).update(status)
-
-    @kopf.on.event("", "v1", "nodes", labels={POOL: kopf.PRESENT}, registry=registry)
-    def watch_nodes(
-        event: Mapping[str, Any], name: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
-    ) -> None:
-        runtime: Runtime = memo.runtime
-        pool = labels[POOL]
-        body = event.get("object") or {}
-        taints = {t.get("key") for t in (body.get("spec") or {}).get("taints") or []}
-        gone = event.get("type") == "DELETED"
-        if gone and name in runtime.deleting:
-            runtime.deleting.discard(name)
-            runtime.interrupted_nodes.discard(name)
-            return
-        interrupted = gone or bool(taints & set(INTERRUPTION_TAINTS))
-        if interrupted and name not in runtime.interrupted_nodes:
-            runtime.interrupted_nodes.add(name)
-            runtime.interruptions[pool] = runtime.interruptions.get(pool, 0) + 1
-            runtime.controller.record_interruption(pool)
-        if gone:
-            runtime.interrupted_nodes.discard(name)
-
-    # --- CostBudget ---
-
-    @kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, registry=registry)
-    async def accrue_budget(
-        body: kopf.Body,
-        namespace: str,
-        patch: kopf.Patch,
-        memo: kopf.Memo,
-        **indexes: Any,
-    ) -> None:
-        runtime: Runtime = memo.runtime
-        try:
-            budget = CostBudget.model_validate(dict(body))
-        except ValidationError as error:
-            raise kopf.PermanentError(f"invalid CostBudget: {error.errors()[0]['msg']}") from None
-        round_ = await runtime.controller.round(lambda: snapshot_of(indexes))
-        now = _now()
-        rate = _namespace_spend_rate(
-            namespace, round_.deployments, round_.pools, indexes["child_index"]
-        )
-        status = budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
-        changed = budget.status is None or budget.status.state != status["state"]
-        if changed and status["state"] != "Within":
-            kopf.warn(
-                body,
-                reason=f"Budget{status['state']}",
-                message=status["conditions"][-1]["message"],
-            )
-        metrics.budget_spend.labels(namespace).set(status["spend"])
-        patch.setdefault("status", {}).update(status)
+            out.append(Condition.model_validate(item))
+        except ValidationError:
+            continue  # someone wrote a malformed condition: it is replaced
+    return out
 
 
-async def _apply_children(
-    runtime: Runtime,
-    infd: InferenceDeployment,
-    uid: str,
-    replicas: Mapping[str, int],
-    pools: Mapping[str, GPUNodePool],
-    children: Any,
-) -> list[Exception]:
-    """Apply each child whose live state differs from what `replicas` wants; the failures.
-
-    Level-based: the live child (from the watch-fed index) is compared with the desired one
-    on the fields the operator sets, so a hand edit, a missed event or a restart converges,
-    and a child that already matches costs no request at all.
-    """
-    existing = {c["pool"]: c for c in children}
-    namespace = infd.metadata.namespace or "default"
-    problems: list[Exception] = []
-    for pool_name, n in replicas.items():
-        pool = pools.get(pool_name)
-        if pool is None or n <= 0:
-            continue
-        manifest = with_template_hash(child_deployment(infd, uid, pool, n))
-        name = manifest["metadata"]["name"]
-        child = existing.get(pool_name)
-        why = needs_apply(
-            manifest,
-            child["live"] if child else None,
-            child["generation"] if child else None,
-            runtime.applied.get((namespace, name)),
-        )
-        if not why:
-            continue
-        log.info("applying child %s/%s: %s", namespace, name, why)
-        try:
-            generation = await asyncio.to_thread(runtime.kube.apply_deployment, manifest)
-        except Exception as error:  # one child failing must not stop the others
-            metrics.reconcile_errors.labels("actuate").inc()
-            problems.append(error)
-            continue
-        if generation is not None:
-            digest = manifest["metadata"]["annotations"][TEMPLATE_HASH]
-            runtime.applied[(namespace, name)] = (digest, generation)
-    return problems
-
-
-async def _actuate(
-    runtime: Runtime,
-    infd: InferenceDeployment,
-    uid: str,
-    replicas: Mapping[str, int],
-    pools: Mapping[str, GPUNodePool],
-    children: Any,
-) -> list[Exception]:
-    """Make the children match the plan: apply what differs, delete unused pools' children.
-    Returns what failed (403s included); the rest is done regardless."""
-    children = list(children)  # kopf's index store changes under us while we await
-    problems = await _apply_children(runtime, infd, uid, replicas, pools, children)
-    namespace, parent = infd.metadata.namespace or "default", infd.metadata.name
-    for child in children:
-        if replicas.get(child["pool"], 0) > 0:
-            continue
-        try:
-            await asyncio.to_thread(
-                runtime.kube.delete_deployment, namespace, child["name"], parent
-            )
-        except Exception as error:
-            metrics.reconcile_errors.labels("actuate").inc()
-            problems.append(error)
-        runtime.applied.pop((namespace, child["name"]), None)
-    return problems
-
-
-def _newly(body: kopf.Body, type_: str, reason: str, message: str) -> bool:
+def _newly(body: Mapping[str, Any], type_: str, reason: str, message: str) -> bool:
     """The object's condition `type_` is not already True with this reason and message, so a
     Warning Event is posted once per problem, not once per round. Read from the live body:
     a shared round's parsed objects may predate the last status patch."""
-    conditions = (body.get("status") or {}).get("conditions") or []
-    old = next((c for c in conditions if c.get("type") == type_), None)
+    old = next((c for c in _conditions(body) if c.type == type_), None)
     return not (
         old is not None
-        and old.get("status") == "True"
-        and old.get("reason") == reason
-        and old.get("message") == message[:1000]
+        and old.status == "True"
+        and old.reason == reason
+        and old.message == message[:MESSAGE_LIMIT]
     )
+
+
+def _decision(status: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The part of a status whose change must be written at once: the `keys` written, but the
+    informational ones, and conditions by type, status and reason (a message alone changing
+    waits for the heartbeat)."""
+    out = {k: status.get(k) for k in keys if k not in INFORMATIONAL and k != "conditions"}
+    out["conditions"] = [
+        (c.get("type"), c.get("status"), c.get("reason"))
+        for c in status.get("conditions") or []
+        if isinstance(c, Mapping)
+    ]
+    return out
+
+
+def write_status(
+    patch: kopf.Patch,
+    body: Mapping[str, Any],
+    status: dict[str, Any],
+    kind: str,
+    now: datetime,
+    heartbeat: timedelta | None,
+) -> bool:
+    """Put `status` into kopf's patch when it differs from the live status; True if written.
+
+    With a `heartbeat`, informational fields alone changing (INFORMATIONAL, condition
+    messages) are written only once the last write is that old.
+    """
+    live = body.get("status") or {}
+    if heartbeat is None:
+        due = bool(changed_fields(status, live))
+    else:
+        due = _decision(status, list(status)) != _decision(live, list(status))
+        if not due and changed_fields(status, live, ignore=("lastPlanTime",)):
+            last = _parse_time(live.get("lastPlanTime"))
+            due = last is None or now - last >= heartbeat
+    if due:
+        patch.setdefault("status", {}).update(status)
+        metrics.status_writes.labels(kind).inc()
+    return due
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _snapshot(index_kwargs: Mapping[str, Any]) -> indexes.Snapshot:
+    return indexes.snapshot({name: index_kwargs[name] for name in indexes.NAMES})
+
+
+# --- InferenceDeployment -----------------------------------------------------------------------
+
+
+async def check_and_roll_out(
+    body: kopf.Body,
+    uid: str,
+    namespace: str,
+    memo: kopf.Memo,
+    child_index: kopf.Index[Any, Any],
+    pool_index: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """On create, resume and spec change: check the object; roll a template change out to
+    every child at its current size now rather than at the next timer (denials are
+    reported by the timer, which retries them)."""
+    infd = parse(InferenceDeployment, body)
+    if infd.spec.mode != "Enforce":
+        return
+    runtime: Runtime = memo.runtime
+    pools = {}
+    for name, store in pool_index.items():
+        try:
+            pools[name] = GPUNodePool.model_validate(next(iter(store)))
+        except (ValidationError, StopIteration):
+            continue  # an invalid pool is reported by its own timer
+    children = indexes.children_of(child_index, namespace, uid)
+    sizes = {c["pool"]: c["replicas"] for c in children if c["replicas"] > 0}
+    problems = await runtime.actuator.apply_children(infd, uid, sizes, pools, children)
+    for problem in problems:
+        log.warning("rolling out %s/%s: %s", namespace, infd.metadata.name, problem)
+
+
+async def reconcile_deployment(
+    body: kopf.Body,
+    uid: str,
+    namespace: str,
+    name: str,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **index_kwargs: Any,
+) -> None:
+    """Every interval: plan (shared round), make the children follow, write status."""
+    runtime: Runtime = memo.runtime
+    key = (namespace, name)
+    generation = (body.get("metadata") or {}).get("generation")
+    round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs), key, generation)
+    try:
+        infd = round_.deployments.get(key)
+        if infd is None:
+            _report_left_out(body, patch, round_, key, generation)
+            return
+        await _reconcile_planned(runtime, body, uid, infd, round_, patch, index_kwargs)
+    finally:
+        runtime.controller.reported(round_, key)
+
+
+def _report_left_out(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    round_: Round,
+    key: tuple[str, str],
+    generation: int | None,
+) -> None:
+    reason_text = round_.invalid.get(object_name("InferenceDeployment", key), "not indexed yet")
+    reason = "InvalidSpec" if "cannot be planned" not in reason_text else "Unplannable"
+    status = invalid_status(_conditions(body), reason, reason_text, round_.at, generation)
+    if write_status(patch, body, wire(status), "InferenceDeployment", round_.at, None) and _newly(
+        body, "Degraded", reason, reason_text
+    ):
+        kopf.warn(body, reason=reason, message=reason_text[:MESSAGE_LIMIT])
+
+
+async def _reconcile_planned(
+    runtime: Runtime,
+    body: kopf.Body,
+    uid: str,
+    infd: InferenceDeployment,
+    round_: Round,
+    patch: kopf.Patch,
+    index_kwargs: Mapping[str, Any],
+) -> None:
+    namespace, name = infd.metadata.namespace or "default", infd.metadata.name
+    key = (namespace, name)
+    planned = round_.plan.deployments[key]
+    children = indexes.children_of(index_kwargs["child_index"], namespace, uid)
+    ready = {c["pool"]: c["ready"] for c in children}
+    problems: list[Exception] = []
+    if infd.spec.mode == "Enforce":
+        # Children of a pool that is missing or invalid keep their size: no drain, no loss.
+        hold = [c["pool"] for c in children if c["pool"] not in round_.pools]
+        problems = await runtime.actuator.follow_plan(
+            infd, uid, planned.replicas, round_.pools, children, hold
+        )
+    budget = round_.budgets.get(namespace)
+    status = deployment_status(
+        infd,
+        planned,
+        round_.plan.namespaces.get(namespace),
+        round_.forecasts.get(key),
+        ready,
+        round_.pools,
+        round_.at,
+        budget.spec.currency if budget else "USD",
+        round_.leads.get(key),
+    )
+    if problems:
+        _report_actuation(body, infd, status.conditions, problems, round_.at)
+    previous = infd.status.desired_replicas if infd.status else None
+    if previous is None or previous != planned.total:
+        verb = "Recommend" if infd.spec.mode == "Recommend" else "Scale"
+        kopf.info(body, reason=f"{verb}Replicas", message="; ".join(planned.reasons)[:1000])
+    limited = next(c for c in status.conditions if c.type == "BudgetLimited")
+    if planned.budget_limited and _newly(body, "BudgetLimited", limited.reason, limited.message):
+        kopf.warn(body, reason="BudgetLimited", message=limited.message)
+    for pool_name, n in ready.items():
+        pool = round_.pools.get(pool_name)
+        tier = pool.spec.capacity_type if pool else "unknown"
+        metrics.replicas.labels(namespace, name, pool_name, tier).set(n)
+    write_status(
+        patch,
+        body,
+        wire(status),
+        "InferenceDeployment",
+        round_.at,
+        runtime.status_heartbeat,
+    )
+    failed = [p for p in problems if not isinstance(p, ForbiddenError)]
+    if failed:
+        # Status (with the Degraded reason) is still written: kopf applies the patch on
+        # every attempt. A 403 is not retried sooner: the next timer tries again.
+        raise kopf.TemporaryError(
+            f"scaling children failed: {failed[0]}", delay=runtime.interval.total_seconds()
+        )
 
 
 def _report_actuation(
     body: kopf.Body,
     infd: InferenceDeployment,
-    status: dict[str, Any],
-    problems: list[Exception],
+    conditions: list[Condition],
+    problems: Sequence[Exception],
     now: datetime,
 ) -> None:
     """Degraded=True with the reason (Forbidden for a 403, naming verb, resource and
     namespace), and a Warning Event when that is new. The plan in status stays as it is."""
     denied = [p for p in problems if isinstance(p, ForbiddenError)]
     reason = "Forbidden" if denied else "ApplyFailed"
-    message = "; ".join(dict.fromkeys(str(p) for p in (denied or problems)))[:1000]
+    message = "; ".join(dict.fromkeys(str(p) for p in (denied or problems)))[:MESSAGE_LIMIT]
     previous = infd.status.conditions if infd.status else []
     degraded = condition(previous, "Degraded", True, reason, message, now, infd.metadata.generation)
-    status["conditions"] = [
-        degraded if c["type"] == "Degraded" else c for c in status["conditions"]
-    ]
+    conditions[:] = [degraded if c.type == "Degraded" else c for c in conditions]
     if _newly(body, "Degraded", reason, message):
         kopf.warn(body, reason=reason, message=message)
 
 
-def _namespace_spend_rate(
-    namespace: str,
-    deployments: Mapping[tuple[str, str], InferenceDeployment],
-    pools: Mapping[str, GPUNodePool],
-    child_index: Mapping[Any, Any],
-) -> float:
-    """$/h of the replicas actually running in the namespace, at their share of a node."""
-    rate = 0.0
-    for key, infd in deployments.items():
-        if key[0] != namespace:
-            continue
-        for pool_name, ready in _ready_by_pool(child_index, key).items():
-            pool = pools.get(pool_name)
-            profile = profile_for(infd, pool) if pool else None
-            if pool is None or profile is None or pool.spec.capacity_type == "reserved":
-                continue
-            slots = pool.spec.gpus_per_node // profile.gpus_per_replica
-            rate += ready * pool.spec.price_per_node_hour / slots
-    return rate
-
-
-def budget_status(budget: CostBudget, rate: float, now: datetime, planned: Any) -> dict[str, Any]:
-    """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start."""
-    old = budget.status
-    period = month_start(now)
-    spend = old.spend if old and old.period_start and old.period_start >= period else 0.0
-    since = old.last_accrual_time if old and old.last_accrual_time else now
-    since = max(since, period)
-    spend += rate * max(0.0, (now - since).total_seconds()) / 3600.0
-    projected = spend + rate * hours_left_in_month(now)
-    limits = budget.spec.limits
-    shares = []
-    if limits.hourly:
-        shares.append(rate / limits.hourly)
-    if limits.monthly:
-        shares.append(projected / limits.monthly)
-    share = max(shares, default=0.0)
-    thresholds = sorted(budget.spec.alert_thresholds)
-    if share > 1.0 + 1e-9:
-        state = "Exceeded"
-    elif thresholds and share >= thresholds[0]:
-        state = "Warning"
-    else:
-        state = "Within"
-    crossed = [t for t in thresholds if share >= t]
-    message = (
-        f"spending {rate:,.2f} {budget.spec.currency}/h; {spend:,.2f} so far this month, "
-        f"{projected:,.2f} projected"
-    )
-    if crossed:
-        message += f"; at {share:.0%} of a limit (alert threshold {crossed[-1]:.0%})"
-    previous = old.conditions if old else []
-    gen = budget.metadata.generation
-    headroom = (limits.hourly - rate) if limits.hourly else None
-    limited = list(planned.limited) if planned is not None else []
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "periodStart": period.isoformat(),
-        "spend": round(spend, 6),
-        "projectedSpend": round(projected, 4),
-        "hourlySpend": round(rate, 4),
-        "limitedDeployments": limited,
-        "lastAccrualTime": now.isoformat(),
-        "state": state,
-        "conditions": [
-            condition(previous, "Exceeded", state == "Exceeded", state, message, now, gen),
-            condition(previous, "Warning", state != "Within", state, message, now, gen),
-            condition(previous, "Ready", True, "Accruing", message, now, gen),
-        ],
+def forget_deployment(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Deleted: drop its model, its recent targets, its metric series and apply memo. (Its
+    children go with it: they are owned by it.)"""
+    runtime: Runtime = memo.runtime
+    runtime.controller.forget((namespace, name))
+    runtime.actuator.applied = {
+        k: v for k, v in runtime.actuator.applied.items() if not _child_of(k, namespace, name)
     }
-    if headroom is not None:
-        status["hourlyHeadroom"] = round(headroom, 4)
-    return status
+    metrics.forget_deployment(namespace, name)
+
+
+def _child_of(child: tuple[str, str], namespace: str, parent: str) -> bool:
+    return child[0] == namespace and child[1].startswith(f"{parent}-")
+
+
+# --- GPUNodePool ---------------------------------------------------------------------------------
+
+
+async def reconcile_pool(
+    body: kopf.Body,
+    name: str,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **index_kwargs: Any,
+) -> None:
+    """Every interval: size the pool for the Enforce-mode plan, write its status."""
+    runtime: Runtime = memo.runtime
+    pool = parse(GPUNodePool, body)
+    round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
+    observed = indexes.pool_observation(index_kwargs["node_index"], name)
+    used_by_enforce = any(
+        d.spec.mode == "Enforce"
+        and any(p.gpu_type == pool.spec.gpu_type for p in d.spec.gpu_profiles)
+        for d in round_.deployments.values()
+    )
+    desired = round_.pool_targets.get(name, observed.nodes) if used_by_enforce else observed.nodes
+    scaling = await runtime.actuator.scale_pool(pool, observed, desired, round_.at)
+    if scaling.error and _newly(body, "Degraded", scaling.error_reason, scaling.error):
+        kopf.warn(body, reason=scaling.error_reason, message=scaling.error[:MESSAGE_LIMIT])
+    seen = runtime.actuator.interruptions.take(name)
+    if seen:
+        kopf.warn(
+            body, reason="SpotInterruption", message=f"{seen} node(s) interrupted; re-planning"
+        )
+    status = pool_status(pool, observed, scaling, seen, runtime.interval, round_.at)
+    write_status(patch, body, wire(status), "GPUNodePool", round_.at, None)
+
+
+def watch_nodes(
+    event: Mapping[str, Any], name: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+) -> None:
+    """A pool's node changed or went away: count interruptions, re-plan at once on one."""
+    runtime: Runtime = memo.runtime
+    node = event.get("object") or {}
+    taints = [t.get("key", "") for t in (node.get("spec") or {}).get("taints") or []]
+    deleted = event.get("type") == "DELETED"
+    pool = labels[POOL]
+    if runtime.actuator.interruptions.node_event(pool, name, taints, deleted, _now()):
+        runtime.controller.record_interruption(pool)
+
+
+# --- CostBudget ---------------------------------------------------------------------------------
+
+
+async def accrue_budget(
+    body: kopf.Body,
+    namespace: str,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **index_kwargs: Any,
+) -> None:
+    """Every interval: accrue the namespace's spend, write the budget's status."""
+    runtime: Runtime = memo.runtime
+    budget = parse(CostBudget, body)
+    round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
+    now = _now()
+    rate = namespace_spend_rate(
+        namespace, round_.deployments, round_.pools, index_kwargs["child_index"]
+    )
+    status = build_budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
+    changed = budget.status is None or budget.status.state != status.state
+    if changed and status.state != "Within":
+        kopf.warn(body, reason=f"Budget{status.state}", message=status.conditions[-1].message)
+    metrics.budget_spend.labels(namespace).set(status.spend)
+    write_status(patch, body, wire(status), "CostBudget", now, None)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
+    """Apply kopf's decorators to the handlers above, with the configured interval."""
+    every = interval.total_seconds()
+    on = {"registry": registry}
+
+    kopf.index(GROUP, VERSION, "inferencedeployments", id="infd_index", **on)(indexes.infd_index)
+    kopf.index(GROUP, VERSION, "gpunodepools", id="pool_index", **on)(indexes.pool_index)
+    kopf.index(GROUP, VERSION, "costbudgets", id="budget_index", **on)(indexes.budget_index)
+    children = {INFERENCE_DEPLOYMENT: kopf.PRESENT, POOL: kopf.PRESENT}
+    kopf.index("apps", "v1", "deployments", labels=children, id="child_index", **on)(
+        indexes.child_index
+    )
+    kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, id="node_index", **on)(
+        indexes.node_index
+    )
+
+    deployments = (GROUP, VERSION, "inferencedeployments")
+    rolled_out = kopf.on.create(*deployments, **on)(check_and_roll_out)
+    rolled_out = kopf.on.resume(*deployments, **on)(rolled_out)
+    kopf.on.update(*deployments, field="spec", **on)(rolled_out)
+    kopf.timer(*deployments, interval=every, initial_delay=1.0, **on)(reconcile_deployment)
+    # optional: no finalizer, so deleting a namespace or uninstalling never waits on us.
+    kopf.on.delete(*deployments, optional=True, **on)(forget_deployment)
+
+    kopf.timer(GROUP, VERSION, "gpunodepools", interval=every, initial_delay=2.0, **on)(
+        reconcile_pool
+    )
+    kopf.on.event("", "v1", "nodes", labels={POOL: kopf.PRESENT}, **on)(watch_nodes)
+    kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, **on)(
+        accrue_budget
+    )

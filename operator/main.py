@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from peakwise.api.common import parse_duration
 from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import memory, metrics
+from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller
 from peakwise.operator.forecasts import ForecastService, HistorySource
 from peakwise.operator.handlers import Runtime, register
@@ -58,6 +59,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--liveness-port", type=int, default=8081, help="port of /healthz (0: off)")
     run.add_argument("--refit-every", default="6h", help="refit each service's model (6h)")
+    run.add_argument(
+        "--status-heartbeat",
+        default="5m",
+        help="longest an InferenceDeployment's status goes unwritten while no decision changes "
+        "(forecast and lastPlanTime are refreshed then; decisions are written at once) (5m)",
+    )
     run.add_argument(
         "--window",
         default="1m",
@@ -153,10 +160,15 @@ def run_operator(args: argparse.Namespace) -> int:
     metrics.fits_pending.set_function(forecasts.pending_fits)
     runtime = Runtime(
         controller=Controller(
-            forecasts, interval, lambda: datetime.now(UTC), fit_wait=parse_duration(args.fit_wait)
+            forecasts,
+            interval,
+            lambda: datetime.now(UTC),
+            fit_wait=parse_duration(args.fit_wait),
+            status_heartbeat=parse_duration(args.status_heartbeat),
         ),
-        kube=KubeAdapter(client),
-        api_client=client,
+        actuator=Actuator(kube=KubeAdapter(client), api_client=client),
+        interval=interval,
+        status_heartbeat=parse_duration(args.status_heartbeat),
     )
 
     @kopf.on.login(registry=registry)

@@ -1,4 +1,8 @@
-"""Prometheus metrics the operator exports on /metrics."""
+"""Prometheus metrics the operator exports on /metrics.
+
+Names follow Prometheus conventions: counters end in `_total`, durations in `_seconds`.
+docs/operator.md lists them (a test checks that every name it lists is exported).
+"""
 
 from __future__ import annotations
 
@@ -58,7 +62,7 @@ round_seconds = Histogram(
     registry=REGISTRY,
 )
 reconcile_errors = Counter(
-    "peakwise_reconcile_errors", "Reconcile errors by kind", ("kind",), registry=REGISTRY
+    "peakwise_reconcile_errors_total", "Reconcile errors by kind", ("kind",), registry=REGISTRY
 )
 forecast_reactive = Gauge(
     "peakwise_forecast_reactive",
@@ -69,10 +73,60 @@ forecast_reactive = Gauge(
 fits_pending = Gauge(
     "peakwise_model_fits_pending", "Model fits queued or running", registry=REGISTRY
 )
-model_fits = Counter("peakwise_model_fits", "Forecasting models fitted", registry=REGISTRY)
+model_fits = Counter("peakwise_model_fits_total", "Forecasting models fitted", registry=REGISTRY)
 child_writes = Counter(
-    "peakwise_child_writes",
+    "peakwise_child_writes_total",
     "Writes to child Deployments (apply, delete) per InferenceDeployment",
     ("namespace", "name", "verb"),
     registry=REGISTRY,
 )
+full_round_seconds = Histogram(
+    "peakwise_full_round_seconds",
+    "Time from a planning round's start until every deployment's children and status follow it",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+last_round_timestamp = Gauge(
+    "peakwise_last_round_timestamp_seconds",
+    "When the latest planning round finished (Unix time): the operator's liveness signal",
+    registry=REGISTRY,
+)
+status_writes = Counter(
+    "peakwise_status_writes_total",
+    "Status patches written, by kind (a steady round writes none)",
+    ("kind",),
+    registry=REGISTRY,
+)
+provider_requests = Counter(
+    "peakwise_provider_requests_total",
+    "Requests to node-pool backends, by provider and outcome (ok or the HTTP status)",
+    ("provider", "outcome"),
+    registry=REGISTRY,
+)
+objects_left_out = Gauge(
+    "peakwise_objects_left_out",
+    "Objects the latest round could not plan (invalid or unplannable), by kind",
+    ("kind",),
+    registry=REGISTRY,
+)
+
+PER_DEPLOYMENT = (
+    demand_forecast,
+    demand_actual,
+    replicas,
+    desired_replicas,
+    forecast_loss,
+    forecast_coverage,
+    forecast_reactive,
+    child_writes,
+)
+"""Metrics with a series per InferenceDeployment (labels start with namespace, name)."""
+
+
+def forget_deployment(namespace: str, name: str) -> None:
+    """Drop every series of a deleted InferenceDeployment, so /metrics does not keep it."""
+    for metric in PER_DEPLOYMENT:
+        # prometheus_client has no "remove by label prefix": list the label sets it holds.
+        for labels in list(metric._metrics):
+            if labels[:2] == (namespace, name):
+                metric.remove(*labels)

@@ -11,21 +11,38 @@ what `kubectl` would show. ``--once`` prints one screen and exits (tests, script
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import os
 import shutil
 import sys
 import textwrap
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from peakwise.adapters.prometheus import PrometheusHistory, PrometheusHistoryError
+from peakwise.api.common import CAPACITY_TYPES
+from peakwise.api.costbudget import CostBudget, CostBudgetSpec, CostBudgetStatus
+from peakwise.api.errors import describe
+from peakwise.api.gpunodepool import GPUNodePool, GPUNodePoolSpec, GPUNodePoolStatus
+from peakwise.api.inferencedeployment import (
+    ForecastStatus,
+    InferenceDeployment,
+    InferenceDeploymentStatus,
+)
 
 GROUP, VERSION = "peakwise.dev", "v1alpha1"
 JSON = dict[str, Any]
+RECENT = timedelta(minutes=5)
+"""How far back "demand now" looks for the latest sample."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,92 @@ class Snapshot:
 # --- reading -------------------------------------------------------------------------------
 
 
+def _problem(error: ValidationError) -> str:
+    return f"invalid: {describe(error)}"
+
+
+def service_of(obj: JSON, demand_now: float | None = None) -> Service:
+    """A service row from an InferenceDeployment as the API server holds it."""
+    meta = obj.get("metadata") or {}
+    status = InferenceDeploymentStatus.model_validate(obj.get("status") or {})
+    mode: str
+    try:
+        spec = InferenceDeployment.model_validate(obj).spec
+        mode, priority, problem = spec.mode, spec.priority, ""
+    except ValidationError as error:
+        raw = obj.get("spec") or {}
+        mode, priority, problem = str(raw.get("mode", "?")), 0, _problem(error)
+    conditions = {c.type: c for c in status.conditions}
+    degraded, ready = conditions.get("Degraded"), conditions.get("Ready")
+    if problem:
+        state = "Invalid"
+    elif not obj.get("status"):
+        state = "Planning"
+    elif degraded is not None and degraded.status == "True":
+        state, problem = "Degraded", degraded.message
+    else:
+        state = ready.reason if ready is not None and ready.reason else "–"
+    tiers: dict[str, int] = dict.fromkeys(CAPACITY_TYPES, 0)
+    for row in status.pools:
+        tiers[row.capacity_type] += row.desired_replicas
+    forecast = status.forecast or ForecastStatus()
+    return Service(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        mode=mode,
+        priority=priority,
+        demand_now=demand_now,
+        peak=forecast.peak,
+        peak_at=forecast.peak_at,
+        quantile=forecast.quantile,
+        model=forecast.model,
+        ready=status.replicas,
+        desired=status.desired_replicas,
+        tiers=tiers,
+        hourly=status.cost.hourly if status.cost else 0.0,
+        budget_state=status.budget_state,
+        state=state,
+        problem=problem,
+    )
+
+
+def budget_of(obj: JSON) -> Budget:
+    meta = obj.get("metadata") or {}
+    status = CostBudgetStatus.model_validate(obj.get("status") or {})
+    try:
+        spec: CostBudgetSpec | None = CostBudget.model_validate(obj).spec
+    except ValidationError:
+        spec = None
+    return Budget(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        enforcement=spec.enforcement if spec else "invalid",
+        hourly_limit=spec.limits.hourly if spec else None,
+        hourly_spend=status.hourly_spend,
+        spend=status.spend,
+        monthly_limit=spec.limits.monthly if spec else None,
+        state=status.state,
+        limited=status.limited_deployments,
+    )
+
+
+def pool_of(obj: JSON) -> Pool:
+    status = GPUNodePoolStatus.model_validate(obj.get("status") or {})
+    try:
+        spec: GPUNodePoolSpec | None = GPUNodePool.model_validate(obj).spec
+    except ValidationError:
+        spec = None
+    return Pool(
+        name=str((obj.get("metadata") or {}).get("name", "")),
+        capacity_type=spec.capacity_type if spec else "invalid",
+        gpu_type=spec.gpu_type if spec else "",
+        nodes=status.nodes,
+        ready=status.ready_nodes,
+        desired=status.desired_nodes,
+        price=spec.price_per_node_hour if spec else 0.0,
+    )
+
+
 def _time(text: Any) -> datetime | None:
     if not isinstance(text, str) or not text:
         return None
@@ -105,81 +208,6 @@ def _time(text: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _tiers(text: str) -> dict[str, int]:
-    out = {"reserved": 0, "spot": 0, "onDemand": 0}
-    for item in text.split():
-        key, _, value = item.partition("=")
-        if key in out and value.isdigit():
-            out[key] = int(value)
-    return out
-
-
-def service_of(obj: JSON, demand_now: float | None = None) -> Service:
-    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
-    forecast = status.get("forecast") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions", [])}
-    problem = ""
-    degraded = conditions.get("Degraded", {})
-    ready = conditions.get("Ready", {})
-    if not status:
-        state = "Planning"
-    elif degraded.get("status") == "True":
-        state, problem = "Degraded", str(degraded.get("message", ""))
-    else:
-        state = str(ready.get("reason", "")) or "–"
-    return Service(
-        namespace=meta.get("namespace", ""),
-        name=meta["name"],
-        mode=str(spec.get("mode", "Recommend")),
-        priority=int(spec.get("priority", 100)),
-        demand_now=demand_now,
-        peak=_num(forecast.get("peak")),
-        peak_at=_time(forecast.get("peakAt")),
-        quantile=_num(forecast.get("quantile")),
-        model=str(forecast.get("model", "")),
-        ready=int(status.get("replicas", 0)),
-        desired=int(status.get("desiredReplicas", 0)),
-        tiers=_tiers(str(status.get("tiers", ""))),
-        hourly=float((status.get("cost") or {}).get("hourly", 0.0)),
-        budget_state=str(status.get("budgetState", "")),
-        state=state,
-        problem=problem,
-    )
-
-
-def budget_of(obj: JSON) -> Budget:
-    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
-    limits = spec.get("limits", {})
-    return Budget(
-        namespace=meta.get("namespace", ""),
-        name=meta["name"],
-        enforcement=str(spec.get("enforcement", "Hard")),
-        hourly_limit=_num(limits.get("hourly")),
-        hourly_spend=float(status.get("hourlySpend", 0.0)),
-        spend=float(status.get("spend", 0.0)),
-        monthly_limit=_num(limits.get("monthly")),
-        state=str(status.get("state", "")),
-        limited=[str(x) for x in status.get("limitedDeployments", [])],
-    )
-
-
-def pool_of(obj: JSON) -> Pool:
-    spec, status = obj.get("spec", {}), obj.get("status") or {}
-    return Pool(
-        name=obj["metadata"]["name"],
-        capacity_type=str(spec.get("capacityType", "")),
-        gpu_type=str(spec.get("gpuType", "")),
-        nodes=int(status.get("nodes", 0)),
-        ready=int(status.get("readyNodes", 0)),
-        desired=int(status.get("desiredNodes", 0)),
-        price=float(spec.get("pricePerNodeHour", 0.0)),
-    )
 
 
 def decision_of(event: JSON) -> Decision:
@@ -202,20 +230,9 @@ def decision_of(event: JSON) -> Decision:
     )
 
 
-def prometheus_value(url: str, query: str, timeout: float = 5.0) -> float | None:
-    """The query's value now (the sum over its series), or None when it has none."""
-    params = urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{params}", timeout=timeout) as r:
-        body = json.loads(r.read())
-    result = body.get("data", {}).get("result", [])
-    if body.get("data", {}).get("resultType") == "scalar":
-        return float(result[1])
-    values = [float(item["value"][1]) for item in result]
-    return sum(values) if values else None
-
-
 class ClusterReader:
-    """Lists the Peakwise objects and their Events through the Kubernetes API."""
+    """Lists the Peakwise objects and their Events through the Kubernetes API, and each
+    service's current demand through the Prometheus adapter."""
 
     def __init__(self, kubeconfig: str | None, prometheus_url: str | None = None) -> None:
         from kubernetes import client, config
@@ -226,27 +243,33 @@ class ClusterReader:
         self._api = api
         self._custom: Any = client.CustomObjectsApi(api)
         self._core: Any = client.CoreV1Api(api)
-        self.prometheus_url = prometheus_url
+        self._prometheus = (
+            PrometheusHistory(prometheus_url, timeout_seconds=5.0, retries=0)
+            if prometheus_url
+            else None
+        )
 
     def _list(self, plural: str) -> list[JSON]:
         body: JSON = self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
         return list(body.get("items", []))
 
-    def _demand(self, obj: JSON, errors: list[str]) -> float | None:
-        query = (obj.get("spec", {}).get("demand") or {}).get("query")
-        if not self.prometheus_url or not query:
+    def _demand(self, obj: JSON, now: datetime, errors: list[str]) -> float | None:
+        query = ((obj.get("spec") or {}).get("demand") or {}).get("query")
+        if self._prometheus is None or not query:
             return None
         try:
-            return prometheus_value(self.prometheus_url, str(query))
-        except (OSError, ValueError, KeyError, IndexError) as error:
+            series = self._prometheus.fetch(str(query), now - RECENT, now, 60)
+        except (PrometheusHistoryError, ValueError) as error:
             errors.append(f"prometheus: {error}")
             return None
+        known = series.values[~np.isnan(series.values)]
+        return float(known[-1]) if known.size else None
 
     def snapshot(self, events: int = 8) -> Snapshot:
         snap = Snapshot(at=datetime.now(UTC))
         try:
             for obj in self._list("inferencedeployments"):
-                snap.services.append(service_of(obj, self._demand(obj, snap.errors)))
+                snap.services.append(service_of(obj, self._demand(obj, snap.at, snap.errors)))
             snap.budgets = [budget_of(o) for o in self._list("costbudgets")]
             snap.pools = [pool_of(o) for o in self._list("gpunodepools")]
             listed = self._core.list_event_for_all_namespaces(limit=500)
@@ -271,32 +294,6 @@ class ClusterReader:
 # --- drawing -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Style:
-    color: bool
-
-    def _wrap(self, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if self.color and text else text
-
-    def bold(self, text: str) -> str:
-        return self._wrap("1", text)
-
-    def dim(self, text: str) -> str:
-        return self._wrap("2", text)
-
-    def green(self, text: str) -> str:
-        return self._wrap("32", text)
-
-    def yellow(self, text: str) -> str:
-        return self._wrap("33", text)
-
-    def red(self, text: str) -> str:
-        return self._wrap("31", text)
-
-    def cyan(self, text: str) -> str:
-        return self._wrap("36", text)
-
-
 def _rate(value: float | None) -> str:
     if value is None:
         return "–"
@@ -315,127 +312,85 @@ def _when(at: datetime | None, now: datetime) -> str:
     return f"{at:%H:%M} ({rel})"
 
 
-def _bar(fraction: float, width: int, style: Style) -> str:
+def _bar(fraction: float, width: int) -> Text:
     filled = max(0, min(width, round(fraction * width)))
-    text = "█" * filled + "·" * (width - filled)
-    if fraction >= 1.0:
-        return style.red(text)
-    return style.yellow(text) if fraction >= 0.8 else style.green(text)
+    style = "red" if fraction >= 1.0 else ("yellow" if fraction >= 0.8 else "green")
+    return Text("█" * filled + "·" * (width - filled), style=style)
 
 
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], style: Style
-) -> list[str]:
-    """Columns padded to their widest cell (ANSI codes in cells do not count)."""
-
-    def visible(cell: str) -> int:
-        out, skip = 0, False
-        for ch in cell:
-            if ch == "\033":
-                skip = True
-            elif skip and ch == "m":
-                skip = False
-            elif not skip:
-                out += 1
-        return out
-
-    widths = [max([len(h)] + [visible(r[i]) for r in rows]) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = []
-        for i, cell in enumerate(cells):
-            pad = " " * (widths[i] - visible(cell))
-            parts.append(pad + cell if i in right else cell + pad)
-        return "  ".join(parts).rstrip()
-
-    return [style.dim(line(header)), *(line(r) for r in rows)]
+STATE_STYLES = {
+    "Degraded": "red",
+    "Invalid": "red",
+    "AllReady": "green",
+    "Limited": "red",
+    "Warning": "yellow",
+    "Exceeded": "red",
+    "Enforce": "cyan",
+    "Recommend": "dim",
+}
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+def _styled(text: str) -> Text:
+    return Text(text, style=STATE_STYLES.get(text, ""))
 
 
-def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
-    """One screen of text for the snapshot."""
-    style = Style(color)
-    now = snap.at
-    out = [
-        style.bold("Peakwise")
-        + f" — live view of the operator   {now:%Y-%m-%d %H:%M:%S} UTC   "
-        + style.dim("Ctrl-C to stop"),
-        "",
-        style.bold("Inference deployments")
-        + style.dim(
-            "  (forecast peak: a quantile of the peak demand in the window that opens one"
-            " lead time from now)"
-        ),
-    ]
-    rows = []
-    for s in snap.services:
-        mode = style.cyan(s.mode) if s.mode == "Enforce" else style.dim(s.mode)
-        replicas = f"{s.ready}/{s.desired}" if s.mode == "Enforce" else f"–/{s.desired}"
-        budget = s.budget_state or "–"
-        if budget == "Limited":
-            budget = style.red(budget)
-        elif budget == "Warning":
-            budget = style.yellow(budget)
-        state = s.state
-        if s.state == "Degraded":
-            state = style.red(state)
-        elif s.state == "AllReady":
-            state = style.green(state)
-        q = f" q{s.quantile:.2f}".replace("0.", ".") if s.quantile else ""
-        rows.append(
-            [
-                f"{s.namespace}/{s.name}",
-                mode,
-                _rate(s.demand_now),
-                _rate(s.peak) + style.dim(q),
-                _when(s.peak_at, now),
-                replicas,
-                str(s.tiers["reserved"]),
-                str(s.tiers["spot"]),
-                str(s.tiers["onDemand"]),
-                _money(s.hourly),
-                budget,
-                state,
-            ]
-        )
+def _table(header: Sequence[str], right: set[int]) -> Table:
+    """A borderless table: columns padded to their widest cell, never wrapped."""
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="dim", expand=False)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i in right else "left", no_wrap=True)
+    return table
+
+
+def _services(snap: Snapshot) -> Table | Text:
     header = ["SERVICE", "MODE", "DEMAND NOW", "FORECAST PEAK", "WINDOW FROM", "READY/PLAN"]
     header += ["RESERVED", "SPOT", "ON-DEMAND", "$/H", "BUDGET", "STATE"]
-    out += _table(header, rows, {2, 3, 5, 6, 7, 8, 9}, style) if rows else ["  (none yet)"]
+    table = _table(header, {2, 3, 5, 6, 7, 8, 9})
     for s in snap.services:
-        if s.problem:
-            out.append(style.red(_clip(f"  {s.namespace}/{s.name}: {s.problem}", width)))
+        replicas = f"{s.ready}/{s.desired}" if s.mode == "Enforce" else f"–/{s.desired}"
+        q = f" q{s.quantile:.2f}".replace("0.", ".") if s.quantile else ""
+        table.add_row(
+            f"{s.namespace}/{s.name}",
+            _styled(s.mode),
+            _rate(s.demand_now),
+            Text(_rate(s.peak)) + Text(q, style="dim"),
+            _when(s.peak_at, snap.at),
+            replicas,
+            str(s.tiers["reserved"]),
+            str(s.tiers["spot"]),
+            str(s.tiers["onDemand"]),
+            _money(s.hourly),
+            _styled(s.budget_state or "–"),
+            _styled(s.state),
+        )
+    return table if snap.services else Text("  (none yet)")
 
-    out += ["", style.bold("Budgets") + style.dim("  ($/h of the plans against the hourly limit)")]
-    rows = []
+
+def _budgets(snap: Snapshot) -> Table | Text:
+    header = ["BUDGET", "KIND", "$/H NOW", "LIMIT $/H", "USE", "SPENT THIS PERIOD", "STATE"]
+    table = _table([*header, "LIMITED"], {2, 3})
     for b in snap.budgets:
         fraction = b.hourly_spend / b.hourly_limit if b.hourly_limit else 0.0
-        state = b.state or "–"
-        if state == "Exceeded":
-            state = style.red(state)
-        elif state == "Warning":
-            state = style.yellow(state)
-        rows.append(
-            [
-                f"{b.namespace}/{b.name}",
-                b.enforcement,
-                _money(b.hourly_spend),
-                _money(b.hourly_limit),
-                _bar(fraction, 20, style) + f" {fraction:4.0%}" if b.hourly_limit else "",
-                _money(b.spend) + (f" of {_money(b.monthly_limit)}" if b.monthly_limit else ""),
-                state,
-                ", ".join(b.limited),
-            ]
+        use = _bar(fraction, 20) + Text(f" {fraction:4.0%}") if b.hourly_limit else Text("")
+        spent = _money(b.spend) + (f" of {_money(b.monthly_limit)}" if b.monthly_limit else "")
+        table.add_row(
+            f"{b.namespace}/{b.name}",
+            b.enforcement,
+            _money(b.hourly_spend),
+            _money(b.hourly_limit),
+            use,
+            spent,
+            _styled(b.state or "–"),
+            ", ".join(b.limited),
         )
-    header = ["BUDGET", "KIND", "$/H NOW", "LIMIT $/H", "USE", "SPENT THIS PERIOD", "STATE"]
-    header += ["LIMITED"]
-    out += _table(header, rows, {2, 3}, style) if rows else ["  (none)"]
+    return table if snap.budgets else Text("  (none)")
 
-    out += ["", style.bold("GPU node pools")]
-    rows = [
-        [
+
+def _pools(snap: Snapshot) -> Table | Text:
+    header = ["POOL", "TIER", "GPU", "READY/NODES", "PLANNED", "$/NODE-H", "$/H"]
+    table = _table(header, {3, 4, 5, 6})
+    for p in snap.pools:
+        table.add_row(
             p.name,
             p.capacity_type,
             p.gpu_type,
@@ -443,29 +398,74 @@ def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
             str(p.desired),
             _money(p.price),
             _money(p.price * p.nodes),
-        ]
-        for p in snap.pools
-    ]
-    header = ["POOL", "TIER", "GPU", "READY/NODES", "PLANNED", "$/NODE-H", "$/H"]
-    out += _table(header, rows, {3, 4, 5, 6}, style) if rows else ["  (none)"]
+        )
+    return table if snap.pools else Text("  (none)")
 
-    out += ["", style.bold("Latest decisions") + style.dim("  (Events, newest first)")]
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def render(snap: Snapshot, width: int = 120, color: bool = False) -> str:
+    """One screen of text for the snapshot (ANSI colours only with `color`)."""
+    console = Console(
+        width=width,
+        file=io.StringIO(),
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        emoji=False,
+    )
+    now = snap.at
+    title = Text("Peakwise", style="bold")
+    title += Text(f" — live view of the operator   {now:%Y-%m-%d %H:%M:%S} UTC   ")
+    title += Text("Ctrl-C to stop", style="dim")
+    console.print(title)
+    console.print()
+    console.print(
+        Text("Inference deployments", style="bold")
+        + Text(
+            "  (forecast peak: a quantile of the peak demand in the window that opens one"
+            " lead time from now)",
+            style="dim",
+        )
+    )
+    console.print(_services(snap))
+    for s in snap.services:
+        if s.problem:
+            console.print(Text(_clip(f"  {s.namespace}/{s.name}: {s.problem}", width), "red"))
+    console.print()
+    console.print(
+        Text("Budgets", style="bold")
+        + Text("  ($/h of the plans against the hourly limit)", style="dim")
+    )
+    console.print(_budgets(snap))
+    console.print()
+    console.print(Text("GPU node pools", style="bold"))
+    console.print(_pools(snap))
+    console.print()
+    console.print(
+        Text("Latest decisions", style="bold") + Text("  (Events, newest first)", style="dim")
+    )
     for d in snap.decisions:
         at = f"{d.at:%H:%M:%S}" if d.at else "--:--:--"
         who = f"{d.namespace}/{d.name}" if d.namespace and d.kind != "GPUNodePool" else d.name
-        reason = style.yellow(d.reason) if d.type == "Warning" else style.green(d.reason)
+        reason = Text(d.reason, style="yellow" if d.type == "Warning" else "green")
         times = f" ×{d.count}" if d.count > 1 else ""
-        prefix = f"{at}  {who}  "
-        out.append(prefix + reason + times)
+        console.print(Text(f"{at}  {who}  ") + reason + Text(times))
         lines = textwrap.wrap(d.message, max(40, width - 12))
         if len(lines) > 3:
             lines = [*lines[:2], _clip(lines[2] + " …", max(40, width - 12))]
-        out += [style.dim("          " + line) for line in lines]
+        for line in lines:
+            console.print(Text("          " + line, style="dim"))
     if not snap.decisions:
-        out.append("  (none yet)")
+        console.print("  (none yet)")
     for error in snap.errors:
-        out.append(style.red(_clip(f"! {error}", width)))
-    return "\n".join(out) + "\n"
+        console.print(Text(_clip(f"! {error}", width), style="red"))
+    out = console.file
+    assert isinstance(out, io.StringIO)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
 # --- command -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Node-pool backends behind one narrow interface: one file per backend."""
+"""Node-pool backends behind one narrow interface: one file per backend, one switch here."""
 
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.operator.providers.base import NodePoolProvider, ProviderError, ProviderForbiddenError

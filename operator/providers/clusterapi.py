@@ -12,15 +12,13 @@ server and looked up again when a request answers 404 (e.g. Cluster API was upgr
 
 from __future__ import annotations
 
-import json
 import threading
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from peakwise.api.gpunodepool import GPUNodePool
-from peakwise.operator.kube import forbidden
-from peakwise.operator.providers.base import ProviderError, ProviderForbiddenError
+from peakwise.api.gpunodepool import ClusterAPIProviderSpec, GPUNodePool
+from peakwise.operator.providers.base import ProviderError, backend_call
 
 GROUP, PLURAL, KIND = "cluster.x-k8s.io", "machinedeployments", "MachineDeployment"
 KNOWN_VERSIONS = ("v1beta2", "v1beta1")
@@ -83,39 +81,31 @@ class ClusterAPIProvider:
         if ref is None:
             raise ProviderError(f"{pool.metadata.name}: provider.clusterAPI is not set")
         where = f"{KIND} {ref.namespace}/{ref.machine_deployment} (pool {pool.metadata.name})"
-        for attempt in (1, 2):
-            version = served_version(self.api_client)
+        with backend_call(
+            "clusterAPI",
+            f"scaling {where} to {nodes}",
+            "patch",
+            "machinedeployments/scale",
+            ref.namespace,
+            not_found=f"not found ({GROUP}): create it, or fix the pool's provider.clusterAPI "
+            "name and namespace",
+        ):
             try:
-                self.custom.patch_namespaced_custom_object_scale(
-                    GROUP,
-                    version,
-                    ref.namespace,
-                    PLURAL,
-                    ref.machine_deployment,
-                    {"spec": {"replicas": nodes}},
-                )
-                return nodes
+                self._scale(ref, served_version(self.api_client), nodes)
             except ApiException as error:
-                if error.status == 404 and attempt == 1:
-                    forget_version(self.api_client)  # the CRD may have changed: look again
-                    continue
-                if error.status == 403:
-                    denied = forbidden(error, "patch", "machinedeployments/scale", ref.namespace)
-                    raise ProviderForbiddenError(f"scaling {where}: {denied}") from error
-                if error.status == 404:
-                    raise ProviderError(
-                        f"{where} not found ({GROUP}/{version}): create it, or fix the pool's "
-                        "provider.clusterAPI name and namespace"
-                    ) from error
-                raise ProviderError(
-                    f"scaling {where} to {nodes} ({GROUP}/{version}): "
-                    f"{error.status} {error.reason}: {_message(error)}"
-                ) from error
-        raise AssertionError("unreachable")
+                if error.status != 404:
+                    raise
+                # The CRD may have changed versions (an upgrade): look again, once.
+                forget_version(self.api_client)
+                self._scale(ref, served_version(self.api_client), nodes)
+        return nodes
 
-
-def _message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message", ""))[:300]
-    except (ValueError, AttributeError):
-        return ""
+    def _scale(self, ref: ClusterAPIProviderSpec, version: str, nodes: int) -> None:
+        self.custom.patch_namespaced_custom_object_scale(
+            GROUP,
+            version,
+            ref.namespace,
+            PLURAL,
+            ref.machine_deployment,
+            {"spec": {"replicas": nodes}},
+        )

@@ -11,15 +11,11 @@ touches only that key, so other limits (cpu, memory) the platform team set are k
 
 from __future__ import annotations
 
-import json
-
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from peakwise.api.gpunodepool import GPUNodePool
-from peakwise.operator.kube import forbidden
 from peakwise.operator.labels import GPU_RESOURCE
-from peakwise.operator.providers.base import ProviderError, ProviderForbiddenError
+from peakwise.operator.providers.base import ProviderError, backend_call
 
 GROUP, VERSION, PLURAL = "karpenter.sh", "v1", "nodepools"
 
@@ -34,28 +30,15 @@ class KarpenterProvider:
             raise ProviderError(f"{pool.metadata.name}: provider.karpenter is not set")
         limit = str(nodes * pool.spec.gpus_per_node)
         where = f"Karpenter NodePool {ref.node_pool} (pool {pool.metadata.name})"
-        try:
+        with backend_call(
+            "karpenter",
+            f"setting {where} limit {GPU_RESOURCE}={limit}",
+            "patch",
+            "nodepools.karpenter.sh",
+            not_found=f"not found ({GROUP}/{VERSION}): is Karpenter installed and the pool's "
+            "provider.karpenter.nodePool right?",
+        ):
             self.custom.patch_cluster_custom_object(
                 GROUP, VERSION, PLURAL, ref.node_pool, {"spec": {"limits": {GPU_RESOURCE: limit}}}
             )
-        except ApiException as error:
-            if error.status == 403:
-                denied = forbidden(error, "patch", "nodepools.karpenter.sh")
-                raise ProviderForbiddenError(f"setting {where} limit: {denied}") from error
-            if error.status == 404:
-                raise ProviderError(
-                    f"{where} not found ({GROUP}/{VERSION}): is Karpenter installed and the "
-                    "pool's provider.karpenter.nodePool right?"
-                ) from error
-            raise ProviderError(
-                f"setting {where} limit {GPU_RESOURCE}={limit}: {error.status} {error.reason}: "
-                f"{_message(error)}"
-            ) from error
         return nodes
-
-
-def _message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message", ""))[:300]
-    except (ValueError, AttributeError):
-        return ""

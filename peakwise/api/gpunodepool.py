@@ -29,14 +29,14 @@ class Taint(WireModel):
     """Taint effect."""
 
 
-class KwokProvider(WireModel):
+class KwokProviderSpec(WireModel):
     """Simulated nodes managed by kwok: for local clusters and tests."""
 
     node_name_prefix: str = Field(default="", max_length=40)
     """Prefix of the simulated Node names; default: the pool's name."""
 
 
-class ClusterAPIProvider(WireModel):
+class ClusterAPIProviderSpec(WireModel):
     """Nodes come from a Cluster API MachineDeployment, scaled through its scale subresource."""
 
     machine_deployment: str = Field(min_length=1, max_length=253)
@@ -45,7 +45,7 @@ class ClusterAPIProvider(WireModel):
     """MachineDeployment namespace."""
 
 
-class KarpenterProvider(WireModel):
+class KarpenterProviderSpec(WireModel):
     """Nodes come from a Karpenter NodePool, bounded through its GPU limit."""
 
     node_pool: str = Field(min_length=1, max_length=253)
@@ -63,11 +63,11 @@ class ProviderSpec(WireModel):
         ),
     )
 
-    kwok: KwokProvider | None = None
+    kwok: KwokProviderSpec | None = None
     """Simulated nodes (local clusters, tests)."""
-    cluster_api: ClusterAPIProvider | None = Field(default=None, alias="clusterAPI")
+    cluster_api: ClusterAPIProviderSpec | None = Field(default=None, alias="clusterAPI")
     """Cluster API MachineDeployment."""
-    karpenter: KarpenterProvider | None = None
+    karpenter: KarpenterProviderSpec | None = None
     """Karpenter NodePool."""
 
 

@@ -11,10 +11,10 @@ from pydantic import BaseModel
 from peakwise.api.common import CAPACITY_TYPES
 from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.api.gpunodepool import (
-    ClusterAPIProvider,
+    ClusterAPIProviderSpec,
     GPUNodePoolSpec,
-    KarpenterProvider,
-    KwokProvider,
+    KarpenterProviderSpec,
+    KwokProviderSpec,
     ProviderSpec,
     Taint,
 )
@@ -81,15 +81,15 @@ def inference_specs(draw: st.DrawFn) -> InferenceDeploymentSpec:
 
 
 providers = st.one_of(
-    st.builds(lambda p: ProviderSpec(kwok=KwokProvider(node_name_prefix=p)), names),
+    st.builds(lambda p: ProviderSpec(kwok=KwokProviderSpec(node_name_prefix=p)), names),
     st.builds(
         lambda n, ns: ProviderSpec(
-            cluster_api=ClusterAPIProvider(machine_deployment=n, namespace=ns)
+            cluster_api=ClusterAPIProviderSpec(machine_deployment=n, namespace=ns)
         ),
         names,
         names,
     ),
-    st.builds(lambda n: ProviderSpec(karpenter=KarpenterProvider(node_pool=n)), names),
+    st.builds(lambda n: ProviderSpec(karpenter=KarpenterProviderSpec(node_pool=n)), names),
 )
 
 

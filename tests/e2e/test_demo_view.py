@@ -73,6 +73,15 @@ def objects(cluster: LocalCluster) -> Iterator[LocalCluster]:
                 "replicas": 5,
                 "desiredReplicas": 7,
                 "tiers": "reserved=0 spot=7 onDemand=0",
+                "pools": [
+                    {
+                        "pool": POOL,
+                        "capacityType": "spot",
+                        "gpuType": "dv-gpu",
+                        "replicas": 5,
+                        "desiredReplicas": 7,
+                    }
+                ],
                 "forecast": {"peak": 63.5, "peakAt": peak_at, "quantile": 0.95, "model": "m"},
                 "cost": {"hourly": 12.25, "currency": "USD"},
                 "budgetState": "Within",

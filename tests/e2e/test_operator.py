@@ -221,6 +221,22 @@ class OperatorProcess:
     def metrics(self) -> str:
         return _get(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
+    def full_rounds(self) -> float:
+        """Rounds whose plan every deployment has followed (children and status) so far."""
+        for line in self.metrics().splitlines():
+            if line.startswith("peakwise_full_round_seconds_count "):
+                return float(line.split()[1])
+        return 0.0
+
+    def wait_rounds(self, rounds: int = 2) -> None:
+        """Wait until `rounds` more full rounds have gone by (exceptions: not listening yet)."""
+        start = wait_for("the operator's metrics", lambda: (self.full_rounds(),))[0]
+        wait_for(
+            f"{rounds} more rounds",
+            lambda: self.full_rounds() >= start + rounds,
+            timeout=rounds * INTERVAL_S * 4 + 30,
+        )
+
     def child_writes(self, name: str, namespace: str = NS) -> float:
         """Child Deployment writes (applies and deletes) for one InferenceDeployment so far."""
         total = 0.0
@@ -390,16 +406,24 @@ def test_missing_metric_holds_the_minimum_and_says_why(
 
 
 def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: OperatorProcess) -> None:
-    wait_for("chat planned", lambda: _children(cluster, "chat"))
-    before = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
+    # Steady demand, so the right plan does not change while the operator restarts: 18/s at
+    # 4/s a replica, five replicas on on-demand.
+    doc = _deployment(
+        "steady", "Enforce", query="vector(18)", capacity={"spot": {"maxFraction": 0}}
+    )
+    _apply(cluster, doc)
+    planned = wait_for("steady planned and running", lambda: _ready_children(cluster, "steady"))
+    operator.wait_rounds(2)
+    before = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "steady")}
+    assert sum(before.values()) == sum(c["spec"]["replicas"] for c in planned.values())
     operator.kill()
     operator.start()
-    _steady(cluster, operator, "chat")  # rounds of the new process
-    after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "chat")}
+    operator.wait_rounds(3)  # rounds of the new process
+    after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "steady")}
     assert set(after) == set(before)  # no duplicates, none lost
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     # Level-based: the new process found every child as planned and wrote none of them.
-    assert operator.child_writes("chat") == 0
+    assert operator.child_writes("steady") == 0
 
 
 def _budget(namespace: str, hourly: float) -> dict[str, Any]:
@@ -411,21 +435,24 @@ def _budget(namespace: str, hourly: float) -> dict[str, Any]:
     }
 
 
-def test_hard_budget_lower_priority_gives_way(
-    cluster: LocalCluster, operator: OperatorProcess
-) -> None:
-    ns = "e2e-budget"
-    cluster.kubectl("create", "namespace", ns, check=False)
-    # Both want the same constant demand on on-demand capacity ($10 a replica-hour);
-    # the cap fits the important one and part of the other.
+def _apply_budget_pair(cluster: LocalCluster) -> None:
+    """Two deployments under one Hard budget: both want the same constant demand on on-demand
+    capacity ($10 a replica-hour); the cap fits the important one and part of the other."""
     constant = {"query": "vector(16)", "targetUtilization": 1.0}
     docs = []
     for name, priority in (("vip", 500), ("batch", 10)):
         doc = _deployment(name, "Enforce", priority=priority, capacity={"spot": {"maxFraction": 0}})
-        doc["metadata"]["namespace"] = ns
+        doc["metadata"]["namespace"] = BUDGET_NS
         doc["spec"]["demand"] = constant
         docs.append(doc)
-    _apply(cluster, _budget(ns, 60.0), *docs)
+    _apply(cluster, _budget(BUDGET_NS, 60.0), *docs)
+
+
+def test_hard_budget_lower_priority_gives_way(
+    cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    ns = BUDGET_NS
+    _apply_budget_pair(cluster)
 
     def statuses() -> dict[str, dict[str, Any]] | None:
         out = {}
@@ -617,30 +644,26 @@ def test_template_change_rolls_out_to_every_child(
     assert {p["spec"]["containers"][0]["image"] for p in running} == {"e2e/server:2"}
 
 
-def _steady(cluster: LocalCluster, operator: OperatorProcess, name: str, rounds: int = 2) -> None:
-    """Wait for `rounds` more planning rounds (status.lastPlanTime moves on each)."""
-    seen = {_status(cluster, name).get("lastPlanTime")}
-    wait_for(
-        f"{rounds} more rounds",
-        lambda: seen.add(_status(cluster, name).get("lastPlanTime")) or len(seen) > rounds,
-        timeout=rounds * INTERVAL_S * 3 + 10,
-    )
-
-
 def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
     cluster: LocalCluster, operator: OperatorProcess
 ) -> None:
-    child = "roll-e2e-roll-od"
-    planned = wait_for("roll rolled out", lambda: _ready_children(cluster, "roll"), timeout=60)
+    # Two children, as in the roll-out test: 20/s over the on-demand and spot pools.
+    _apply(cluster, _deployment("edits", "Enforce", query="vector(20)", gpu="e2e-roll-gpu"))
+    child = "edits-e2e-roll-od"
+    planned = wait_for(
+        "edits rolled out to both pools",
+        lambda: (c := _ready_children(cluster, "edits")) and len(c) == 2 and c,
+        timeout=90,
+    )
     want = planned["e2e-roll-od"]["spec"]["replicas"]
 
     def live() -> dict[str, Any]:
         return dict(cluster.kubectl_json("get", "deployment", child, "-n", NS))
 
     # Nothing changes: rounds go by without a single write to the children.
-    writes, generation = operator.child_writes("roll"), live()["metadata"]["generation"]
-    _steady(cluster, operator, "roll")
-    assert operator.child_writes("roll") == writes
+    writes, generation = operator.child_writes("edits"), live()["metadata"]["generation"]
+    operator.wait_rounds()
+    assert operator.child_writes("edits") == writes
     assert live()["metadata"]["generation"] == generation
 
     def back(check: Any, what: str) -> float:
@@ -656,7 +679,7 @@ def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
         *("patch", "deployment", child, "-n", NS, "-p"),
         '{"spec":{"template":{"spec":{"containers":[{"name":"server","image":"hand/edit:1"}]}}}}',
     )
-    back(lambda d: _container(d)["image"] == "e2e/server:2", "the hand-edited image undone")
+    back(lambda d: _container(d)["image"] == "e2e/server:1", "the hand-edited image undone")
     cluster.kubectl(
         "label",
         "deployment",
@@ -670,13 +693,13 @@ def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
         lambda d: d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "peakwise",
         "the hand-edited label undone",
     )
-    assert operator.child_writes("roll") >= writes + 3
+    assert operator.child_writes("edits") >= writes + 3
 
     # Put back, it stays put: no flapping, no more writes.
-    wait_for("roll rolled out again", lambda: _ready_children(cluster, "roll"), timeout=60)
-    writes, generation = operator.child_writes("roll"), live()["metadata"]["generation"]
-    _steady(cluster, operator, "roll")
-    assert operator.child_writes("roll") == writes
+    wait_for("edits rolled out again", lambda: _ready_children(cluster, "edits"), timeout=60)
+    writes, generation = operator.child_writes("edits"), live()["metadata"]["generation"]
+    operator.wait_rounds()
+    assert operator.child_writes("edits") == writes
     assert live()["metadata"]["generation"] == generation
 
 
@@ -753,7 +776,7 @@ def test_rbac_denials_are_reported_and_clear_once_granted(
     # The rest goes on: the plan is in status, other deployments are planned, the operator runs.
     assert infd_status()["desiredReplicas"] >= 1
     assert cluster.kubectl_json("get", "deployments", "-n", DENY_NS)["items"] == []
-    _steady(cluster, operator, "chat", rounds=2)
+    operator.wait_rounds(2)
     assert operator.running()
     assert len(_events(cluster, DENY_NS, "denied", "Forbidden")) == len(events)  # not every round
 
@@ -818,8 +841,10 @@ def test_scales_up_ahead_of_a_daily_peak_and_back_down_after(
 
 
 def test_restart_loses_no_spend(cluster: LocalCluster, operator: OperatorProcess) -> None:
+    _apply_budget_pair(cluster)
+
     def spend() -> dict[str, Any] | None:
-        status = cluster.kubectl_json("get", "costbudget", "cap", "-n", "e2e-budget").get("status")
+        status = cluster.kubectl_json("get", "costbudget", "cap", "-n", BUDGET_NS).get("status")
         return status if status and status.get("spend", 0) > 0 else None
 
     before = wait_for("spend accrued", spend)

@@ -21,7 +21,7 @@ from peakwise.forecasting.base import ForecastInfo
 from peakwise.forecasting.select import default_forecaster
 from peakwise.forecasting.series import Series
 from peakwise.operator.forecasts import ForecastService, reactive_peak
-from peakwise.operator.state import forecasting_condition
+from peakwise.operator.status import forecasting_condition
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 LEAD = timedelta(minutes=10)
@@ -177,7 +177,7 @@ def test_a_short_history_model_is_not_trusted_below_the_reactive_forecast() -> N
     assert result.forecast is not None and result.forecast.peak == pytest.approx(1440 * 1.25)
     assert "history too short to learn seasonality (10 h of it)" in result.fallback
     cond = forecasting_condition([], result, NOW, 1)
-    assert (cond["status"], cond["reason"]) == ("False", "ReactiveFallback")
+    assert (cond.status, cond.reason) == ("False", "ReactiveFallback")
 
 
 def test_a_round_waits_for_fits_only_when_they_can_finish_in_time() -> None:
@@ -221,12 +221,12 @@ def test_the_forecasting_condition_names_what_sized_the_service() -> None:
     forecasts = service(Ramp(), gate=threading.Event())
     pending = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW, wait=False)
     cond = forecasting_condition([], pending, NOW, 3)
-    assert (cond["status"], cond["reason"]) == ("False", "ModelPending")
-    assert "holding current capacity" in cond["message"]
+    assert (cond.status, cond.reason) == ("False", "ModelPending")
+    assert "holding current capacity" in cond.message
     modelled = service(Ramp()).forecast(("ns", "a"), spec(), LEAD, NOW)
     cond = forecasting_condition([], modelled, NOW, 3)
-    assert (cond["status"], cond["reason"]) == ("True", "Forecasting")
-    assert "coverage 95.0%" in cond["message"]
+    assert (cond.status, cond.reason) == ("True", "Forecasting")
+    assert "coverage 95.0%" in cond.message
     forecasts.close()
 
 

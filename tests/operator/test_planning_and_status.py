@@ -6,14 +6,14 @@ from test_children import DEPLOYMENTS, POOLS
 
 from peakwise.api.costbudget import CostBudget
 from peakwise.operator.forecasts import ForecastResult
-from peakwise.operator.handlers import budget_status
-from peakwise.operator.state import (
+from peakwise.operator.planning import (
     Observed,
-    deployment_status,
     enforced_pool_nodes,
     key_of,
+    plan_enforce_first,
     plan_input,
 )
+from peakwise.operator.status import budget_status, deployment_status, wire
 from peakwise.planner import DemandForecast, Plan, plan
 from peakwise.planner.budget import hours_left_in_month
 
@@ -42,14 +42,16 @@ def test_plan_input_holds_what_runs_when_prometheus_is_down() -> None:
     assistant = result.deployments[("chat", "assistant")]
     # Enforce mode, no forecast: the three running replicas are held, not dropped.
     assert assistant.total == 3
-    status = deployment_status(
-        DEPLOYMENTS["assistant"],
-        assistant,
-        None,
-        _observed(None).forecasts[("chat", "assistant")],
-        {"h100-reserved": 3},
-        POOLS,
-        NOW,
+    status = wire(
+        deployment_status(
+            DEPLOYMENTS["assistant"],
+            assistant,
+            None,
+            _observed(None).forecasts[("chat", "assistant")],
+            {"h100-reserved": 3},
+            POOLS,
+            NOW,
+        )
     )
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Forecasting"]["status"] == "False"
@@ -61,14 +63,17 @@ def test_status_reports_plan_cost_and_history() -> None:
     observed = _observed(400.0)
     result = plan(plan_input(observed))
     assistant = result.deployments[("chat", "assistant")]
-    status = deployment_status(
-        DEPLOYMENTS["assistant"],
-        assistant,
-        result.namespaces["chat"],
-        observed.forecasts[("chat", "assistant")],
-        {"h100-reserved": 3},
-        POOLS,
-        NOW,
+    status = wire(
+        deployment_status(
+            DEPLOYMENTS["assistant"],
+            assistant,
+            result.namespaces["chat"],
+            observed.forecasts[("chat", "assistant")],
+            {"h100-reserved": 3},
+            POOLS,
+            NOW,
+            lead=timedelta(minutes=7),
+        )
     )
     assert status["desiredReplicas"] == assistant.total
     assert status["replicas"] == 3
@@ -76,6 +81,7 @@ def test_status_reports_plan_cost_and_history() -> None:
     assert status["recentTargets"][-1]["demand"] == pytest.approx(400.0)
     assert status["tiers"].startswith("reserved=")
     assert status["selector"] == "peakwise.dev/inference-deployment=assistant"
+    assert status["forecast"]["leadTime"] == "7m"
 
 
 def test_pool_targets_count_only_enforce_deployments() -> None:
@@ -110,18 +116,16 @@ def test_budget_accrues_and_rolls_over_with_the_month() -> None:
         }
     )
     status = budget_status(budget, 90.0, NOW, None)
-    assert status["spend"] == pytest.approx(680.0)
-    assert status["state"] == "Warning"  # 90/h is 90% of the hourly limit
-    assert status["projectedSpend"] == pytest.approx(680.0 + 90.0 * hours_left_in_month(NOW))
+    assert status.spend == pytest.approx(680.0)
+    assert status.state == "Warning"  # 90/h is 90% of the hourly limit
+    assert status.projected_spend == pytest.approx(680.0 + 90.0 * hours_left_in_month(NOW))
     april = datetime(2026, 4, 1, 0, 30, tzinfo=UTC)
     rolled = budget_status(budget, 10.0, april, None)
-    assert rolled["spend"] == pytest.approx(5.0)  # only the 30 minutes of April count
-    assert rolled["periodStart"].startswith("2026-04-01")
+    assert rolled.spend == pytest.approx(5.0)  # only the 30 minutes of April count
+    assert wire(rolled)["periodStart"].startswith("2026-04-01")
 
 
 def test_recommendations_take_nothing_from_enforced_deployments() -> None:
-    from peakwise.operator.state import plan_enforce_first
-
     demand = 4000.0
     observed = _observed(demand)
     observed.forecasts = {

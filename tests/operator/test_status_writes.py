@@ -1,0 +1,159 @@
+"""Status is written only when it changes; informational fields wait for the heartbeat; and
+every key written is one the CRD defines (the API server drops unknown ones silently)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from test_children import DEPLOYMENTS, POOLS
+
+from peakwise.api.costbudget import CostBudget
+from peakwise.forecasting.base import ForecastInfo
+from peakwise.operator.forecasts import ForecastResult
+from peakwise.operator.handlers import write_status
+from peakwise.operator.planning import Observed, plan_input
+from peakwise.operator.status import (
+    PoolObservation,
+    PoolScaling,
+    budget_status,
+    deployment_status,
+    pool_status,
+    wire,
+)
+from peakwise.planner import DemandForecast, plan
+
+NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+HEARTBEAT = timedelta(minutes=5)
+
+
+def _status_of(peak: float, now: datetime = NOW) -> dict[str, Any]:
+    infd = DEPLOYMENTS["assistant"]
+    key = ("chat", "assistant")
+    info = ForecastInfo("nowcast", 100, backtest_loss=1.5, coverage=0.96, quantile=0.95)
+    result = ForecastResult(
+        DemandForecast(peak, 0.95, peak_at=now + timedelta(minutes=7), model="nowcast"),
+        info,
+        peak,
+    )
+    observed = Observed(
+        now=now,
+        deployments=[infd],
+        pools=list(POOLS.values()),
+        budgets=[],
+        forecasts={key: result},
+    )
+    planned = plan(plan_input(observed))
+    return wire(
+        deployment_status(
+            infd,
+            planned.deployments[key],
+            planned.namespaces["chat"],
+            result,
+            {"h100-reserved": 1},
+            POOLS,
+            now,
+            lead=timedelta(minutes=7),
+        )
+    )
+
+
+def _write(
+    status: dict[str, Any], live: dict[str, Any] | None, now: datetime = NOW
+) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    body = {"status": live} if live is not None else {}
+    write_status(patch, body, status, "InferenceDeployment", now, HEARTBEAT)  # type: ignore[arg-type]
+    return patch
+
+
+def test_a_first_status_is_written() -> None:
+    status = _status_of(400.0)
+    assert _write(status, None) == {"status": status}
+
+
+def test_an_unchanged_plan_writes_nothing_until_the_heartbeat() -> None:
+    first = _status_of(400.0)
+    # A minute later: a slightly different forecast, the same replicas.
+    later = NOW + timedelta(minutes=1)
+    again = _status_of(401.0, later)
+    assert again["desiredReplicas"] == first["desiredReplicas"]
+    assert again["forecast"] != first["forecast"]
+    assert _write(again, first, later) == {}
+    # Once the last write is a heartbeat old, the fresh forecast is written.
+    due = NOW + HEARTBEAT
+    assert _write(_status_of(401.0, due), first, due) != {}
+
+
+def test_a_changed_decision_is_written_at_once() -> None:
+    first = _status_of(400.0)
+    later = NOW + timedelta(minutes=1)
+    more = _status_of(4000.0, later)
+    assert more["desiredReplicas"] > first["desiredReplicas"]
+    assert _write(more, first, later) == {"status": more}
+
+
+def test_keys_the_live_status_has_and_we_do_not_write_do_not_force_a_write() -> None:
+    first = _status_of(400.0)
+    live = {**first, "legacyField": 1}
+    later = NOW + timedelta(minutes=1)
+    assert _write(_status_of(400.0, later), live, later) == {}
+
+
+def _status_schema(kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / f"peakwise.dev_{kind}.yaml").read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return dict(schema["properties"]["status"])
+
+
+def _undefined(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Keys of `value` that `schema` does not define, recursively."""
+    if isinstance(value, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return []
+        props = schema.get("properties", {})
+        out = []
+        for k, v in value.items():
+            if k not in props:
+                out.append(f"{path}.{k}")
+            else:
+                out += _undefined(v, props[k], f"{path}.{k}")
+        return out
+    if isinstance(value, list):
+        items = schema["items"]
+        return [m for i, v in enumerate(value) for m in _undefined(v, items, f"{path}[{i}]")]
+    return []
+
+
+def test_every_key_written_is_defined_by_the_crds() -> None:
+    infd = _status_of(400.0)
+    pool = POOLS["l40s-spot"]
+    scaling = PoolScaling(3, asked=True, error="denied", error_reason="Forbidden")
+    observed = PoolObservation(nodes=2, ready_nodes=1, allocatable_gpus=8)
+    pool_written = wire(pool_status(pool, observed, scaling, 1, timedelta(seconds=30), NOW))
+    budget = CostBudget.model_validate(
+        {
+            "apiVersion": "peakwise.dev/v1alpha1",
+            "kind": "CostBudget",
+            "metadata": {"name": "b", "namespace": "chat"},
+            "spec": {"limits": {"hourly": 100, "monthly": 1000}},
+        }
+    )
+    budget_written = wire(budget_status(budget, 90.0, NOW, None))
+    # Every field is there to be checked: nothing was left out as None.
+    assert {"forecast", "cost", "pools", "recentTargets", "conditions"} <= infd.keys()
+    assert "lastInterruptionTime" in pool_written and "hourlyHeadroom" in budget_written
+    undefined = (
+        _undefined(infd, _status_schema("inferencedeployments"), "status")
+        + _undefined(pool_written, _status_schema("gpunodepools"), "status")
+        + _undefined(budget_written, _status_schema("costbudgets"), "status")
+    )
+    assert undefined == []
+
+
+def test_the_check_finds_an_undefined_key() -> None:
+    schema = _status_schema("inferencedeployments")
+    assert _undefined({"forecast": {"peek": 1}}, schema, "status") == ["status.forecast.peek"]
