@@ -14,8 +14,10 @@ What it does:
 3. Runs ``peakwise operator run --interval 30s`` (the default) as a subprocess and measures:
    * each planning round (forecast + joint plan) from ``peakwise_planning_round_seconds`` on
      its /metrics;
-   * the full round: from a round's time (``status.lastPlanTime`` holds it) until every
-     object's status carries it (actuation and status writes included), polled every 3 s;
+   * the full round, from ``peakwise_full_round_seconds``: from a round's start until every
+     InferenceDeployment has followed it (children applied, status written if it changed),
+     and how many status patches each round wrote (``peakwise_status_writes_total``);
+   * when every object first carried a status (listed from the API server's watch cache);
    * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
    With ``--until-fitted`` it goes on until every model is fitted and ``--rounds`` more full
    rounds have run, and prints the RSS then: what 1,000 fitted models cost (with 1,000
@@ -43,7 +45,6 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reactive_per_round: list[int] = []
         peak_rss = 0
         worker_rss = 0
-        full_stamps: list[str] = []
+        seen_full = (0.0, 0.0, 0.0)  # full rounds, their seconds, status writes so far
+        status_writes: list[int] = []
         try:
 
             def measured() -> bool:
@@ -324,27 +326,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     reactive_per_round.append(int(reactive))
                     seen_count, seen_sum = count, total
-                try:
-                    times = plan_times(cluster)
-                except ApiException as error:  # an overloaded API server: poll again
-                    log(f"listing the statuses failed ({error.status}); retrying")
-                    continue
-                stamps = {t for t in times if t}
-                if times and all(times):
-                    if first_all is None:
+                full_count = metric(text, "peakwise_full_round_seconds_count")
+                full_sum = metric(text, "peakwise_full_round_seconds_sum")
+                writes = metric(text, 'peakwise_status_writes_total{kind="InferenceDeployment"}')
+                if full_count > seen_full[0]:
+                    took = (full_sum - seen_full[1]) / (full_count - seen_full[0])
+                    new = int(full_count - seen_full[0])
+                    full += [took] * new
+                    per_round = (writes - seen_full[2]) / new
+                    status_writes.append(round(per_round))
+                    if all_fitted is not None and time.time() >= fitted_wall:
+                        after_fitted += [took] * new
+                    log(
+                        f"full round #{int(full_count)}: {took:.1f}s; "
+                        f"{per_round:.0f} InferenceDeployment statuses written"
+                    )
+                    seen_full = (full_count, full_sum, writes)
+                if first_all is None:
+                    try:
+                        times = plan_times(cluster)
+                    except ApiException as error:  # an overloaded API server: poll again
+                        log(f"listing the statuses failed ({error.status}); retrying")
+                        continue
+                    if times and all(times):
                         first_all = time.monotonic() - t0
                         log(f"every status planned {first_all:.1f}s after the operator started")
-                    # Every object now carries this round or a later one: the full round
-                    # (forecast, plan, actuation, status) took at most this long.
-                    oldest = min(stamps)
-                    planned_at = datetime.fromisoformat(oldest).timestamp()
-                    took = time.time() - planned_at
-                    if oldest not in full_stamps:
-                        full_stamps.append(oldest)
-                        full.append(took)
-                        if all_fitted is not None and planned_at >= fitted_wall:
-                            after_fitted.append(took)
-                        log(f"round at {oldest}: all {len(times)} statuses, {took:.1f}s later")
             peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
             figures.update(
                 {
@@ -356,6 +362,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "history": args.history,
                     "planning_round_seconds": [round(r, 2) for r in rounds],
                     "full_round_seconds": [round(f, 1) for f in full],
+                    "status_writes_per_round": status_writes,
                     "first_all_planned_seconds": round(first_all or -1, 1),
                     "provisional_or_reactive_per_round": reactive_per_round,
                     "all_models_fitted_seconds": round(all_fitted or -1, 1),

@@ -301,6 +301,9 @@ class Controller:
             del self.histories[key]
         targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
         self._export(planned, pools, results)
+        for kind in ("InferenceDeployment", "GPUNodePool", "CostBudget"):
+            left_out = sum(1 for name in invalid if name.startswith(f"{kind} "))
+            metrics.objects_left_out.labels(kind).set(left_out)
         return Round(
             number=number,
             at=now,

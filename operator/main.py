@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument(
         "--prometheus-url",
         default=os.environ.get("PEAKWISE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
-        help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL or 127.0.0.1:9090)",
+        help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL, else "
+        "http://127.0.0.1:9090, a Prometheus on this machine; logged at start)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
     run.add_argument(
@@ -94,7 +95,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
-    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("PEAKWISE_LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="log level (default: $PEAKWISE_LOG_LEVEL, else INFO)",
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging (--log-level DEBUG)")
     run.set_defaults(run=run_operator)
 
 
@@ -129,11 +137,13 @@ def pooled_session(info: kopf.ConnectionInfo, connections: int) -> kopf.AiohttpS
 
 
 def run_operator(args: argparse.Namespace) -> int:
+    level = "DEBUG" if args.verbose else args.log_level
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=getattr(logging, level),
         format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
     )
-    if not args.verbose:
+    logging.getLogger(__name__).info("demand history from Prometheus at %s", args.prometheus_url)
+    if level != "DEBUG":
         # kopf logs every handler success per object at INFO: thousands of lines a minute.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memory.limit_arenas()  # before any thread starts: see memory.py
