@@ -8,14 +8,20 @@ epoch, so successive calls share one grid); steps without a sample are NaN (gaps
   thread so the operator's event loop never blocks on the network.
 * Prometheus answers at most 11,000 points per series per range query, so longer ranges are
   split into chunks of ``max_points`` (10,000) steps.
-* Each request has a timeout (sent to Prometheus too, so it gives up on its side as well);
-  connection failures, timeouts, 429 and 5xx are retried with exponential backoff; the rest
-  fail at once. Every failure is a ``PrometheusHistoryError`` subclass naming the cause.
+* Retries are urllib3's own (``Retry`` on the client's session): connection failures and
+  429/502/503/504 answers are retried with exponential backoff (honouring Retry-After), a
+  query that times out is not (it would only time out again, and hold the caller up); every
+  answer's status is read from the response itself by a session hook, never from message
+  text. Each fetch has a time budget (``query_budget_seconds``) over all its chunks and
+  retries, so one slow or hostile query cannot hold a planning round. Every failure is a
+  ``PrometheusHistoryError`` subclass naming the cause, and never echoes the labels of the
+  series a query matched (a tenant's query must not read other tenants' label sets into its
+  status).
 * Incremental: each ``(query, step)`` keeps the history it fetched; the next call fetches only
   the steps after it (plus ``overlap_steps`` re-read, because the newest points can still
   change while late scrapes arrive). Memory is bounded: at most ``max_cached_steps`` per
-  query and ``max_cached_queries`` queries (least recently used dropped). The cache lives in
-  memory only: a restarted operator refetches.
+  query, ``max_cached_queries`` queries and ``max_cached_bytes`` in all (least recently used
+  dropped first). The cache lives in memory only: a restarted operator refetches.
 """
 
 from __future__ import annotations
@@ -29,9 +35,15 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import numpy as np
+import requests
+from prometheus_api_client import PrometheusConnect
+from urllib3 import BaseHTTPResponse
+from urllib3.connectionpool import ConnectionPool
+from urllib3.util.retry import Retry
 
 from peakwise.forecasting.series import FloatArray, Series
 
@@ -63,6 +75,18 @@ class MultipleSeriesError(PrometheusHistoryError):
     """The query returned several series where one demand series was expected."""
 
 
+class QueryBudgetError(PrometheusUnavailableError):
+    """One fetch ran out of its time budget (slow Prometheus, or a very expensive query)."""
+
+
+class _HTTPStatusError(Exception):
+    """A non-200 answer, raised by the session's response hook with the real status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail)
+        self.status, self.detail = status, detail
+
+
 @dataclass
 class FetchStats:
     """Counters for tests and metrics: what the adapter actually asked Prometheus."""
@@ -85,8 +109,31 @@ class _History:
         return self.start + (int(self.values.shape[0]) - 1) * step
 
 
-_STATUS = re.compile(r"HTTP Status Code (\d{3})")
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+"""Answers worth retrying: overloaded or briefly unavailable. Not 500 (a query that breaks
+Prometheus breaks it again) and not a timeout (a query too slow once is too slow again)."""
+
+
+def _counting_retry(stats: FetchStats, **settings: Any) -> Retry:
+    """urllib3's Retry, counting each retry it grants in `stats` (urllib3 makes a new Retry
+    of the same class at every attempt, so the count lives in the closure)."""
+
+    class CountingRetry(Retry):
+        def increment(
+            self,
+            method: str | None = None,
+            url: str | None = None,
+            response: BaseHTTPResponse | None = None,
+            error: Exception | None = None,
+            _pool: ConnectionPool | None = None,
+            _stacktrace: TracebackType | None = None,
+        ) -> Self:
+            # Raises when no retry is left; each one granted is counted.
+            granted = super().increment(method, url, response, error, _pool, _stacktrace)
+            stats.retries += 1
+            return granted
+
+    return CountingRetry(**settings)
 
 
 def _aligned(moment: datetime, step: int) -> int:
@@ -99,7 +146,7 @@ def _aligned(moment: datetime, step: int) -> int:
 def _error_detail(text: str) -> str:
     """The ``error`` field of Prometheus' JSON error body, if the message carries one."""
     found = re.search(r'"error"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
-    return found.group(1).replace('\\"', '"') if found else text[:300]
+    return (found.group(1).replace('\\"', '"') if found else text)[:300]
 
 
 class PrometheusHistory:
@@ -113,10 +160,12 @@ class PrometheusHistory:
         timeout_seconds: float = 10.0,
         retries: int = 3,
         backoff_seconds: float = 0.5,
+        query_budget_seconds: float = 30.0,
         max_points: int = MAX_POINTS_PER_QUERY,
         overlap_steps: int = 5,
         max_cached_steps: int = 45 * 1440,
         max_cached_queries: int = 2048,
+        max_cached_bytes: int = 256 * 2**20,
         client: Any = None,
     ) -> None:
         if not 1 <= max_points <= 11_000:
@@ -125,26 +174,41 @@ class PrometheusHistory:
         self.timeout_seconds = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.query_budget_seconds = query_budget_seconds
         self.max_points = max_points
         self.overlap_steps = overlap_steps
         self.max_cached_steps = max_cached_steps
         self.max_cached_queries = max_cached_queries
+        self.max_cached_bytes = max_cached_bytes
         self.stats = FetchStats()
         self._cache: OrderedDict[tuple[str, int], _History] = OrderedDict()
         self._cache_lock = threading.Lock()
         if client is None:
-            from prometheus_api_client import PrometheusConnect
-            from urllib3.util.retry import Retry
-
-            # No retries inside the client: this class retries, with its own backoff and
-            # errors, and must see each HTTP status.
+            session = requests.Session()
+            session.hooks["response"].append(self._on_response)
             client = PrometheusConnect(
                 url=url,
                 headers=dict(headers) if headers else None,
-                retry=Retry(total=0, raise_on_status=False),
-                timeout=max(1, math.ceil(timeout_seconds)),
+                retry=_counting_retry(
+                    self.stats,
+                    total=retries,
+                    connect=retries,
+                    read=False,  # a timed-out query is not asked again: raised at once
+                    status=retries,
+                    status_forcelist=RETRY_STATUSES,
+                    backoff_factor=backoff_seconds,
+                    respect_retry_after_header=True,
+                    allowed_methods=frozenset({"GET", "POST"}),
+                    raise_on_status=False,  # the last answer reaches the hook
+                ),
+                session=session,
             )
         self._client = client
+
+    def _on_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Turn any answer but 200 into `_HTTPStatusError`, with its status."""
+        if response.status_code != 200:
+            raise _HTTPStatusError(response.status_code, _error_detail(response.text))
 
     # --- public --------------------------------------------------------------------------
     def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
@@ -156,11 +220,14 @@ class PrometheusHistory:
         if last < first:
             raise ValueError("end must not be before start")
         history = self._history(query, step, first)
+        deadline = time.monotonic() + self.query_budget_seconds
         with history.lock:
-            self._update(query, step, history, first, last)
+            self._update(query, step, history, first, last, deadline)
             values = self._window(history, step, first, last)
             # Trim after answering: the caller gets the whole range; the cache keeps its bound.
             self._trim(history, step)
+        with self._cache_lock:
+            self._evict()
         if np.isnan(values).all():
             raise EmptyResultError(
                 f"no data for {query!r} between {_iso(first)} and {_iso(last)} "
@@ -192,12 +259,27 @@ class PrometheusHistory:
                 history = _History(start=first, values=np.empty(0))
                 self._cache[key] = history
             self._cache.move_to_end(key)
-            while len(self._cache) > self.max_cached_queries:
-                self._cache.popitem(last=False)
+            self._evict()
             return history
 
-    def _update(self, query: str, step: int, history: _History, first: int, last: int) -> None:
-        """Fetch what the cache lacks for [first, last] and merge it in."""
+    def _evict(self) -> None:
+        """Drop least recently used queries until the cache is within its bounds (the newest
+        query always stays). Called with the cache lock held."""
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.max_cached_queries
+            or sum(h.values.nbytes for h in self._cache.values()) > self.max_cached_bytes
+        ):
+            self._cache.popitem(last=False)
+
+    def cached_bytes(self) -> int:
+        """Bytes the cached histories hold."""
+        with self._cache_lock:
+            return sum(h.values.nbytes for h in self._cache.values())
+
+    def _update(
+        self, query: str, step: int, history: _History, first: int, last: int, deadline: float
+    ) -> None:
+        """Fetch what the cache lacks for [first, last] and merge it in, by `deadline`."""
         if history.values.shape[0] == 0:
             missing = [(first, last)]
         else:
@@ -212,7 +294,7 @@ class PrometheusHistory:
             if not missing:
                 self.stats.cache_hits += 1
         for lo, hi in missing:
-            fetched = self._fetch_range(query, step, lo, hi)
+            fetched = self._fetch_range(query, step, lo, hi, deadline)
             self._merge(history, step, lo, fetched)
 
     def _merge(self, history: _History, step: int, lo: int, fetched: FloatArray) -> None:
@@ -246,7 +328,9 @@ class PrometheusHistory:
         return out
 
     # --- Prometheus ----------------------------------------------------------------------
-    def _fetch_range(self, query: str, step: int, first: int, last: int) -> FloatArray:
+    def _fetch_range(
+        self, query: str, step: int, first: int, last: int, deadline: float
+    ) -> FloatArray:
         """Values on the grid [first, last], chunked under the points limit."""
         values = np.full((last - first) // step + 1, np.nan)
         labels: Mapping[str, str] | None = None
@@ -254,19 +338,18 @@ class PrometheusHistory:
         lo = first
         while lo <= last:
             hi = min(last, lo + chunk - step)
-            result = self._query_range(query, lo, hi, step)
+            result = self._query_range(query, lo, hi, step, deadline)
             if len(result) > 1:
-                shown = ", ".join(_labels(r.get("metric", {})) for r in result[:3])
+                # Counted, never listed: the labels may be other tenants' series.
                 raise MultipleSeriesError(
-                    f"{query!r} returned {len(result)} series ({shown}"
-                    f"{', ...' if len(result) > 3 else ''}); aggregate them, e.g. sum(...)"
+                    f"{query!r} returned {len(result)} series, not one: aggregate them, "
+                    "e.g. sum(...)"
                 )
             if result:
                 metric = result[0].get("metric", {})
                 if labels is not None and metric != labels:
                     raise MultipleSeriesError(
-                        f"{query!r} returned different series over time "
-                        f"({_labels(labels)} then {_labels(metric)}); aggregate them"
+                        f"{query!r} returned different series over time: aggregate them"
                     )
                 labels = metric
                 for stamp, text in result[0].get("values", []):
@@ -277,56 +360,64 @@ class PrometheusHistory:
             lo = hi + step
         return values
 
-    def _query_range(self, query: str, first: int, last: int, step: int) -> list[dict[str, Any]]:
-        import requests
-        from prometheus_api_client.exceptions import PrometheusApiClientException
+    def _query_range(
+        self, query: str, first: int, last: int, step: int, deadline: float
+    ) -> list[dict[str, Any]]:
+        over_budget = QueryBudgetError(
+            f"reading {query!r} from Prometheus at {self.url} took longer than its "
+            f"{self.query_budget_seconds:g}s budget"
+        )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise over_budget
+        timeout = min(self.timeout_seconds, left)
+        retried = self.stats.retries
+        self.stats.requests += 1
+        self.stats.steps_requested += (last - first) // step + 1
+        try:
+            result: list[dict[str, Any]] = self._client.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(first, UTC),
+                end_time=datetime.fromtimestamp(last, UTC),
+                step=str(step),
+                # Sent to Prometheus too, so it gives up on its side as well.
+                params={"timeout": f"{max(timeout, 1.0):g}s"},
+                timeout=timeout,
+            )
+            return result
+        except _HTTPStatusError as answer:
+            raise self._refused(query, answer, 1 + self.stats.retries - retried) from None
+        except requests.exceptions.Timeout:
+            if timeout < self.timeout_seconds:  # cut short by the budget
+                raise over_budget from None
+            raise PrometheusUnavailableError(
+                f"Prometheus at {self.url} gave no answer to {query!r} within {timeout:g}s "
+                "(not retried: a query too slow once is too slow again)"
+            ) from None
+        except requests.exceptions.RequestException as err:
+            attempts = 1 + self.stats.retries - retried
+            raise PrometheusUnavailableError(
+                f"Prometheus at {self.url} is unavailable after {attempts} attempts: "
+                f"cannot connect ({type(err).__name__})"
+            ) from None
 
-        attempt = 0
-        while True:
-            self.stats.requests += 1
-            self.stats.steps_requested += (last - first) // step + 1
-            try:
-                result: list[dict[str, Any]] = self._client.custom_query_range(
-                    query,
-                    start_time=datetime.fromtimestamp(first, UTC),
-                    end_time=datetime.fromtimestamp(last, UTC),
-                    step=str(step),
-                    params={"timeout": f"{self.timeout_seconds:g}s"},
-                )
-                return result
-            except PrometheusApiClientException as err:
-                text = str(err)
-                status_match = _STATUS.search(text)
-                status = int(status_match.group(1)) if status_match else 0
-                detail = _error_detail(text)
-                if status in (401, 403):
-                    raise PrometheusAuthError(
-                        f"Prometheus at {self.url} refused the request (HTTP {status}): "
-                        "check the credentials/headers"
-                    ) from None
-                if status in (400, 422):
-                    raise PromQLError(f"Prometheus rejected {query!r}: {detail}") from None
-                if status not in _RETRY_STATUS:
-                    raise PrometheusHistoryError(
-                        f"Prometheus at {self.url} answered HTTP {status}: {detail}"
-                    ) from None
-                failure = f"HTTP {status}: {detail}"
-            except requests.exceptions.Timeout:
-                failure = f"no answer within {self.timeout_seconds:g}s"
-            except requests.exceptions.RequestException as err:
-                failure = f"cannot connect ({type(err).__name__})"
-            if attempt >= self.retries:
-                raise PrometheusUnavailableError(
-                    f"Prometheus at {self.url} is unavailable after {attempt + 1} attempts: "
-                    f"{failure}"
-                )
-            time.sleep(self.backoff_seconds * 2**attempt)
-            attempt += 1
-            self.stats.retries += 1
-
-
-def _labels(metric: Mapping[str, str]) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(metric.items())) + "}"
+    def _refused(
+        self, query: str, answer: _HTTPStatusError, attempts: int
+    ) -> PrometheusHistoryError:
+        status, detail = answer.status, answer.detail
+        if status in (401, 403):
+            return PrometheusAuthError(
+                f"Prometheus at {self.url} refused the request (HTTP {status}): "
+                "check the credentials/headers"
+            )
+        if status in (400, 422):
+            return PromQLError(f"Prometheus rejected {query!r}: {detail}")
+        if status in RETRY_STATUSES:
+            return PrometheusUnavailableError(
+                f"Prometheus at {self.url} is unavailable after {attempts} attempts: "
+                f"HTTP {status}: {detail}"
+            )
+        return PrometheusHistoryError(f"Prometheus at {self.url} answered HTTP {status}: {detail}")
 
 
 def _iso(epoch: int) -> str:
