@@ -24,8 +24,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -145,6 +147,7 @@ class Controller:
         forecast_concurrency: int = 8,
         fit_wait: timedelta = timedelta(seconds=15),
         status_heartbeat: timedelta = timedelta(minutes=5),
+        forecast_deadline: timedelta | None = None,
     ) -> None:
         self.forecasts = forecasts
         self.status_heartbeat = status_heartbeat
@@ -154,7 +157,13 @@ class Controller:
         self._round: Round | None = None
         self._lock = asyncio.Lock()
         self._stale = False
-        self._semaphore = asyncio.Semaphore(forecast_concurrency)
+        # Forecasts wait on the network: their own threads, so a slow Prometheus never
+        # starves the threads that write to the API server.
+        self._forecast_pool = ThreadPoolExecutor(
+            forecast_concurrency, thread_name_prefix="peakwise-forecast"
+        )
+        self.forecast_deadline = forecast_deadline or interval
+        """How long a round's forecasts may take; the late ones hold capacity this round."""
         self.fit_wait = fit_wait
         """How long a round waits for first fits before sizing the rest reactively."""
         self._finished_at = datetime.min.replace(tzinfo=UTC)
@@ -164,6 +173,9 @@ class Controller:
         self.histories: dict[Key, History] = {}
         """Each deployment's recent demand targets, as the last round left them."""
         self._reported: dict[int, set[Key]] = {}
+
+    def close(self) -> None:
+        self._forecast_pool.shutdown(wait=False, cancel_futures=True)
 
     def record_interruption(self, pool: str) -> None:
         self.interrupted_at[pool] = self.clock()
@@ -252,15 +264,27 @@ class Controller:
         deadline = forecasting + self.fit_wait.total_seconds()
         await asyncio.to_thread(self.forecasts.wait_for_fits, deadline)
 
+        loop = asyncio.get_running_loop()
+        late = forecasting + self.forecast_deadline.total_seconds()
+
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
-            async with self._semaphore:
-                try:
-                    result = await asyncio.to_thread(
-                        self.forecasts.forecast, key, infd.spec, leads[key], now, False
-                    )
-                except Exception as error:  # one service's forecast never stops the round
-                    log.exception("forecasting %s/%s", *key)
-                    result = ForecastResult(None, None, None, f"forecasting failed: {error}")
+            call = partial(self.forecasts.forecast, key, infd.spec, leads[key], now, False)
+            try:
+                result = await asyncio.wait_for(
+                    loop.run_in_executor(self._forecast_pool, call),
+                    timeout=max(0.0, late - time.monotonic()),
+                )
+            except TimeoutError:
+                result = ForecastResult(
+                    None,
+                    None,
+                    None,
+                    f"no forecast within the round's {self.forecast_deadline.total_seconds():g}s: "
+                    "holding capacity this round",
+                )
+            except Exception as error:  # one service's forecast never stops the round
+                log.exception("forecasting %s/%s", *key)
+                result = ForecastResult(None, None, None, f"forecasting failed: {error}")
             return key, result
 
         results = dict(await asyncio.gather(*(one(k, d) for k, d in deployments.items())))

@@ -79,6 +79,26 @@ def parse(model: type[Model], body: Mapping[str, Any]) -> Model:
         raise kopf.PermanentError(f"invalid {model.__name__}: out of range: {error}") from None
 
 
+def parse_or_report(
+    model: type[Model], body: Mapping[str, Any], patch: kopf.Patch, now: datetime
+) -> Model | None:
+    """The object as its model; or None, with Degraded=InvalidSpec (the field at fault) in
+    its status and one Warning Event, so the object itself says why it is not used."""
+    try:
+        return parse(model, body)
+    except kopf.PermanentError as error:
+        message = str(error)
+    generation = (body.get("metadata") or {}).get("generation")
+    previous = _conditions(body)
+    degraded = condition(previous, "Degraded", True, "InvalidSpec", message, now, generation)
+    status = {"observedGeneration": generation, "conditions": [wire(degraded)]}
+    if write_status(patch, body, status, model.__name__, now, None) and _newly(
+        body, "Degraded", "InvalidSpec", message
+    ):
+        kopf.warn(body, reason="InvalidSpec", message=message[:MESSAGE_LIMIT])
+    return None
+
+
 def _conditions(body: Mapping[str, Any]) -> list[Condition]:
     raw = (body.get("status") or {}).get("conditions") or []
     out = []
@@ -337,7 +357,9 @@ async def reconcile_pool(
 ) -> None:
     """Every interval: size the pool for the Enforce-mode plan, write its status."""
     runtime: Runtime = memo.runtime
-    pool = parse(GPUNodePool, body)
+    pool = parse_or_report(GPUNodePool, body, patch, _now())
+    if pool is None:
+        return  # its children are held at their size by their deployments' rounds
     round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
     observed = indexes.pool_observation(index_kwargs["node_index"], name)
     used_by_enforce = any(
@@ -383,7 +405,9 @@ async def accrue_budget(
 ) -> None:
     """Every interval: accrue the namespace's spend, write the budget's status."""
     runtime: Runtime = memo.runtime
-    budget = parse(CostBudget, body)
+    budget = parse_or_report(CostBudget, body, patch, _now())
+    if budget is None:
+        return
     round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
     now = _now()
     rate = namespace_spend_rate(

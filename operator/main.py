@@ -24,6 +24,7 @@ from peakwise.operator.controller import Controller
 from peakwise.operator.forecasts import ForecastService, HistorySource
 from peakwise.operator.handlers import Runtime, register
 from peakwise.operator.kube import KubeAdapter, api_client
+from peakwise.operator.processes import exit_with_parent
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -162,6 +163,8 @@ def run_operator(args: argparse.Namespace) -> int:
                 ProcessPoolExecutor,
                 args.fit_workers,
                 mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
             )
             if args.fit_in == "process"
             else None
@@ -220,5 +223,6 @@ def run_operator(args: argparse.Namespace) -> int:
             )
         )
     finally:
+        runtime.controller.close()
         forecasts.close()
     return 0

@@ -325,11 +325,17 @@ def pool_status(
 def budget_status(
     budget: CostBudget, rate: float, now: datetime, planned: NamespacePlan | None
 ) -> CostBudgetStatus:
-    """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start."""
+    """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start.
+
+    Accrual only moves forward: a clock behind the last accrual (another replica's, or this
+    machine's after a correction) accrues nothing and leaves `lastAccrualTime` where it was,
+    so no interval is ever counted twice.
+    """
     old = budget.status
+    since = old.last_accrual_time if old and old.last_accrual_time else now
+    now = max(now, since)
     period = month_start(now)
     spend = old.spend if old and old.period_start and old.period_start >= period else 0.0
-    since = old.last_accrual_time if old and old.last_accrual_time else now
     since = max(since, period)
     spend += rate * max(0.0, (now - since).total_seconds()) / 3600.0
     projected = spend + rate * hours_left_in_month(now)

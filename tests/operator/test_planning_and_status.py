@@ -154,3 +154,28 @@ def test_recommendations_take_nothing_from_enforced_deployments() -> None:
 
     # The recommendations no longer crowd the enforced ones out of the reserved nodes.
     assert reserved(first) > reserved(joint)
+
+
+def test_accrual_never_moves_backwards() -> None:
+    accrued = (NOW - timedelta(minutes=1)).isoformat()
+    budget = CostBudget.model_validate(
+        {
+            "apiVersion": "peakwise.dev/v1alpha1",
+            "kind": "CostBudget",
+            "metadata": {"name": "b", "namespace": "chat"},
+            "spec": {"limits": {"hourly": 100}},
+            "status": {
+                "periodStart": "2026-03-01T00:00:00Z",
+                "spend": 50.0,
+                "lastAccrualTime": accrued,
+            },
+        }
+    )
+    # A clock ten minutes behind the last accrual: nothing accrues, nothing moves back.
+    skewed = budget_status(budget, 60.0, NOW - timedelta(minutes=11), None)
+    assert skewed.spend == pytest.approx(50.0)
+    assert skewed.last_accrual_time == NOW - timedelta(minutes=1)
+    # The next accrual on a right clock counts the minute since the last one, once.
+    after = budget.model_copy(update={"status": skewed})
+    right = budget_status(after, 60.0, NOW, None)
+    assert right.spend == pytest.approx(51.0)

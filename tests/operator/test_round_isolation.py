@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from test_forecast_fallback import Ramp, service
 
+from peakwise.forecasting.series import Series
 from peakwise.operator.controller import Controller
 from peakwise.operator.indexes import Snapshot
 
@@ -47,9 +50,32 @@ def _deployment(name: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
-def _round(*bodies: dict[str, Any], pools: tuple[dict[str, Any], ...] = (POOL,)) -> Any:
+class SlowFor(Ramp):
+    """A Prometheus that takes `seconds` to answer one query (until `release` is set)."""
+
+    def __init__(self, query: str, seconds: float) -> None:
+        super().__init__()
+        self.query, self.seconds = query, seconds
+        self.release = threading.Event()
+
+    def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
+        if query == self.query:
+            self.release.wait(self.seconds)
+        return super().fetch(query, start, end, step_seconds)
+
+
+def _round(
+    *bodies: dict[str, Any],
+    pools: tuple[dict[str, Any], ...] = (POOL,),
+    source: Ramp | None = None,
+    deadline: timedelta | None = None,
+) -> Any:
     controller = Controller(
-        service(Ramp(), level=10.0), timedelta(seconds=30), lambda: NOW, fit_wait=timedelta(0)
+        service(source or Ramp(), level=10.0),
+        timedelta(seconds=30),
+        lambda: NOW,
+        fit_wait=timedelta(0),
+        forecast_deadline=deadline,
     )
     snapshot = Snapshot(
         deployments={("team", b["metadata"]["name"]): b for b in bodies},
@@ -65,6 +91,7 @@ def _round(*bodies: dict[str, Any], pools: tuple[dict[str, Any], ...] = (POOL,))
     try:
         return asyncio.run(run())
     finally:
+        controller.close()
         controller.forecasts.close()
 
 
@@ -91,3 +118,23 @@ def test_an_invalid_pool_is_left_out_and_the_others_serve() -> None:
     round_ = _round(_deployment("good"), pools=(POOL, bad_pool))
     assert "GPUNodePool bad" in round_.invalid
     assert round_.plan.deployments[("team", "good")].replicas.get("od", 0) >= 1
+
+
+def test_a_slow_query_holds_its_own_capacity_and_the_round_goes_on() -> None:
+    slow = SlowFor("slow-demand", seconds=30)
+    started = time.monotonic()
+    try:
+        round_ = _round(
+            _deployment("good"),
+            _deployment("slow", demand={"query": "slow-demand"}),
+            source=slow,
+            deadline=timedelta(seconds=1),
+        )
+    finally:
+        slow.release.set()
+    assert time.monotonic() - started < 10
+    assert round_.plan.deployments[("team", "good")].total >= 1
+    late = round_.forecasts[("team", "slow")]
+    assert late.forecast is None and "holding capacity" in late.problem
+    held = round_.plan.deployments[("team", "slow")]
+    assert any("no usable forecast" in r for r in held.reasons)
