@@ -265,7 +265,8 @@ class Controller:
         await asyncio.to_thread(self.forecasts.wait_for_fits, deadline)
 
         loop = asyncio.get_running_loop()
-        late = forecasting + self.forecast_deadline.total_seconds()
+        # From now: the wait for first fits above is not the forecasts' time.
+        late = time.monotonic() + self.forecast_deadline.total_seconds()
 
         async def one(key: Key, infd: InferenceDeployment) -> tuple[Key, ForecastResult]:
             call = partial(self.forecasts.forecast, key, infd.spec, leads[key], now, False)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import manifests
 import pytest
 import yaml
 from kubernetes import client, config
@@ -58,45 +59,32 @@ def _apply(cluster: LocalCluster, *docs: dict[str, Any]) -> None:
 def _pool(
     name: str, capacity_type: str, price: float, taint: bool = False, gpu: str = "e2e-gpu"
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "gpuType": gpu,
-        "gpusPerNode": 4,
-        "capacityType": capacity_type,
-        "pricePerNodeHour": price,
-        "maxNodes": 6,
-        "provisioningTime": "1m",
-        "nodeLabels": {"peakwise.dev/capacity-type": capacity_type},
-        "provider": {"kwok": {}},
-    }
+    extra: dict[str, Any] = {}
     if taint:
-        spec["nodeTaints"] = [{"key": "peakwise.dev/capacity-type", "value": "spot"}]
-    return {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "GPUNodePool",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+        extra["nodeTaints"] = [{"key": "peakwise.dev/capacity-type", "value": "spot"}]
+    return manifests.pool(
+        name,
+        capacity_type,
+        gpu=gpu,
+        price=price,
+        max_nodes=6,
+        provisioningTime="1m",
+        nodeLabels={"peakwise.dev/capacity-type": capacity_type},
+        **extra,
+    )
 
 
 def _deployment(
     name: str, mode: str, query: str = QUERY, gpu: str = "e2e-gpu", **extra: Any
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "mode": mode,
-        "template": {"spec": {"containers": [{"name": "server", "image": "e2e/server:1"}]}},
-        "gpuProfiles": [{"gpuType": gpu, "gpusPerReplica": 1, "throughputPerReplica": 4}],
         "demand": {"query": query, "targetUtilization": 1.0},
         "replicas": {"min": 1, "max": 16},
         "forecast": {"history": "2d", "leadTime": "2m"},
         "capacity": {"spot": {"maxFraction": 0.5}},
+        **extra,
     }
-    spec.update(extra)
-    return {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "InferenceDeployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
+    return manifests.deployment(name, NS, mode=mode, gpu=gpu, image="e2e/server:1", **spec)
 
 
 # --- The chart's RBAC, rendered by helm for the namespaces this module uses ----------------
@@ -427,12 +415,7 @@ def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: Operat
 
 
 def _budget(namespace: str, hourly: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "CostBudget",
-        "metadata": {"name": "cap", "namespace": namespace},
-        "spec": {"limits": {"hourly": hourly}, "enforcement": "Hard"},
-    }
+    return manifests.budget(namespace, hourly=hourly)
 
 
 def _apply_budget_pair(cluster: LocalCluster) -> None:

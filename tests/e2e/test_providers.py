@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import manifests
 import pytest
 import yaml
 from kubernetes import client
@@ -98,20 +99,9 @@ def _gpu_pool(
     cluster: LocalCluster, name: str, provider: dict[str, Any], **spec: Any
 ) -> GPUNodePool:
     """Create the GPUNodePool in the cluster (our CRD's schema checks it) and parse it back."""
-    body = {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "GPUNodePool",
-        "metadata": {"name": name},
-        "spec": {
-            "gpuType": "nvidia-h100-80gb",
-            "gpusPerNode": 8,
-            "capacityType": "onDemand",
-            "pricePerNodeHour": 98.3,
-            "maxNodes": 10,
-            "provider": provider,
-            **spec,
-        },
-    }
+    body = manifests.pool(
+        name, gpu="nvidia-h100-80gb", gpus_per_node=8, price=98.3, provider=provider, **spec
+    )
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(body))
     return GPUNodePool.model_validate(cluster.kubectl_json("get", "gpunodepool", name))
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from manifests import deployment_spec
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
@@ -69,16 +70,7 @@ class Model:
 
 
 def spec(query: str = "demand", history: str = "1d") -> InferenceDeploymentSpec:
-    return InferenceDeploymentSpec.model_validate(
-        {
-            "mode": "Enforce",
-            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
-            "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
-            "demand": {"query": query},
-            "replicas": {"min": 1, "max": 4},
-            "forecast": {"history": history, "quantile": 0.95},
-        }
-    )
+    return deployment_spec(query=query, forecast={"history": history, "quantile": 0.95})
 
 
 def service(

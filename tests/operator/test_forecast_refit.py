@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from manifests import deployment_spec
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
@@ -48,16 +49,7 @@ class Model:
 
 
 def spec() -> InferenceDeploymentSpec:
-    return InferenceDeploymentSpec.model_validate(
-        {
-            "mode": "Recommend",
-            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
-            "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
-            "demand": {"query": "q"},
-            "replicas": {"min": 1, "max": 4},
-            "forecast": {"history": "1d"},
-        }
-    )
+    return deployment_spec(mode="Recommend", query="q")
 
 
 def test_a_refit_starts_from_a_copy_of_the_served_model() -> None:

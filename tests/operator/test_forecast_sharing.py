@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from manifests import deployment_spec
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
@@ -49,15 +50,8 @@ class Model:
 
 
 def spec(query: str, quantile: float = 0.9) -> InferenceDeploymentSpec:
-    return InferenceDeploymentSpec.model_validate(
-        {
-            "mode": "Recommend",
-            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
-            "gpuProfiles": [{"gpuType": "g", "gpusPerReplica": 1, "throughputPerReplica": 4}],
-            "demand": {"query": query},
-            "replicas": {"min": 1, "max": 4},
-            "forecast": {"history": "1d", "quantile": quantile},
-        }
+    return deployment_spec(
+        mode="Recommend", query=query, forecast={"history": "1d", "quantile": quantile}
     )
 
 

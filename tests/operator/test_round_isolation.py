@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import manifests
 from test_forecast_fallback import Ramp, service
 
 from peakwise.forecasting.series import Series
@@ -17,36 +18,13 @@ from peakwise.operator.indexes import Snapshot
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
-POOL = {
-    "apiVersion": "peakwise.dev/v1alpha1",
-    "kind": "GPUNodePool",
-    "metadata": {"name": "od", "uid": "p1", "generation": 1},
-    "spec": {
-        "gpuType": "g",
-        "gpusPerNode": 4,
-        "capacityType": "onDemand",
-        "pricePerNodeHour": 10,
-        "maxNodes": 10,
-        "provider": {"kwok": {}},
-    },
-}
+POOL = manifests.pool("od")
+POOL["metadata"].update(uid="p1", generation=1)
 
 
 def _deployment(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "InferenceDeployment",
-        "metadata": {"name": name, "namespace": "team", "uid": f"u-{name}", "generation": 1},
-        "spec": {
-            "mode": "Enforce",
-            "template": {"spec": {"containers": [{"name": "s", "image": "s:1"}]}},
-            "gpuProfiles": [{"gpuType": "g", "throughputPerReplica": 4}],
-            "demand": {"query": "demand"},
-            "replicas": {"min": 1, "max": 8},
-            "forecast": {"history": "1d"},
-        },
-    }
-    body["spec"].update(spec)
+    body = manifests.deployment(name, "team", replicas={"min": 1, "max": 8}, **spec)
+    body["metadata"].update(uid=f"u-{name}", generation=1)
     return body
 
 
