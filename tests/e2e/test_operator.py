@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +31,8 @@ import yaml
 from kubernetes import client, config
 
 from e2e.clusterfix import LocalCluster
+from e2e.operatorproc import OperatorProcess, chart_rbac, get
 from e2e.polling import wait_for
-from e2e.promstack import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +42,9 @@ BUDGET_NS = "e2e-budget"
 DENY_NS = "e2e-deny"
 RELEASE, RELEASE_NS = "e2e-op", "e2e-op-system"
 SERVICE_ACCOUNT = f"{RELEASE}-peakwise"
-INTERVAL = "3s"
 INTERVAL_S = 3.0
 QUERY = 'peakwise_trace_requests_per_minute{service="e2e-chat"} / 60'
 PEAK_QUERY = 'peakwise_trace_requests_per_minute{service="e2e-peak"} / 60'
-RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 
 
 def _apply(cluster: LocalCluster, *docs: dict[str, Any]) -> None:
@@ -91,12 +86,7 @@ def _deployment(
 
 
 def _chart_rbac(cluster: LocalCluster) -> list[dict[str, Any]]:
-    rendered = cluster.helm(
-        *("template", RELEASE, str(REPO / "charts" / "peakwise"), "--namespace", RELEASE_NS),
-        *("--set", f"watchNamespaces={{{NS},{BUDGET_NS},{DENY_NS}}}"),
-        *("--set", "providers.kwok.enabled=true", "--set", "userRoles.create=false"),
-    ).stdout
-    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+    return chart_rbac(cluster, RELEASE, RELEASE_NS, (NS, BUDGET_NS, DENY_NS))
 
 
 def _rbac_object(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -163,85 +153,16 @@ def _sample_peak(kubeconfig: str, timeline: PeakTimeline) -> None:
         timeline.samples.append((time.time(), sum(d.spec.replicas or 0 for d in items)))
 
 
-class OperatorProcess:
-    def __init__(self, cluster: LocalCluster, log: Path, kubeconfig: str) -> None:
-        self.cluster = cluster
-        self.log = log
-        self.kubeconfig = kubeconfig
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.rbac: list[dict[str, Any]] = []
-        """The chart's RBAC objects the operator runs with."""
-        self.peak: PeakTimeline | None = None
+class ModuleOperator(OperatorProcess):
+    """The module's operator, with the `peak` deployment's timeline beside it."""
 
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        out = self.log.open("ab")
-        self.metrics_port, self.liveness_port = free_port(), free_port()
-        namespaces = [a for ns in (NS, BUDGET_NS, DENY_NS) for a in ("--namespace", ns)]
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "peakwise", "operator", "run", *namespaces),
-                *("--interval", INTERVAL, "--prometheus-url", self.cluster.prometheus_url),
-                *("--metrics-port", str(self.metrics_port)),
-                *("--liveness-port", str(self.liveness_port), "--listen-address", "127.0.0.1"),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def metrics(self) -> str:
-        return _get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def full_rounds(self) -> float:
-        """Rounds whose plan every deployment has followed (children and status) so far."""
-        for line in self.metrics().splitlines():
-            if line.startswith("peakwise_full_round_seconds_count "):
-                return float(line.split()[1])
-        return 0.0
-
-    def wait_rounds(self, rounds: int = 2) -> None:
-        """Wait until `rounds` more full rounds have gone by (exceptions: not listening yet)."""
-        start = wait_for("the operator's metrics", lambda: (self.full_rounds(),))[0]
-        wait_for(
-            f"{rounds} more rounds",
-            lambda: self.full_rounds() >= start + rounds,
-            timeout=rounds * INTERVAL_S * 4 + 30,
-        )
-
-    def child_writes(self, name: str, namespace: str = NS) -> float:
-        """Child Deployment writes (applies and deletes) for one InferenceDeployment so far."""
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if (
-                line.startswith("peakwise_child_writes_total{")
-                and f'name="{name}"' in line
-                and f'namespace="{namespace}"' in line
-            ):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    peak: PeakTimeline | None = None
 
 
 @pytest.fixture(scope="module")
 def operator(
     cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
+) -> Iterator[ModuleOperator]:
     work = tmp_path_factory.mktemp("operator")
     trace = work / "e2e-chat.csv"
     subprocess.run(
@@ -277,7 +198,9 @@ def operator(
         _pool("e2e-roll-od", "onDemand", 40.0, gpu="e2e-roll-gpu"),
         _pool("e2e-roll-spot", "spot", 12.0, taint=True, gpu="e2e-roll-gpu"),
     )
-    process = OperatorProcess(cluster, work / "operator.log", kubeconfig)
+    process = ModuleOperator(
+        cluster, work / "operator.log", kubeconfig, (NS, BUDGET_NS, DENY_NS), INTERVAL_S
+    )
     process.rbac = rbac
     # The peak deployment exists from the start: its timeline runs beside the other tests.
     process.peak = _push_peak_history(cluster, time.time())
@@ -321,7 +244,7 @@ def _children(cluster: LocalCluster, name: str) -> list[dict[str, Any]]:
 
 
 def test_enforce_creates_children_and_pods_run_on_pool_nodes(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     _apply(cluster, _deployment("chat", "Enforce"))
     status = wait_for(
@@ -359,7 +282,7 @@ def test_enforce_creates_children_and_pods_run_on_pool_nodes(
 
 
 def test_recommend_mode_changes_nothing_but_status(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     _apply(cluster, _deployment("advisor", "Recommend"))
     status = wait_for(
@@ -371,7 +294,7 @@ def test_recommend_mode_changes_nothing_but_status(
 
 
 def test_missing_metric_holds_the_minimum_and_says_why(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     _apply(
         cluster,
@@ -393,7 +316,7 @@ def test_missing_metric_holds_the_minimum_and_says_why(
     )
 
 
-def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: OperatorProcess) -> None:
+def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: ModuleOperator) -> None:
     # Steady demand, so the right plan does not change while the operator restarts: 18/s at
     # 4/s a replica, five replicas on on-demand.
     doc = _deployment(
@@ -411,7 +334,7 @@ def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: Operat
     assert set(after) == set(before)  # no duplicates, none lost
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     # Level-based: the new process found every child as planned and wrote none of them.
-    assert operator.child_writes("steady") == 0
+    assert operator.child_writes("steady", NS) == 0
 
 
 def _budget(namespace: str, hourly: float) -> dict[str, Any]:
@@ -432,7 +355,7 @@ def _apply_budget_pair(cluster: LocalCluster) -> None:
 
 
 def test_hard_budget_lower_priority_gives_way(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     ns = BUDGET_NS
     _apply_budget_pair(cluster)
@@ -467,7 +390,7 @@ def test_hard_budget_lower_priority_gives_way(
 
 
 def test_lost_spot_node_is_replaced_on_demand(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     # All on spot while spot is calm: one node's worth of replicas.
     doc = _deployment("spotty", "Enforce", capacity={"spot": {"maxFraction": 1.0}})
@@ -521,14 +444,12 @@ def test_lost_spot_node_is_replaced_on_demand(
     wait_for("the interruption counted in the pool's status", counted, timeout=30)
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
+def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: ModuleOperator) -> None:
+    _apply(cluster, _deployment("chat", "Enforce"))
+    _apply_budget_pair(cluster)
 
-
-def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: OperatorProcess) -> None:
     def metrics() -> str | None:
-        text = _get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+        text = get(f"http://127.0.0.1:{operator.metrics_port}/metrics")
         return text if 'peakwise_demand_forecast{name="chat",namespace="e2e-op"}' in text else None
 
     text = wait_for("metrics with a forecast", metrics)
@@ -539,7 +460,7 @@ def test_metrics_and_liveness_are_served(cluster: LocalCluster, operator: Operat
         "peakwise_planning_round_seconds_count",
     ):
         assert name in text
-    assert _get(f"http://127.0.0.1:{operator.liveness_port}/healthz")
+    assert get(f"http://127.0.0.1:{operator.liveness_port}/healthz")
 
 
 def _ready_children(cluster: LocalCluster, name: str) -> dict[str, dict[str, Any]] | None:
@@ -566,7 +487,7 @@ def _container(child: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_template_change_rolls_out_to_every_child(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     # 20/s at 4/s a replica: five replicas, too many for one 4-GPU node, and at most half on
     # spot: a node in each pool (cheaper than two on-demand nodes), so one child per pool.
@@ -628,7 +549,7 @@ def test_template_change_rolls_out_to_every_child(
 
 
 def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     # Two children, as in the roll-out test: 20/s over the on-demand and spot pools.
     _apply(cluster, _deployment("edits", "Enforce", query="vector(20)", gpu="e2e-roll-gpu"))
@@ -644,9 +565,9 @@ def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
         return dict(cluster.kubectl_json("get", "deployment", child, "-n", NS))
 
     # Nothing changes: rounds go by without a single write to the children.
-    writes, generation = operator.child_writes("edits"), live()["metadata"]["generation"]
+    writes, generation = operator.child_writes("edits", NS), live()["metadata"]["generation"]
     operator.wait_rounds()
-    assert operator.child_writes("edits") == writes
+    assert operator.child_writes("edits", NS) == writes
     assert live()["metadata"]["generation"] == generation
 
     def back(check: Any, what: str) -> float:
@@ -676,13 +597,13 @@ def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
         lambda d: d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "peakwise",
         "the hand-edited label undone",
     )
-    assert operator.child_writes("edits") >= writes + 3
+    assert operator.child_writes("edits", NS) >= writes + 3
 
     # Put back, it stays put: no flapping, no more writes.
     wait_for("edits rolled out again", lambda: _ready_children(cluster, "edits"), timeout=60)
-    writes, generation = operator.child_writes("edits"), live()["metadata"]["generation"]
+    writes, generation = operator.child_writes("edits", NS), live()["metadata"]["generation"]
     operator.wait_rounds()
-    assert operator.child_writes("edits") == writes
+    assert operator.child_writes("edits", NS) == writes
     assert live()["metadata"]["generation"] == generation
 
 
@@ -700,7 +621,7 @@ def _events(cluster: LocalCluster, namespace: str, name: str, reason: str) -> li
 
 
 def test_rbac_denials_are_reported_and_clear_once_granted(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     # Take away two permissions the chart grants: writing Deployments in one watched
     # namespace, and creating Nodes (the kwok provider) everywhere.
@@ -786,7 +707,7 @@ def test_rbac_denials_are_reported_and_clear_once_granted(
 
 
 def test_scales_up_ahead_of_a_daily_peak_and_back_down_after(
-    cluster: LocalCluster, operator: OperatorProcess
+    cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
     """History with a daily peak (a minute at 20/s, 2/s otherwise), today's planned from the
     fixture on: replicas up at least one lead time before it, held through it, and released
@@ -823,7 +744,7 @@ def test_scales_up_ahead_of_a_daily_peak_and_back_down_after(
     assert max(n for t, n in samples if t >= down_at) <= BASE_REPLICAS, "flapped back up"
 
 
-def test_restart_loses_no_spend(cluster: LocalCluster, operator: OperatorProcess) -> None:
+def test_restart_loses_no_spend(cluster: LocalCluster, operator: ModuleOperator) -> None:
     _apply_budget_pair(cluster)
 
     def spend() -> dict[str, Any] | None:
