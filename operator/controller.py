@@ -172,7 +172,10 @@ class Controller:
         """When each pool last lost a node to an interruption (seen by this process)."""
         self.histories: dict[Key, History] = {}
         """Each deployment's recent demand targets, as the last round left them."""
-        self._reported: dict[int, set[Key]] = {}
+        self._latest: dict[Key, int] = {}
+        """The latest round each deployment's handler followed."""
+        self._pending: dict[int, tuple[set[Key], float]] = {}
+        """Rounds not yet followed by all their deployments: their keys and start."""
 
     def close(self) -> None:
         self._forecast_pool.shutdown(wait=False, cancel_futures=True)
@@ -188,6 +191,9 @@ class Controller:
     def forget(self, key: Key) -> None:
         """A deployment is gone: drop what the controller keeps for it."""
         self.histories.pop(key, None)
+        self._latest.pop(key, None)
+        for keys, _ in self._pending.values():
+            keys.discard(key)
         self.forecasts.forget(key)
 
     def _fresh(self, now: datetime, key: Key | None, generation: int | None) -> bool:
@@ -230,13 +236,20 @@ class Controller:
             return self._round
 
     def reported(self, round_: Round, key: Key) -> None:
-        """The handler of `key` wrote what `round_` decided; when every deployment of the
-        round has, the full round (plan, actuation, status) is measured."""
-        done = self._reported.setdefault(round_.number, set())
-        done.add(key)
-        if done >= set(round_.deployments) | self._invalid_keys(round_):
-            metrics.full_round_seconds.observe(time.monotonic() - round_.started)
-            self._reported = {n: s for n, s in self._reported.items() if n > round_.number}
+        """The handler of `key` wrote what `round_` decided. A round is complete once every
+        deployment it planned has followed it or a later round; then the full round (plan,
+        actuation, status) is measured, from the round's start."""
+        self._latest[key] = max(self._latest.get(key, 0), round_.number)
+        self._pending.setdefault(
+            round_.number, (set(round_.deployments) | self._invalid_keys(round_), round_.started)
+        )
+        for number, (keys, started) in sorted(self._pending.items()):
+            if all(self._latest.get(k, 0) >= number for k in keys):
+                metrics.full_round_seconds.observe(time.monotonic() - started)
+                del self._pending[number]
+        # Deployments deleted meanwhile never report: rounds that old are given up.
+        for number in [n for n in self._pending if n < self._number - 10]:
+            del self._pending[number]
 
     @staticmethod
     def _invalid_keys(round_: Round) -> set[Key]:

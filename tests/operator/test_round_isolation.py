@@ -7,6 +7,7 @@ import copy
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import manifests
@@ -15,6 +16,7 @@ from test_forecast_fallback import Ramp, service
 from peakwise.forecasting.series import Series
 from peakwise.operator.controller import Controller
 from peakwise.operator.indexes import Snapshot
+from peakwise.operator.metrics import REGISTRY
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
@@ -116,3 +118,30 @@ def test_a_slow_query_holds_its_own_capacity_and_the_round_goes_on() -> None:
     assert late.forecast is None and "holding capacity" in late.problem
     held = round_.plan.deployments[("team", "slow")]
     assert any("no usable forecast" in r for r in held.reasons)
+
+
+def test_a_round_is_complete_once_every_deployment_followed_it_or_a_later_one() -> None:
+    controller = Controller(service(Ramp()), timedelta(seconds=30), lambda: NOW)
+    keys = {("t", "a"): None, ("t", "b"): None}
+    # reported() reads only these fields of a round.
+    rounds = [
+        SimpleNamespace(number=n, deployments=keys, invalid={}, started=time.monotonic())
+        for n in (1, 2)
+    ]
+    try:
+        before = _observations()
+        controller.reported(rounds[0], ("t", "a"))  # type: ignore[arg-type]
+        assert _observations() == before  # b has not followed round 1 yet
+        # b's timer comes late and follows round 2 straight away: round 1 is done.
+        controller.reported(rounds[1], ("t", "b"))  # type: ignore[arg-type]
+        assert _observations() == before + 1
+        controller.reported(rounds[1], ("t", "a"))  # type: ignore[arg-type]
+        assert _observations() == before + 2
+    finally:
+        controller.close()
+        controller.forecasts.close()
+
+
+def _observations() -> float:
+    value = REGISTRY.get_sample_value("peakwise_full_round_seconds_count")
+    return value or 0.0
