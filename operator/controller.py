@@ -20,6 +20,7 @@ longer, since targets planned after the last status write are not in it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -157,6 +158,13 @@ class Controller:
         self._round: Round | None = None
         self._lock = asyncio.Lock()
         self._stale = False
+        self._view: Callable[[], Snapshot] | None = None
+        self._schedule: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._round_event = asyncio.Event()
+        self._finished_monotonic = 0.0
+        self._followed: dict[object, int] = {}
+        """The latest round each handler (deployment, pool, budget) was given."""
         # Forecasts wait on the network: their own threads, so a slow Prometheus never
         # starves the threads that write to the API server.
         self._forecast_pool = ThreadPoolExecutor(
@@ -178,6 +186,8 @@ class Controller:
         """Rounds not yet followed by all their deployments: their keys and start."""
 
     def close(self) -> None:
+        if self._schedule is not None:
+            self._schedule.cancel()
         self._forecast_pool.shutdown(wait=False, cancel_futures=True)
 
     def record_interruption(self, pool: str) -> None:
@@ -185,55 +195,98 @@ class Controller:
         self.invalidate()
 
     def invalidate(self) -> None:
-        """Something happened (a spot node went away): the next handler re-plans at once."""
+        """Something happened (a spot node went away): re-plan at once."""
         self._stale = True
+        self._wake.set()
 
     def forget(self, key: Key) -> None:
         """A deployment is gone: drop what the controller keeps for it."""
         self.histories.pop(key, None)
         self._latest.pop(key, None)
+        self._followed.pop(key, None)
         for keys, _ in self._pending.values():
             keys.discard(key)
         self.forecasts.forget(key)
 
-    def _fresh(self, now: datetime, key: Key | None, generation: int | None) -> bool:
-        current = self._round
-        if current is None or self._stale:
-            return False
-        # Judged from when the round finished: a round longer than the interval would
-        # otherwise be stale on arrival and rounds would run back to back.
-        if now - self._finished_at >= self.interval * 0.8:
-            return False
-        # A new or changed object is planned when its own timer asks, not after the interval.
-        if key is not None:
-            known = current.deployments.get(key)
-            if known is None:
-                return object_name("InferenceDeployment", key) in current.invalid
-            return known.metadata.generation == generation
-        return True
+    def _covers(self, current: Round, key: Key | None, generation: int | None) -> bool:
+        """`current` planned the InferenceDeployment `key` at `generation` (or left it out as
+        invalid): a new or changed object is planned at once, not after the interval."""
+        if key is None:
+            return True
+        known = current.deployments.get(key)
+        if known is None:
+            return object_name("InferenceDeployment", key) in current.invalid
+        return known.metadata.generation == generation
 
     async def round(
         self,
         view: Callable[[], Snapshot],
         key: Key | None = None,
         generation: int | None = None,
+        follower: object = None,
     ) -> Round:
-        """The current round, recomputed from `view()` when stale or when the InferenceDeployment
-        `key` at `generation` is not in it. The snapshot is only taken when recomputing."""
+        """The round a handler should follow now.
+
+        Rounds are computed on a schedule (one interval after the previous finished), at once
+        when something happened (`invalidate`), or when the InferenceDeployment `key` at
+        `generation` is not in the current one. A handler identified by `follower` (its key by
+        default) gets each round once: having followed the current round, it waits for the
+        next, so every object follows a round right after it is computed, not when its own
+        timer happens to fire. The snapshot `view()` is taken when a round is computed.
+        """
+        self._view = view
+        follower = follower if follower is not None else key
+        self._start_schedule()
+        while True:
+            current = self._round
+            if current is None or self._stale or not self._covers(current, key, generation):
+                await self._recompute(current)
+                continue
+            if follower is None or self._followed.get(follower, 0) < current.number:
+                if follower is not None:
+                    self._followed[follower] = current.number
+                return current
+            await self._round_event.wait()
+
+    def _start_schedule(self) -> None:
+        if self._schedule is None or self._schedule.done():
+            self._schedule = asyncio.get_running_loop().create_task(
+                self._run_schedule(), name="peakwise-planning-rounds"
+            )
+
+    async def _run_schedule(self) -> None:
+        """A round one interval after the previous one finished, or sooner when woken."""
+        while True:
+            due = self._finished_monotonic + self.interval.total_seconds()
+            with contextlib.suppress(TimeoutError):  # due: time for the next round
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            try:
+                await self._recompute(self._round)
+            except Exception:  # the next round tries again; handlers keep the last one
+                log.exception("a planning round failed")
+                metrics.reconcile_errors.labels("round").inc()
+                self._finished_monotonic = time.monotonic()
+
+    async def _recompute(self, seen: Round | None) -> None:
+        """Compute a new round unless one newer than `seen` appeared meanwhile."""
         async with self._lock:
-            now = self.clock()
-            if self._fresh(now, key, generation) and self._round is not None:
-                return self._round
+            if self._round is not seen and not self._stale:
+                return
+            if self._view is None:
+                raise RuntimeError("no view of the cluster yet")
             started = time.perf_counter()
             self._stale = False
             self._number += 1
-            self._round = await self._compute(view(), now, self._number)
+            self._round = await self._compute(self._view(), self.clock(), self._number)
             self._finished_at = self.clock()
+            self._finished_monotonic = time.monotonic()
             metrics.round_seconds.observe(time.perf_counter() - started)
             metrics.last_round_timestamp.set(time.time())
+            event, self._round_event = self._round_event, asyncio.Event()
+            event.set()
             # A round frees a copy of every service's history: hand those pages back.
             await asyncio.to_thread(memory.release_free_memory)
-            return self._round
 
     def reported(self, round_: Round, key: Key) -> None:
         """The handler of `key` wrote what `round_` decided. A round is complete once every

@@ -360,7 +360,9 @@ async def reconcile_pool(
     pool = parse_or_report(GPUNodePool, body, patch, _now())
     if pool is None:
         return  # its children are held at their size by their deployments' rounds
-    round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
+    round_ = await runtime.controller.round(
+        lambda: _snapshot(index_kwargs), follower=("GPUNodePool", name)
+    )
     observed = indexes.pool_observation(index_kwargs["node_index"], name)
     used_by_enforce = any(
         d.spec.mode == "Enforce"
@@ -408,7 +410,9 @@ async def accrue_budget(
     budget = parse_or_report(CostBudget, body, patch, _now())
     if budget is None:
         return
-    round_ = await runtime.controller.round(lambda: _snapshot(index_kwargs))
+    round_ = await runtime.controller.round(
+        lambda: _snapshot(index_kwargs), follower=("CostBudget", namespace, budget.metadata.name)
+    )
     now = _now()
     rate = namespace_spend_rate(
         namespace, round_.deployments, round_.pools, index_kwargs["child_index"]
@@ -425,8 +429,12 @@ async def accrue_budget(
 
 
 def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
-    """Apply kopf's decorators to the handlers above, with the configured interval."""
-    every = interval.total_seconds()
+    """Apply kopf's decorators to the handlers above, with the configured interval.
+
+    The timers fire twice an interval: a handler that already followed the current round
+    waits inside for the next one (see Controller.round), so each object follows each round
+    right after it is planned."""
+    every = max(1.0, interval.total_seconds() / 2)
     on = {"registry": registry}
 
     kopf.index(GROUP, VERSION, "inferencedeployments", id="infd_index", **on)(indexes.infd_index)

@@ -554,6 +554,12 @@ def test_hand_edits_of_a_child_are_put_back_and_a_steady_round_writes_nothing(
     # Two children, as in the roll-out test: 20/s over the on-demand and spot pools.
     _apply(cluster, _deployment("edits", "Enforce", query="vector(20)", gpu="e2e-roll-gpu"))
     child = "edits-e2e-roll-od"
+    # Settled: its model is fitted (no provisional plan left), then both children rolled out.
+    wait_for(
+        "a fitted model",
+        lambda: _conditions(_status(cluster, "edits"))["Forecasting"]["reason"] != "ModelPending",
+    )
+    operator.wait_rounds(1)
     planned = wait_for(
         "edits rolled out to both pools",
         lambda: (c := _ready_children(cluster, "edits")) and len(c) == 2 and c,

@@ -145,3 +145,35 @@ def test_a_round_is_complete_once_every_deployment_followed_it_or_a_later_one() 
 def _observations() -> float:
     value = REGISTRY.get_sample_value("peakwise_full_round_seconds_count")
     return value or 0.0
+
+
+def test_each_handler_follows_each_round_once_right_after_it_is_planned() -> None:
+    controller = Controller(
+        service(Ramp(), level=10.0), timedelta(seconds=0.5), lambda: NOW, fit_wait=timedelta(0)
+    )
+    body = _deployment("good")
+    snapshot = Snapshot(
+        deployments={("team", "good"): body},
+        pools={"od": POOL},
+        budgets={},
+        children={},
+        pool_nodes={},
+    )
+
+    async def run() -> tuple[list[int], int]:
+        key = ("team", "good")
+        first = await controller.round(lambda: snapshot, key, 1)
+        second = await controller.round(lambda: snapshot, key, 1)  # waits for the next
+        pool = await controller.round(lambda: snapshot, follower=("GPUNodePool", "od"))
+        # A changed object is planned at once, without waiting for the schedule.
+        body["metadata"]["generation"] = 2
+        changed = await controller.round(lambda: snapshot, key, 2)
+        return [first.number, second.number, changed.number], pool.number
+
+    try:
+        numbers, pool_round = asyncio.run(run())
+    finally:
+        controller.close()
+        controller.forecasts.close()
+    assert numbers == [1, 2, 3]  # one round each time: the schedule's, then the change's
+    assert pool_round == numbers[1]  # the pool's first call: the current round, no wait
