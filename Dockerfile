@@ -6,32 +6,42 @@
 # The base is pinned by exact tag (Python patch release and Debian release); both
 # stages start from the same one, so the venv built in the first runs unchanged in
 # the second. Pin by digest as well (`python:3.11.14-slim-bookworm@sha256:...`) in a
-# release pipeline that can resolve it.
-FROM python:3.11.14-slim-bookworm AS base
+# release pipeline that can resolve it. PYTHON_BASE swaps in another base with the same
+# layout (`python` and `python -m venv` on PATH, Debian's groupadd/useradd): the tests,
+# which reach no image registry, build one from Debian packages (hack/image base).
+ARG PYTHON_BASE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_BASE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# --- build: the wheel, and a venv with it and its dependencies -----------------------
+# --- build: a venv with the locked dependencies, then the wheel ----------------------
+# The venv loses what only installs need (pip, setuptools) and the packages' own test
+# suites (73 MB of scipy, numpy, scikit-learn, ... tests).
 FROM base AS build
 WORKDIR /src
 # requirements.lock pins every package of the project and its test tools; it is used
-# as a constraints file, so only the operator's runtime dependencies are installed,
-# each at the locked version (setuptools too, for building the wheel).
-COPY requirements.lock ./
+# as a constraints file, so only the operator's runtime dependencies (read from
+# pyproject.toml) are installed, each at the locked version. This layer depends on
+# those two files only, so a change to the code reuses it.
+COPY requirements.lock pyproject.toml ./
 RUN python -m venv /opt/buildtools \
-    && /opt/buildtools/bin/pip install --constraint requirements.lock setuptools
-COPY pyproject.toml README.md ./
+    && /opt/buildtools/bin/pip install --constraint requirements.lock setuptools \
+    && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >runtime-requirements.txt \
+    && python -m venv /opt/peakwise \
+    && /opt/peakwise/bin/pip install --constraint requirements.lock --requirement runtime-requirements.txt
+COPY README.md ./
 # peakwise/operator and peakwise/forecasting are symlinks to these two folders (namespace
 # subpackages: neither has an __init__.py, so neither shadows the standard library).
 COPY operator/ operator/
 COPY forecasting/ forecasting/
 COPY peakwise/ peakwise/
 RUN /opt/buildtools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
-    && python -m venv /opt/peakwise \
-    && /opt/peakwise/bin/pip install --constraint requirements.lock /wheels/peakwise-*.whl \
-    && /opt/peakwise/bin/pip uninstall --yes pip \
+    && /opt/peakwise/bin/pip install --no-deps /wheels/peakwise-*.whl \
+    && /opt/peakwise/bin/pip check \
+    && /opt/peakwise/bin/pip uninstall --yes pip setuptools \
+    && find /opt/peakwise/lib -type d -name tests -prune -exec rm -rf {} + \
     && /opt/peakwise/bin/peakwise --help >/dev/null
 
 # --- runtime: the venv only, a non-root user -----------------------------------------
