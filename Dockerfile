@@ -20,6 +20,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The venv loses what only installs need (pip, setuptools) and the packages' own test
 # suites (73 MB of scipy, numpy, scikit-learn, ... tests).
 FROM base AS build
+# The runtime user, made here and its two lines copied into the final stage, which so runs
+# no command at all (a builder's mounts for RUN steps leave nothing in it either).
+RUN groupadd --system --gid 65532 peakwise \
+    && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin peakwise
 WORKDIR /src
 # requirements.lock pins every package of the project and its test tools; it is used
 # as a constraints file, so only the operator's runtime dependencies (read from
@@ -44,14 +49,12 @@ RUN /opt/buildtools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wh
     && find /opt/peakwise/lib -type d -name tests -prune -exec rm -rf {} + \
     && /opt/peakwise/bin/peakwise --help >/dev/null
 
-# --- runtime: the venv only, a non-root user -----------------------------------------
+# --- runtime: the venv and the user only; no RUN -------------------------------------
 FROM base AS runtime
 LABEL org.opencontainers.image.title="peakwise" \
       org.opencontainers.image.description="Kubernetes operator that right-sizes GPU inference services from demand forecasts under per-namespace cost ceilings" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 65532 peakwise \
-    && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
-       --shell /usr/sbin/nologin peakwise
+COPY --from=build /etc/passwd /etc/group /etc/
 COPY --from=build /opt/peakwise /opt/peakwise
 # The chart mounts an emptyDir on /tmp and keeps the root filesystem read-only;
 # matplotlib (used by `peakwise backtest --plot`) keeps its cache there.
