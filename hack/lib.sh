@@ -1,4 +1,3 @@
-# shellcheck shell=bash
 # Shared settings for the hack/ scripts. Source it; do not run it.
 # Everything built or installed is cached outside the work tree, keyed by what
 # pins it, so a second run (or a fresh clone on the same machine) starts fast.

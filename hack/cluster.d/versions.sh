@@ -1,4 +1,3 @@
-# shellcheck shell=bash
 # Pinned versions of the local cluster's components. Changing any of these
 # changes the cache key, so `hack/cluster build` rebuilds into a new folder.
 # shellcheck disable=SC2034

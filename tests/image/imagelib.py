@@ -12,15 +12,19 @@ benchmarks/image_figures.py.
   is the container's init as the host sees it.
 * ``example_documents(series)``: the repository's examples with every demand query pointed
   at one backfilled series (a different scale per service, so each has its own model).
+* ``deploy_with_examples(cluster, image, work)``: the whole setup: a backfilled trace, the
+  chart installed (kwok provider on), the examples applied, the container started.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,3 +212,75 @@ def example_documents(series: str) -> list[dict[str, Any]]:
                 )
             docs.append(doc)
     return docs
+
+
+CHART = REPO_ROOT / "charts" / "peakwise"
+RELEASE, RELEASE_NS = "pw", "peakwise-system"
+SERVICE_ACCOUNT = f"{RELEASE}-peakwise"
+SERIES = "image-chat"
+# 15 days: every example's forecast history (7 and 14 days) is there in full.
+SYNTH = [sys.executable, "-m", "peakwise", "synth-trace", "--days", "15", "--peak", "12000"]
+SYNTH += ["--seed", "5"]
+
+
+@dataclass
+class Deployed:
+    operator: ContainerOperator
+    metrics_url: str
+    healthz_url: str
+
+
+def deploy_with_examples(
+    cluster: Any, image: BuiltImage, work: Path, interval: str = "5s"
+) -> Deployed:
+    """Backfill a trace, `helm install` the chart (kwok provider on, the image's tag) into a
+    namespace that enforces the restricted Pod Security Standard, apply the examples and start
+    the image (by id, so a concurrent rebuild of the tag changes nothing) as the Deployment's
+    container."""
+    trace = work / f"{SERIES}.csv"
+    subprocess.run([*SYNTH, "--out", str(trace)], check=True, capture_output=True)
+    cluster.backfill_trace(trace, f"service={SERIES}")
+    cluster.kubectl("create", "namespace", RELEASE_NS)
+    cluster.kubectl(
+        "label", "namespace", RELEASE_NS, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    repository, _, tag = image.tag.rpartition(":")
+    cluster.helm(
+        *("install", RELEASE, str(CHART), "--namespace", RELEASE_NS),
+        *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
+        *("--set", "providers.kwok.enabled=true", "--set", f"operator.interval={interval}"),
+        *("--set", f"prometheus.url={cluster.prometheus_url}"),
+    )
+    # No kubelet here: the Deployment's pod is scheduled nowhere; its container runs below
+    # instead, with the pod spec's args, environment and ServiceAccount.
+    deployment = cluster.kubectl_json("get", "deployment", SERVICE_ACCOUNT, "-n", RELEASE_NS)
+    cluster.kubectl("scale", "deployment", SERVICE_ACCOUNT, "-n", RELEASE_NS, "--replicas=0")
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(example_documents(SERIES)))
+
+    from e2e.promstack import free_port
+
+    ports = {"metrics": free_port(), "liveness": free_port()}
+    args, env = chart_operator_args(deployment, **ports)
+    env |= in_cluster_env(cluster.api_url, f"{SERVICE_ACCOUNT}-container")
+    operator = ContainerOperator(
+        image=image.image_id,
+        name=f"pw-{hashlib.sha256(str(work).encode()).hexdigest()[:10]}",
+        args=args,
+        env=env,
+        serviceaccount=serviceaccount_dir(
+            cluster, RELEASE_NS, SERVICE_ACCOUNT, work / "serviceaccount"
+        ),
+        log=work / "operator.log",
+    )
+    operator.start()
+    return Deployed(
+        operator,
+        metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
+        healthz_url=f"http://127.0.0.1:{ports['liveness']}/healthz",
+    )
+
+
+def tag_for_checkout() -> str:
+    """One tag per checkout: parallel checkouts on one machine build different code."""
+    return "localhost/peakwise:test-" + hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:8]

@@ -16,10 +16,7 @@ three pools) are also used by tests sharing the session's cluster.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,34 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from e2e.clusterfix import LocalCluster
 from e2e.polling import wait_for
-from e2e.promstack import free_port
 
 from image.imagelib import (
     IMAGE_UID,
-    REPO_ROOT,
+    RELEASE_NS,
+    SERVICE_ACCOUNT,
     BuiltImage,
     ContainerOperator,
+    Deployed,
     build_image,
-    chart_operator_args,
-    example_documents,
-    in_cluster_env,
-    serviceaccount_dir,
+    deploy_with_examples,
+    tag_for_checkout,
 )
 
 pytestmark = pytest.mark.e2e
 
-CHART = REPO_ROOT / "charts" / "peakwise"
-RELEASE, RELEASE_NS = "pw", "peakwise-system"
-SERVICE_ACCOUNT = f"{RELEASE}-peakwise"
-SERIES = "image-chat"
 ENFORCED = {("chat", "assistant"), ("search", "query-rewriter")}
 RECOMMENDED = {("chat", "assistant-70b"), ("search", "embedder")}
 POOLS = ("h100-reserved", "l40s-spot", "l40s-on-demand")
-SYNTH = [sys.executable, "-m", "peakwise", "synth-trace", "--days", "15", "--peak", "12000"]
-SYNTH += ["--seed", "5"]
 
 # A cold operator in a container on a busy 2-core machine: allow three minutes.
 _wait = partial(wait_for, timeout=180.0, every=2.0)
@@ -70,72 +59,22 @@ class Running:
     healthz_url: str
 
 
-def _tag() -> str:
-    # One tag per checkout: parallel checkouts on one machine build different code.
-    return "localhost/peakwise:test-" + hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:8]
-
-
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     work = tmp_path_factory.mktemp("image")
-    image = build_image(_tag())
+    image = build_image(tag_for_checkout())
     (work / "build.log").write_text(image.log)
     cluster = LocalCluster(work / "cluster")
     cluster.up()
-    operator: ContainerOperator | None = None
+    deployed: Deployed | None = None
     try:
-        trace = work / f"{SERIES}.csv"
-        subprocess.run(
-            [*SYNTH, "--out", str(trace)],
-            check=True,
-            capture_output=True,
-        )
-        cluster.backfill_trace(trace, f"service={SERIES}")
-        cluster.kubectl("create", "namespace", RELEASE_NS)
-        cluster.kubectl(
-            "label", "namespace", RELEASE_NS, "pod-security.kubernetes.io/enforce=restricted"
-        )
-        repository, _, tag = image.tag.rpartition(":")
-        cluster.helm(
-            *("install", RELEASE, str(CHART), "--namespace", RELEASE_NS),
-            *("--set", f"image.repository={repository}", "--set", f"image.tag={tag}"),
-            *("--set", "providers.kwok.enabled=true", "--set", "operator.interval=5s"),
-            *("--set", f"prometheus.url={cluster.prometheus_url}"),
-        )
-        # No kubelet here: the Deployment's pod is scheduled nowhere; its container runs
-        # below instead, with the pod spec's args, environment and ServiceAccount.
-        deployment = cluster.kubectl_json("get", "deployment", SERVICE_ACCOUNT, "-n", RELEASE_NS)
-        cluster.kubectl("scale", "deployment", SERVICE_ACCOUNT, "-n", RELEASE_NS, "--replicas=0")
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(example_documents(SERIES)))
-
-        ports = {"metrics": free_port(), "liveness": free_port()}
-        args, env = chart_operator_args(deployment, **ports)
-        pod_name = f"{SERVICE_ACCOUNT}-image-test"
-        env |= in_cluster_env(cluster.api_url, pod_name)
-        operator = ContainerOperator(
-            image=image.image_id,
-            name=f"pw-test-{hashlib.sha256(str(work).encode()).hexdigest()[:8]}",
-            args=args,
-            env=env,
-            serviceaccount=serviceaccount_dir(
-                cluster, RELEASE_NS, SERVICE_ACCOUNT, work / "serviceaccount"
-            ),
-            log=work / "operator.log",
-        )
-        operator.start()
-        yield Running(
-            cluster,
-            image,
-            operator,
-            metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
-            healthz_url=f"http://127.0.0.1:{ports['liveness']}/healthz",
-        )
+        deployed = deploy_with_examples(cluster, image, work)
+        yield Running(cluster, image, deployed.operator, deployed.metrics_url, deployed.healthz_url)
     finally:
-        if operator is not None:
-            operator.stop()
-            lines = operator.log.read_text(errors="replace").splitlines()
-            print(f"operator log: {operator.log}; its last lines:")
+        if deployed is not None:
+            deployed.operator.stop()
+            lines = deployed.operator.log.read_text(errors="replace").splitlines()
+            print(f"operator log: {deployed.operator.log}; its last lines:")
             print("\n".join(line[:400] for line in lines[-30:]))
         cluster.down()
 
