@@ -230,6 +230,13 @@ class Deployed:
     healthz_url: str
 
 
+def backfill_example_history(cluster: Any, work: Path) -> None:
+    """The synthetic trace every example's demand query reads, in the cluster's Prometheus."""
+    trace = work / f"{SERIES}.csv"
+    subprocess.run([*SYNTH, "--out", str(trace)], check=True, capture_output=True)
+    cluster.backfill_trace(trace, f"service={SERIES}")
+
+
 def deploy_with_examples(
     cluster: Any, image: BuiltImage, work: Path, interval: str = "5s"
 ) -> Deployed:
@@ -237,9 +244,7 @@ def deploy_with_examples(
     namespace that enforces the restricted Pod Security Standard, apply the examples and start
     the image (by id, so a concurrent rebuild of the tag changes nothing) as the Deployment's
     container."""
-    trace = work / f"{SERIES}.csv"
-    subprocess.run([*SYNTH, "--out", str(trace)], check=True, capture_output=True)
-    cluster.backfill_trace(trace, f"service={SERIES}")
+    backfill_example_history(cluster, work)
     cluster.kubectl("create", "namespace", RELEASE_NS)
     cluster.kubectl(
         "label", "namespace", RELEASE_NS, "pod-security.kubernetes.io/enforce=restricted"
