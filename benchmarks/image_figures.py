@@ -184,7 +184,7 @@ def main() -> int:
             lambda: build_image(TAG + "-changed", "--context", str(context)),
         )
     subprocess.run(["buildah", "rmi", TAG + "-changed"], capture_output=True, check=False)
-    print(f"{'size (uncompressed)':<44} {built.size}")
+    print(f"{'size':<44} {built.size}")
     print(f"{'layers':<44} {built.layers}")
     if not args.no_run:
         _container_figures(built)
@@ -193,7 +193,8 @@ def main() -> int:
 
 def _hack_version(tool: str) -> str:
     out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.split("\n")[0].split()[-1] if out.stdout else "?"
+    words = out.stdout.split()
+    return words[2] if len(words) > 2 else "?"
 
 
 def _container_figures(built: BuiltImage) -> None:

@@ -6,8 +6,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
-# The image (hack/image): buildah builds it, runc runs it, mmdebstrap makes its base.
-for tool in buildah runc mmdebstrap shellcheck; do
+# The image (hack/image): buildah builds it, runc runs it, mmdebstrap makes its base;
+# containerd is the runtime of the real node (hack/node). And the linter of hack/.
+for tool in buildah runc mmdebstrap containerd shellcheck; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]} == 0)); then
