@@ -155,7 +155,12 @@ def test_helm_upgrade_of_the_crd_chart_adds_the_field(upgraded: Upgrade) -> None
     _apply(cluster, _deployment("with-new-field", "life-old", **{NEW_FIELD: "3m"}))
     stored = cluster.kubectl_json("get", "infd", "with-new-field", "-n", "life-old")
     assert stored["spec"][NEW_FIELD] == "3m", "kept, not pruned"
-    explained = cluster.kubectl("explain", f"inferencedeployment.spec.{NEW_FIELD}").stdout
+    # The API server republishes its OpenAPI (what `kubectl explain` reads) a little after the
+    # CRD changed: poll.
+    explained = _wait(
+        "kubectl explain to know the field",
+        lambda: cluster.kubectl("explain", f"inferencedeployment.spec.{NEW_FIELD}").stdout,
+    )
     assert NEW_FIELD in explained
     # What was made before the upgrade is still there.
     assert cluster.kubectl_json("get", "infd", "made-before", "-n", "life-old")["spec"]
