@@ -5,7 +5,7 @@
 # shellcheck source=hack/cluster.d/versions.sh
 source "$REPO_ROOT/hack/cluster.d/versions.sh"
 
-CLUSTER_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+CLUSTER_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok helm)
 
 # The cache key: every pin, the recipe and the Go toolchain's version.
 cluster_bin_key() {
@@ -84,6 +84,7 @@ write_k8s_wrapper() {
         echo "	_ \"k8s.io/kubernetes/cmd/kube-controller-manager\""
         echo "	_ \"k8s.io/kubernetes/cmd/kube-scheduler\""
         echo "	_ \"k8s.io/kubernetes/cmd/kubectl\""
+        echo "	_ \"k8s.io/kubernetes/cmd/kubelet\""
         echo ")"
     } >"$wdir/tools.go"
 }
@@ -159,7 +160,8 @@ cmd_build() {
         log "resolving the wrapper module (k8s.io/kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION)"
         go mod tidy >"$work/tidy.log" 2>&1 || { cat "$work/tidy.log" >&2; die "go mod tidy failed for the wrapper module in $work/k8s"; }
         local b
-        for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+        # kubelet: the one real node of hack/node (the operator's pod from the chart).
+        for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
             [[ -x "$dir/$b" ]] && continue
             stamp=$(date +%s)
             log "go build $b"
