@@ -1,7 +1,10 @@
 """The contract every demand forecaster follows, and the metadata that travels with a forecast.
 
-Estimators follow scikit-learn conventions: hyperparameters in ``__init__``, ``fit`` returns
-``self``, learned attributes end in ``_``, and no data is fetched inside.
+Estimators are scikit-learn estimators (``Estimator`` subclasses ``sklearn.base.BaseEstimator``):
+hyperparameters in ``__init__`` stored unchanged, so ``get_params``, ``set_params``, ``repr``
+and ``sklearn.base.clone`` come from scikit-learn; ``fit`` returns ``self``; learned attributes
+end in ``_``; using an estimator before ``fit`` raises scikit-learn's ``NotFittedError``
+(``check_is_fitted``); no data is fetched inside.
 
 Indexing convention. An *origin* ``o`` is the index of the last observed step: at origin ``o``
 the values ``series.values[: o + 1]`` are known and nothing after them. The *window peak* for
@@ -18,6 +21,7 @@ from typing import Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator
 
 from peakwise.forecasting.series import FloatArray, Series
 
@@ -95,6 +99,12 @@ class PeakForecaster(Protocol):
         on first use. What was fitted keeps predicting; anything else then raises. For
         callers that keep many fitted models (the operator keeps one per service)."""
         ...
+
+
+class Estimator(BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no type hints
+    """A Peakwise estimator: scikit-learn's ``BaseEstimator``, named once so the rest of the
+    package subclasses a typed class. Before ``fit``, estimators raise ``NotFittedError`` through
+    ``sklearn.utils.validation.check_is_fitted``."""
 
 
 class TrainingHistory:

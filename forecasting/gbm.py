@@ -259,8 +259,8 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         # One model for every step, the step being a feature: a model per step would cost a
         # fit per step. Each training origin contributes a few steps drawn at random (seeded),
         # so no step is tied to a clock time. The cost of a fit is mostly per tree, not per
-        # row: on servegen, 4 rows per origin and 30 trees at twice the learning rate lost
-        # less (per-step pinball) than 1 row and 60 trees, in 60% of the time.
+        # row: more rows per origin and fewer, faster trees (docs/forecasting.md has the
+        # comparison and its command).
         values = series.values
         floor = self.floor_
         stop = min(self._calibration_start(values.shape[0], 0, horizon), values.shape[0] - horizon)

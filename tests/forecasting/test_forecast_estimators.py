@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 from forecast_data import SERVEGEN, constant, daily_demand
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import NotFittedError
 
 from peakwise.forecasting.base import PeakForecaster, pinball_loss
 from peakwise.forecasting.calibration import coverage
@@ -19,6 +20,7 @@ from peakwise.forecasting.naive import (
     SeasonalNaivePeakForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
+from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
@@ -37,6 +39,8 @@ MODELS: dict[str, Callable[[], Any]] = {
     "auto": AutoForecaster,
 }
 ALL = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+# The earlier baseline follows the same conventions, though not every behaviour tested below.
+ESTIMATORS = {**MODELS, "seasonal-peak": SeasonalPeakForecaster}
 
 
 def _predict(model: PeakForecaster, series: Series, origins: Any, q: float = 0.95) -> Any:
@@ -61,14 +65,16 @@ def test_window_peak_targets_follow_the_indexing_convention() -> None:
     assert not np.isnan(targets[100 - LEAD - WIDTH - 1])
 
 
-@ALL
+@pytest.mark.parametrize("make", ESTIMATORS.values(), ids=ESTIMATORS.keys())
 def test_scikit_learn_conventions(make: Callable[[], Any]) -> None:
     model = make()
+    assert isinstance(model, BaseEstimator)
     params = model.get_params()
     copy = clone(model)
     assert type(copy) is type(model) and copy.get_params() == params
+    assert repr(model).startswith(type(model).__name__ + "(")
     assert not any(name.endswith("_") for name in vars(model))  # nothing learned yet
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         _ = model.info_
     series = daily_demand(3)
     assert model.fit(series) is model
@@ -201,7 +207,7 @@ def test_calibrated_on_held_out_days(make: Callable[[], Any]) -> None:
 
 def test_predict_before_fit_and_bad_origins() -> None:
     series = daily_demand(1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotFittedError):
         _predict(RecentPeakForecaster(), series, [1])
     model = RecentPeakForecaster().fit(series)
     with pytest.raises(ValueError, match="origins"):
