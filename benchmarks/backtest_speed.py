@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from peakwise.backtest.config import load_config, with_replicas_at_peak
-from peakwise.backtest.report import table
 from peakwise.backtest.run import BacktestOptions, run_backtest
+from peakwise.reports.backtest import table
 from peakwise.trace import demand_from_table, read_trace, synthesize_trace
 
 REPO = Path(__file__).resolve().parents[1]

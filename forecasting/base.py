@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Literal, Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +26,38 @@ from sklearn.base import BaseEstimator
 from peakwise.forecasting.series import FloatArray, Series
 
 IntArray = NDArray[np.int64]
+
+
+Mode = Literal["forecast", "reactive", "override"]
+"""What sizes a service: calibrated forecasts, the reactive rule, or a fixed quantile."""
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """What a service's status and metrics show about its shortfall target."""
+
+    target: float
+    """The shortfall target (share of minutes)."""
+    mode: Mode
+    margin: str
+    """The margin in use, for people: ``q0.987`` or ``reactive headroom 23%``."""
+    quantile: float | None
+    """The forecast quantile in use (None on the reactive rule)."""
+    headroom: float | None
+    """The reactive headroom in use (None on forecasts)."""
+    replayed_shortfall: float | None
+    """In sample: the shortfall replayed over the calibration span at the margin in use."""
+    calibration_seconds: float
+    """How much history the margin was calibrated on."""
+    achieved_shortfall: float | None
+    """Out of sample: share of minutes short under the forecasts served since the earliest
+    fit in the achieved window (None before a second fit: nothing served yet)."""
+    achieved_seconds: float
+    """The span ``achieved_shortfall`` covers (up to ``achieved_seconds``, 7 days)."""
+    censored_minutes: int
+    """Steps of the history where demand sat at its capacity (counted as short)."""
+    note: str = ""
+    """Why the margin is what it is when that is not the plain calibration."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,8 @@ class ForecastInfo:
     quantile: float | None = None
     # Validation pinball loss of every candidate a selecting model compared, best first.
     candidates: tuple[tuple[str, float], ...] = ()
+    # The shortfall target, the margin in use and what it achieved (ShortfallForecaster).
+    calibration: CalibrationInfo | None = None
 
 
 class PeakForecaster(Protocol):

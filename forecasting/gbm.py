@@ -231,6 +231,10 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         if origins.shape[0] < self.min_training_rows:
             return GBMState(regressor=None, floor=floor)
         features, scale = self._features(series, origins, lead, width, floor)
+        if np.isnan(features).all(axis=0).any():
+            # A feature never known yet (yesterday's window, under a day of history): the
+            # trees could not split on it, nor use it later; the fallback serves until then.
+            return GBMState(regressor=None, floor=floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
         regressor = self._regressor(self.max_iter, self.learning_rate)
         with _limit_threads(self.threads):
@@ -277,6 +281,8 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             return GBMState(regressor=None, floor=floor)
         origins, steps, targets = origins[known], steps[known], targets[known]
         features, scale = self._step_features(series, origins, steps, floor)
+        if np.isnan(features).all(axis=0).any():  # as in _fit_state
+            return GBMState(regressor=None, floor=floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
         regressor = self._regressor(self.step_max_iter, self.step_learning_rate)
         with _limit_threads(self.threads):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from peakwise import __version__
+
+if TYPE_CHECKING:
+    from peakwise.trace import Trace
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -80,11 +84,14 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser(
         "backtest",
         help="replay a demand trace through Peakwise and the usual alternatives",
-        description="Replay a per-minute demand trace, minute by minute, through four policies "
-        "(static capacity for the peak, reactive HPA-like, reactive tuned with headroom, and "
-        "Peakwise: forecast then plan) and a perfect-foresight oracle, with provisioning delay, "
-        "tier prices and spot interruptions simulated. Prints a table; writes per-minute CSVs "
-        "and a plot.",
+        description="Replay a per-minute demand trace, minute by minute, through Peakwise "
+        "(forecasts calibrated to the deployment's slo.shortfallMinutes, then the planner) and "
+        "the alternatives a team would pick: static capacity for the peak, reactive HPA-like "
+        "scaling with no headroom, tuned in hindsight to Peakwise's shortfall, and at a 70%% "
+        "utilisation target; with several capacity tiers also reactive scaling that fills the "
+        "same tiers (HPA plus a Karpenter-like provisioner), tuned the same way; and a "
+        "perfect-foresight oracle. Provisioning delay, tier prices and spot interruptions are "
+        "simulated. Prints a table; writes per-minute CSVs and a plot.",
     )
     p.add_argument("--trace", required=True, help="CSV: timestamp,requests,input_tokens,...")
     p.add_argument(
@@ -115,7 +122,16 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--zero-gap-minutes",
         type=_positive_int,
-        help="treat runs of at least this many zero minutes as missing data, not idle time",
+        help="treat every run of at least this many zero minutes as missing data, not idle time",
+    )
+    p.add_argument(
+        "--zero-runs",
+        choices=["auto", "keep"],
+        default="auto",
+        help="auto (default): runs of 10 or more zero minutes that the demand around them makes "
+        "implausible as idle time (20 requests or more expected over the run) are missing data "
+        "and replayed as gaps, with a warning; keep: replay every zero as zero demand (still "
+        "warned about)",
     )
     p.add_argument(
         "--window",
@@ -132,12 +148,18 @@ def _run_backtest(args: argparse.Namespace) -> int:
     from peakwise.api.common import parse_duration
     from peakwise.backtest.config import ConfigError, load_config, with_replicas_at_peak
     from peakwise.backtest.progress import ProgressBar
-    from peakwise.backtest.report import plot, table, write_csvs
     from peakwise.backtest.run import BacktestOptions, run_backtest
+    from peakwise.reports.backtest import calibration_summary, plot, table, write_csvs
     from peakwise.trace import TraceError, read_trace
 
     try:
-        trace = read_trace(args.trace, args.column, zero_is_gap_min_run=args.zero_gap_minutes)
+        trace = read_trace(
+            args.trace,
+            args.column,
+            zero_is_gap_min_run=args.zero_gap_minutes,
+            implausible_zeros_as_gaps=args.zero_runs == "auto" and not args.zero_gap_minutes,
+        )
+        _warn_about_zero_runs(trace, args)
         config = load_config(args.config, args.deployment)
         if args.replicas_at_peak:
             config = with_replicas_at_peak(config, trace.series, args.replicas_at_peak)
@@ -153,12 +175,33 @@ def _run_backtest(args: argparse.Namespace) -> int:
         print(f"peakwise backtest: error: {e}", file=sys.stderr)
         return 2
     print(table(result, trace.unit))
+    print(calibration_summary(result))
     if args.out:
         paths = write_csvs(result, args.out)
         print(f"wrote {len(paths)} CSVs to {args.out}")
     if args.plot:
         print(f"wrote {plot(result, args.plot, trace.unit)}")
     return 0
+
+
+def _warn_about_zero_runs(trace: Trace, args: argparse.Namespace) -> None:
+    """Say what happened to zero runs that look like missing data, once, on stderr."""
+    runs = trace.zero_runs
+    if not runs:
+        return
+    minutes = sum(r.minutes for r in runs)
+    what = f"{len(runs)} run(s) of zero minutes ({minutes:,} minutes)"
+    why = "where the demand around them makes idle time implausible"
+    if args.zero_gap_minutes:
+        done = f"--zero-gap-minutes {args.zero_gap_minutes} treated runs as gaps"
+    elif args.zero_runs == "auto":
+        done = (
+            "treated them as missing data (gaps); --zero-runs keep replays them as zero "
+            "demand, --zero-gap-minutes N gaps every run of N zero minutes"
+        )
+    else:
+        done = "replayed them as zero demand (--zero-runs keep); --zero-runs auto gaps them"
+    print(f"peakwise backtest: warning: {what} {why}: {done}", file=sys.stderr)
 
 
 def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from peakwise.backtest.config import ConfigError, load_config, parse_config
-from peakwise.backtest.policies import forecast_peaks
-from peakwise.backtest.report import CSV_COLUMNS, table, write_csvs
+from peakwise.backtest.policies import PlannedTargets, plan_targets
 from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
-from peakwise.forecasting.select import AutoForecaster, default_forecaster
+from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
+from peakwise.forecasting.shortfall import HoldRule
+from peakwise.forecasting.target import ShortfallForecaster
+from peakwise.reports.backtest import CSV_COLUMNS, table, write_csvs
 from peakwise.trace import demand_from_table, synthesize_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +35,15 @@ def tiered_result() -> BacktestResult:
 
 def test_every_policy_is_measured_against_the_oracle(tiered_result: BacktestResult) -> None:
     summaries = {s.name: s for s in tiered_result.summaries}
-    assert set(summaries) == {"static-peak", "reactive", "reactive-tuned", "peakwise", "oracle"}
+    assert set(summaries) == {
+        "static-peak",
+        "reactive",
+        "reactive-tuned",
+        "hpa-70%",
+        "reactive-tiered-tuned",
+        "peakwise",
+        "oracle",
+    }
     assert summaries["oracle"].cost_vs_oracle == pytest.approx(1.0)
     assert summaries["oracle"].under_provisioned == 0.0
     assert summaries["static-peak"].under_provisioned == 0.0
@@ -90,21 +100,22 @@ def test_the_warm_started_forecaster_is_refitted_and_never_looks_ahead() -> None
     # Four and a half days: the refits on days 3 and 4 carry the scores of the earlier ones.
     full = _series(5, seed=6).head(int(4.5 * 1440))
     cut = int(3.5 * 1440)
-    made: list[AutoForecaster] = []
+    rule = HoldRule(lead=10, hold=15, replica_throughput=8.0)
 
-    def factory(lead: int, width: int) -> AutoForecaster:
-        made.append(default_forecaster(lead, width, 0.99))
-        return made[-1]
+    def targets(series: Series) -> tuple[ShortfallForecaster, PlannedTargets]:
+        model = ShortfallForecaster(rule)
+        return model, plan_targets(model, series, refit_every=1440)
 
-    def peaks(series: Series) -> tuple[np.ndarray, list[str]]:
-        return forecast_peaks(factory, series, lead=10, width=1, quantile=0.99, refit_every=1440)
-
-    short, short_models = peaks(full.head(cut))
-    assert len(made) == 1 and made[0].warm_start  # one estimator, refitted every day
-    assert made[0].scores_until_ == full.time_at(3 * 1440 + 1)
-    long, long_models = peaks(full)
-    np.testing.assert_array_equal(short, long[:cut])
-    assert short_models == long_models[:cut]
+    model, short = targets(full.head(cut))
+    inner = model.forecaster_
+    assert isinstance(inner, AutoForecaster) and inner.warm_start  # one estimator, refitted
+    # A new service is refitted as its history grows, every 10 minutes at first, then daily.
+    starts = [start for start, _ in short.calibrations]
+    assert starts[:3] == [0, 10, 20] and starts[-1] - starts[-2] == 1440
+    assert inner.scores_until_ == full.time_at(starts[-1] + 1)
+    _, long = targets(full)
+    np.testing.assert_array_equal(short.targets, long.targets[:cut])
+    assert short.labels == long.labels[:cut]
 
 
 def test_config_errors_are_clear() -> None:

@@ -12,6 +12,7 @@ from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
 from peakwise.forecasting.select import default_forecaster
 from peakwise.forecasting.series import Series
+from peakwise.forecasting.target import hold_rule
 from peakwise.operator.forecasts import ForecastService, fit_model
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
@@ -43,8 +44,8 @@ class Model:
     def discard_history(self) -> Model:
         return self
 
-    def predict_peak(self, series: Series, origins: Any, **_: Any) -> Any:
-        return np.array([[10.0]])
+    def predict_peak(self, series: Series, origins: Any, *, quantiles: Any, **_: Any) -> Any:
+        return np.full((len(origins), len(quantiles)), 10.0)
 
 
 def spec() -> InferenceDeploymentSpec:
@@ -76,18 +77,26 @@ def test_a_refit_starts_from_a_copy_of_the_served_model() -> None:
     second = forecasts._fitted[forecasts._model_of[key]].model
     assert len(made) == 1, "a refit must not start from a fresh model"
     assert second is not first
-    assert (first.fits_seen, second.fits_seen) == (1, 2)  # type: ignore[attr-defined]
+    assert (first.forecaster_.fits_seen, second.forecaster_.fits_seen) == (1, 2)  # type: ignore[attr-defined]
 
 
-def test_a_warm_refit_carries_the_selection_scores() -> None:
+def test_a_warm_refit_carries_the_selection_scores_and_measures_what_was_served() -> None:
     series = daily_demand(6)
     earlier = series.head(len(series) - 720)
-    previous = fit_model(default_forecaster, 10, 1, 0.95, earlier)
-    kept = {k: dict(v) for k, v in previous.scores_.items()}  # type: ignore[attr-defined]
-    warm = fit_model(default_forecaster, 10, 1, 0.95, series, previous=previous)
-    cold = fit_model(default_forecaster, 10, 1, 0.95, series)
+    rule = hold_rule(spec(), timedelta(minutes=10), timedelta(minutes=1))
+    previous = fit_model(default_forecaster, spec(), rule, 1, earlier)
+    served: Any = previous.forecaster_
+    kept = {k: dict(v) for k, v in served.scores_.items()}
+    warm = fit_model(default_forecaster, spec(), rule, 1, series, previous=previous)
+    cold = fit_model(default_forecaster, spec(), rule, 1, series)
+    refitted: Any = warm.forecaster_
+    fresh: Any = cold.forecaster_
     # The served model is untouched; the refit blended its scores with the new ones.
-    assert previous.scores_ == kept  # type: ignore[attr-defined]
-    assert warm.scores_until_ > previous.scores_until_  # type: ignore[attr-defined]
-    assert warm.scores_ != cold.scores_  # type: ignore[attr-defined]
-    assert set(warm.scores_[(10, 1)]) == set(cold.scores_[(10, 1)])  # type: ignore[attr-defined]
+    assert served.scores_ == kept
+    assert refitted.scores_until_ > served.scores_until_
+    assert refitted.scores_ != fresh.scores_
+    assert set(refitted.scores_[(10, 1)]) == set(fresh.scores_[(10, 1)])
+    # Only the refit of the served model knows how the served targets did since.
+    achieved, never = warm.calibration_, cold.calibration_
+    assert achieved.achieved_shortfall is not None and achieved.achieved_seconds == 720 * 60
+    assert never.achieved_shortfall is None and previous.calibration_.achieved_shortfall is None
