@@ -9,12 +9,19 @@ season ago (the recent peak where that minute is a gap or before the history).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, PeakModel
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import recent_peak_base, recent_peak_path, trailing_max
+from peakwise.forecasting.windows import (
+    recent_peak_base,
+    recent_peak_path,
+    trailing_max,
+    trailing_mean,
+)
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
@@ -140,3 +147,103 @@ class SeasonalNaivePeakForecaster(PeakModel[None]):
         window = self.steps(self.fallback_window_seconds)
         recent = recent_peak_path(values, origins, window, horizon)
         return np.where(fallback, recent, seasonal), fallback
+
+
+class SeasonalRiseForecaster(PeakModel[None]):
+    """Forecast = the current level × the rise the same time of day saw on earlier days.
+
+    The base for origin ``o`` is the level now (the mean of the last ``level_seconds``)
+    times the median, over the last ``days`` seasons, of how the window peak compared with
+    the level at the same time of day: ``peak(o - k·season) / level(o - k·season)``. So it
+    follows today's level like the nowcast, and adds the ramp (or the fall) that usually
+    comes next, which the nowcast cannot see; it needs no model of the level itself, so a
+    service that grows or shifts keeps its forecast. Where no earlier season is known (the
+    first day, gaps) the ratio is 1: the level alone, flagged as the fallback.
+
+    Per step: the level × the median ratio of the value ``h`` steps later to the level.
+    """
+
+    name = "seasonal-rise"
+
+    def __init__(
+        self,
+        season_seconds: int = DAY_SECONDS,
+        days: int = 7,
+        level_seconds: int = 300,
+        fallback_window_seconds: int = 7200,
+        *,
+        lead: int = 10,
+        width: int = 30,
+        quantile: float = 0.95,
+        floor_fraction: float = 0.05,
+        default_margin: float = 1.25,
+        margin: str = "auto",
+    ) -> None:
+        super().__init__(
+            lead=lead,
+            width=width,
+            quantile=quantile,
+            floor_fraction=floor_fraction,
+            default_margin=default_margin,
+            margin=margin,
+        )
+        self.season_seconds = season_seconds
+        self.days = days
+        self.level_seconds = level_seconds
+        self.fallback_window_seconds = fallback_window_seconds
+
+    def _fit_state(self, series: Series, lead: int, width: int) -> None:
+        return None
+
+    def _rise(self, values: FloatArray, origins: IntArray, ahead: FloatArray) -> FloatArray:
+        """Median over earlier seasons of ``ahead[o - k·season] / level[o - k·season]`` per
+        origin (``ahead[j]`` must be known at ``j + lead + width``, checked by the caller)."""
+        level = trailing_mean(values, self.steps(self.level_seconds))
+        season = self.steps(self.season_seconds)
+        ratios = np.full((origins.shape[0], max(1, self.days)), np.nan)
+        for k in range(1, self.days + 1):
+            then = origins - k * season
+            ok = then >= 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratios[ok, k - 1] = ahead[then[ok]] / level[then[ok]]
+        ratios[~np.isfinite(ratios)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no season yet
+            rise: FloatArray = np.nanmedian(ratios, axis=1)
+        return rise
+
+    def _base(
+        self, state: None, series: Series, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        level = trailing_mean(values, self.steps(self.level_seconds))[origins]
+        season = self.steps(self.season_seconds)
+        # The window peak after each step j, known from step j + lead + width on.
+        ahead = np.full(values.shape[0], np.nan)
+        if lead + width <= season and values.shape[0] > lead + width:
+            ahead[: values.shape[0] - lead - width] = trailing_max(values, width)[lead + width :]
+        rise = self._rise(values, origins, ahead)
+        fallback = np.isnan(rise) | np.isnan(level)
+        recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        base = np.where(fallback, np.where(np.isnan(level), recent, level), level * rise)
+        return base, fallback
+
+    def _step_base(
+        self, state: None, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        level = trailing_mean(values, self.steps(self.level_seconds))
+        season = self.steps(self.season_seconds)
+        base = np.empty((origins.shape[0], horizon))
+        fallback = np.empty((origins.shape[0], horizon), dtype=np.bool_)
+        now = level[origins]
+        recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        for h in range(1, horizon + 1):
+            ahead = np.full(values.shape[0], np.nan)
+            if h <= season and values.shape[0] > h:
+                ahead[: values.shape[0] - h] = values[h:]
+            rise = self._rise(values, origins, ahead)
+            miss = np.isnan(rise) | np.isnan(now)
+            base[:, h - 1] = np.where(miss, np.where(np.isnan(now), recent, now), now * rise)
+            fallback[:, h - 1] = miss
+        return base, fallback

@@ -81,6 +81,7 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.series import FloatArray, Series
@@ -109,6 +110,9 @@ CANDIDATES: dict[str, ModelFactory] = {
         lead=lead, width=width, quantile=q
     ),
     "nowcast": lambda lead, width, q: NowcastForecaster(lead=lead, width=width, quantile=q),
+    "seasonal-rise": lambda lead, width, q: SeasonalRiseForecaster(
+        lead=lead, width=width, quantile=q
+    ),
 }
 """Every model AutoForecaster can choose from, by name."""
 

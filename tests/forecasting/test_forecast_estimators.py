@@ -18,6 +18,7 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
@@ -36,6 +37,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
     "nowcast": NowcastForecaster,
+    "seasonal-rise": SeasonalRiseForecaster,
     "auto": AutoForecaster,
 }
 ALL = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
@@ -268,3 +270,18 @@ def test_margin_forms_ratio_scaled_and_auto() -> None:
     assert clone(fitted["scaled"]).get_params()["margin"] == "scaled"
     with pytest.raises(ValueError, match="margin"):
         RecentPeakForecaster(margin="additive").fit(train)
+
+
+def test_seasonal_rise_sees_the_daily_ramp_coming_at_any_level() -> None:
+    # Flat nights, a steep ramp at 08:00 every day; the last day's level is 3 times the rest.
+    minutes = np.arange(8 * 1440)
+    day = np.where((minutes % 1440) >= 480, 100.0, 20.0)
+    day[7 * 1440 :] *= 3.0
+    series = Series(daily_demand(1).start, 60, day)
+    model = SeasonalRiseForecaster(lead=LEAD, width=1).fit(series.head(7 * 1440))
+    before_ramp = np.array([7 * 1440 + 480 - LEAD - 1], dtype=np.int64)  # window = 08:00
+    median = model.predict_peak(series, before_ramp, lead=LEAD, width=1, quantiles=[0.5])
+    # The level now (60) times the rise seen at that time on earlier days (5x): 300.
+    assert median[0, 0] == pytest.approx(300.0, rel=0.05)
+    plain = NowcastForecaster(lead=LEAD, width=1).fit(series.head(7 * 1440))
+    assert plain.predict_peak(series, before_ramp, lead=LEAD, width=1, quantiles=[0.5])[0, 0] < 150

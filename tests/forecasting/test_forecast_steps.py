@@ -16,6 +16,7 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
@@ -34,6 +35,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
     "nowcast": NowcastForecaster,
+    "seasonal-rise": SeasonalRiseForecaster,
     "auto": AutoForecaster,
     "seasonal-peak (baseline)": SeasonalPeakForecaster,
 }
