@@ -63,7 +63,7 @@ from peakwise.forecasting.shortfall import (
     censored_steps,
     held_capacity,
 )
-from peakwise.forecasting.windows import last_known, valid_origins
+from peakwise.forecasting.windows import last_known, recent_range, valid_origins
 
 DEFAULT_SHORTFALL = 0.005
 """``spec.slo.shortfallMinutes`` when not set: 0.5% of minutes."""
@@ -77,6 +77,12 @@ HEADROOMS = np.concatenate(
 """The reactive rule's headroom over the demand just observed, as a share of it."""
 DEFAULT_HEADROOM = 1.0 / 0.7 - 1.0
 """The reactive headroom before any minute can be replayed: a 70% utilisation target."""
+SPREADS = np.concatenate(
+    [np.arange(0.0, 1.0, 0.02), np.arange(1.0, 3.0, 0.1), [3.0, 4.0, 6.0, 8.0]]
+)
+"""The other reactive rule's headroom, in units of how much demand has been moving: the range
+of the last hour plus twice the history's median one (the nowcast's scale)."""
+VOLATILITY_STEPS = 60
 
 MIN_REFIT_SECONDS = 600
 REFIT_GROWTH = 0.1
@@ -125,13 +131,19 @@ def hold_rule(
     )
 
 
+Option = Literal["forecast", "reactive", "reactive-spread"]
+"""The forecast; the demand just observed plus a share of it (HPA-like); the demand just
+observed plus a multiple of how much it has been moving (volatility-scaled headroom)."""
+
+
 @dataclass(frozen=True)
 class Margin:
     """An option's margin, calibrated (or set) on the calibration span."""
 
-    option: Literal["forecast", "reactive"]
+    option: Option
     knob: float
-    """The forecast's quantile, or the reactive rule's headroom (share of demand)."""
+    """The forecast's quantile, or a reactive rule's headroom (a share of demand, or of how
+    much it has been moving)."""
     replayed_shortfall: float | None
     """Share of the span's measured minutes short at this margin; None if none measured."""
     replayed_capacity: float | None
@@ -142,6 +154,8 @@ class Margin:
     def describe(self) -> str:
         if self.option == "forecast":
             return f"q{self.knob:.3f}".rstrip("0").rstrip(".")
+        if self.option == "reactive-spread":
+            return f"reactive headroom {self.knob:.2f} × recent range"
         return f"reactive headroom {self.knob:.0%}"
 
 
@@ -247,6 +261,8 @@ class ShortfallForecaster(Estimator):
         self.step_seconds_ = series.step_seconds
         self.until_ = until
         self.history_seconds_ = float(len(series) * series.step_seconds)
+        ranges = recent_range(series.values, VOLATILITY_STEPS)[~np.isnan(series.values)]
+        self.typical_range_ = float(np.median(ranges)) if ranges.size else 0.0
         capacity_values = None if capacity is None else capacity.values
         censored = censored_steps(series.values, capacity_values)
         self.censored_minutes_ = int(censored.sum())
@@ -264,9 +280,14 @@ class ShortfallForecaster(Estimator):
         self, option: str, series: Series, origins: IntArray, knobs: Sequence[float] | FloatArray
     ) -> FloatArray:
         """Each knob's forecasts, shape ``(len(origins), len(knobs))``; causal per origin."""
-        if option == "reactive":
-            latest = last_known(series.values[: int(origins.max()) + 1])[origins]
-            return latest[:, None] * (1.0 + np.asarray(knobs)[None, :])
+        if option != "forecast":
+            values = series.values[: int(origins.max()) + 1]
+            latest = last_known(values)[origins][:, None]
+            if option == "reactive":
+                return latest * (1.0 + np.asarray(knobs)[None, :])
+            spread = recent_range(values, VOLATILITY_STEPS)[origins] + 2.0 * self.typical_range_
+            out: FloatArray = latest + spread[:, None] * np.asarray(knobs)[None, :]
+            return out
         predicted: FloatArray = self.forecaster_.predict_peak(
             series, origins, lead=self._lead(), width=self.width, quantiles=list(knobs)
         )
@@ -280,9 +301,7 @@ class ShortfallForecaster(Estimator):
         span_censored = censored[first:]
         skip = self.rule.lead + self.rule.hold  # the first targets of the span predate it
 
-        def calibrated(
-            option: Literal["forecast", "reactive"], knobs: Sequence[float] | FloatArray
-        ) -> Margin:
+        def calibrated(option: Option, knobs: Sequence[float] | FloatArray) -> Margin:
             forecasts = self._forecasts(option, series, origins, knobs)
             shortfall, capacity, measured = _span_capacity_and_misses(
                 demand, forecasts, self.rule, span_censored, skip
@@ -300,6 +319,12 @@ class ShortfallForecaster(Estimator):
             fixed = calibrated("forecast", [self.quantile])
             return replace(fixed, reached=bool(fixed.reached)), None, "forecast.quantile is set"
         reactive = calibrated("reactive", HEADROOMS)
+        spread = calibrated("reactive-spread", SPREADS)
+        if spread.reached and (
+            not reactive.reached
+            or (spread.replayed_capacity or 0.0) < (reactive.replayed_capacity or 0.0)
+        ):
+            reactive = spread
         note = ""
         if reactive.replayed_shortfall is None:
             note = "too little history to replay: default headroom (a 70% utilisation target)"
@@ -382,7 +407,9 @@ class ShortfallForecaster(Estimator):
     def calibration_(self) -> CalibrationInfo:
         check_is_fitted(self, "margin_")
         margin = self.margin_
-        mode: Mode = "override" if self.quantile is not None else margin.option
+        mode: Mode = "override" if self.quantile is not None else "forecast"
+        if self.quantile is None and margin.option != "forecast":
+            mode = "reactive"
         short = sum(r.short for r in self.achieved_)
         measured = sum(r.measured for r in self.achieved_)
         span = (self.until_ - self.achieved_[0].start).total_seconds() if self.achieved_ else 0.0
@@ -392,7 +419,7 @@ class ShortfallForecaster(Estimator):
             mode=mode,
             margin=margin.describe(),
             quantile=margin.knob if margin.option == "forecast" else None,
-            headroom=margin.knob if margin.option == "reactive" else None,
+            headroom=margin.knob if margin.option != "forecast" else None,
             replayed_shortfall=margin.replayed_shortfall,
             calibration_seconds=float(calibrated),
             achieved_shortfall=short / measured if measured else None,
@@ -407,7 +434,7 @@ class ShortfallForecaster(Estimator):
         inner = self.forecaster_.info_
         calibration = self.calibration_
         if calibration.mode == "reactive":
-            model = f"reactive, headroom {self.margin_.knob:.0%} (until forecasts prove cheaper)"
+            model = f"{calibration.margin} (until forecasts prove cheaper)"
         else:
             model = f"{inner.model} at {calibration.margin}"
         return replace(inner, model=model, calibration=calibration)
