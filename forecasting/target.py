@@ -327,7 +327,10 @@ class ShortfallForecaster(Estimator):
             reactive = spread
         note = ""
         if reactive.replayed_shortfall is None:
-            note = "too little history to replay: default headroom (a 70% utilisation target)"
+            note = (
+                f"too little history to calibrate (a replay needs more than lead + hold = "
+                f"{skip} steps): the default headroom, a 70% utilisation target"
+            )
         if self.history_seconds_ < self.handover_seconds or _short(self.forecaster_.info_):
             return reactive, None, note or "history shorter than the handover span"
         forecast = calibrated("forecast", QUANTILES)

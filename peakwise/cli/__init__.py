@@ -52,13 +52,20 @@ def _add_synth_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "seasonality, morning ramp, evening peak, noise, bursts) in the format "
         "`peakwise backtest` reads: timestamp,requests,input_tokens,output_tokens.",
     )
-    p.add_argument("--days", type=_positive_int, default=14, help="length in days (default 14)")
+    p.add_argument(
+        "--family",
+        default="weekly",
+        choices=["weekly", "growth", "level-shift", "spikes", "launch", "sparse"],
+        help="shape of demand (default weekly: the chat service above); growth doubles over "
+        "two weeks, level-shift steps up 1.8x, spikes adds sudden spikes several times a day, "
+        "launch is a new service's first day, sparse has a few requests a minute at the peak",
+    )
+    p.add_argument("--days", type=_positive_int, help="length in days (default: 14, launch 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument(
         "--peak",
         type=float,
-        default=3000.0,
-        help="typical weekday peak in requests per minute (default 3000)",
+        help="peak in requests per minute (default 3000; sparse 6)",
     )
     p.add_argument("--out", required=True, help="CSV file to write")
     p.set_defaults(run=_run_synth_trace)
@@ -72,9 +79,9 @@ def _positive_int(text: str) -> int:
 
 
 def _run_synth_trace(args: argparse.Namespace) -> int:
-    from peakwise.trace import synthesize_trace, write_trace_csv
+    from peakwise.trace import synthesize_family, write_trace_csv
 
-    table = synthesize_trace(args.days, args.seed, peak_requests_per_minute=args.peak)
+    table = synthesize_family(args.family, args.days, args.seed, peak_requests_per_minute=args.peak)
     path = write_trace_csv(args.out, table)
     print(f"{path}: {len(table)} minutes from {table.start:%Y-%m-%d %H:%M} UTC")
     return 0

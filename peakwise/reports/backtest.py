@@ -67,10 +67,11 @@ def calibration_summary(result: BacktestResult) -> str:
         how = "forecasts throughout"
     else:
         how = f"the reactive rule until minute {handover:,}, then forecasts"
-    return (
+    line = (
         f"Peakwise: {goal}, {peakwise.under_provisioned:.2%} achieved; {how}; "
-        f"{len(result.calibrations)} fits; margin at the end: {last.margin}."
+        f"{len(result.calibrations)} fits; margin at the end: {last.margin}"
     )
+    return line + (f" ({last.note})." if last.note.startswith("too little") else ".")
 
 
 def write_csvs(result: BacktestResult, out_dir: str | Path) -> list[Path]:

@@ -100,3 +100,32 @@ def test_a_warm_refit_carries_the_selection_scores_and_measures_what_was_served(
     achieved, never = warm.calibration_, cold.calibration_
     assert achieved.achieved_shortfall is not None and achieved.achieved_seconds == 720 * 60
     assert never.achieved_shortfall is None and previous.calibration_.achieved_shortfall is None
+
+
+class Daily:
+    def fetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
+        n = int((end - start).total_seconds() // step_seconds) + 1
+        minutes = np.arange(n) + int(start.timestamp() // 60)
+        noise = np.random.default_rng(n).lognormal(0.0, 0.1, n)
+        return Series(start, step_seconds, 100 * (1.2 + np.sin(2 * np.pi * minutes / 1440)) * noise)
+
+
+def test_the_forecast_carries_the_calibration_status_and_metrics_show() -> None:
+    forecasts = ForecastService(Daily(), default_forecaster)
+    young = forecasts.forecast(("ns", "a"), spec(), timedelta(minutes=5), NOW)
+    calibration = young.calibration
+    assert calibration is not None and calibration.target == 0.005
+    # A day of history: the reactive rule sizes it, and the condition's text says so.
+    assert calibration.mode == "reactive" and calibration.headroom is not None
+    assert young.fallback.startswith("new or changed service: reactive headroom")
+    assert young.forecast is not None and young.forecast.model == young.info.model  # type: ignore[union-attr]
+    grown_spec = spec().model_copy(
+        update={"forecast": spec().forecast.model_copy(update={"history": timedelta(days=4)})}
+    )
+    grown = forecasts.forecast(("ns", "b"), grown_spec, timedelta(minutes=5), NOW)
+    assert grown.calibration is not None and grown.calibration.replayed_shortfall is not None
+    assert grown.calibration.calibration_seconds == 4 * 86400 + 60
+    if grown.calibration.mode == "forecast":
+        assert grown.forecast is not None
+        assert grown.forecast.quantile == grown.calibration.quantile and grown.fallback == ""
+    forecasts.close()
