@@ -26,6 +26,7 @@ candidate margin), which is what lets a refit calibrate its margin in millisecon
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ from numpy.typing import NDArray
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from peakwise.forecasting.series import FloatArray
-from peakwise.forecasting.windows import recent_range, trailing_max
+from peakwise.forecasting.windows import recent_range, trailing_max, trailing_mean
 
 BoolArray = NDArray[np.bool_]
 
@@ -188,3 +189,56 @@ def censored_steps(
     ahead = np.minimum(np.arange(n) + min_steps, n)
     stretch: BoolArray = (counts[ahead] - counts[np.arange(n)]) > 0
     return stretch
+
+
+SHIFT_STEPS = 60
+"""A level is the mean demand of this many steps (an hour of minutes)."""
+SHIFT_RATIO = 3.0
+"""A level that moved this many times more (or less) than it usually does at this time of
+day, within an hour, is a level shift."""
+SHIFT_FLOOR = 0.2
+"""Levels below this share of the history's median level are too quiet to judge."""
+
+
+def last_level_shift(values: FloatArray, season: int = 1440, seasons: int = 7) -> int | None:
+    """The last step at which demand's level shifted, or None.
+
+    The level is the mean of the last hour; it *shifted* at step ``t`` when it changed over
+    the hour before ``t`` by ``SHIFT_RATIO`` times more (or less) than the same hour usually
+    changed on the last ``seasons`` days (the median of their changes; no change expected
+    before there is a day of history). So a service's daily ramp is not a shift once it has
+    been seen, while a launch, a customer moving in or out, or an outage of another system
+    is. Only two whole hours of known demand are judged (demand coming back after a gap is
+    not a new level). Causal: the answer for ``values[: t + 1]`` never depends on later
+    values.
+    """
+    n = values.shape[0]
+    if n <= SHIFT_STEPS:
+        return None
+    level = trailing_mean(values, SHIFT_STEPS)
+    known = level[~np.isnan(level)]
+    if known.size == 0:
+        return None
+    floor = SHIFT_FLOOR * float(np.median(known))
+    before = np.full(n, np.nan)
+    before[SHIFT_STEPS:] = level[:-SHIFT_STEPS]
+    # Judged on two full hours of known demand: a recovery from a gap is not a new level.
+    gaps = np.concatenate([[0], np.cumsum(np.isnan(values))])
+    index = np.arange(n)
+    whole = (index >= 2 * SHIFT_STEPS - 1) & (
+        gaps[index + 1] - gaps[np.maximum(index + 1 - 2 * SHIFT_STEPS, 0)] == 0
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(whole & (level > floor) & (before > floor), level / before, np.nan)
+    past = np.full((n, seasons), np.nan)
+    for k in range(1, seasons + 1):
+        if k * season < n:
+            past[k * season :, k - 1] = ratio[: n - k * season]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no earlier day known: expect none
+        usual = np.nanmedian(past, axis=1)
+    usual = np.where(np.isnan(usual), 1.0, usual)
+    with np.errstate(invalid="ignore"):
+        moved = ratio / usual
+        shifted = np.flatnonzero((moved >= SHIFT_RATIO) | (moved <= 1.0 / SHIFT_RATIO))
+    return int(shifted[-1]) if shifted.size else None

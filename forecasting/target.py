@@ -62,6 +62,7 @@ from peakwise.forecasting.shortfall import (
     HoldRule,
     censored_steps,
     held_capacity,
+    last_level_shift,
 )
 from peakwise.forecasting.windows import last_known, recent_range, valid_origins
 
@@ -296,6 +297,19 @@ class ShortfallForecaster(Estimator):
     def _calibrate(self, series: Series, censored: BoolArray) -> tuple[Margin, Margin | None, str]:
         """The margin in use, the other option's calibrated margin, and a note."""
         first = self._span(series)
+        # A young service's new level (a launch): what came before says little about the
+        # margin it needs now, and misses there are sunk. (Established services have
+        # level-following forecasts and a week to calibrate on; a cut there costs more.)
+        shift = (
+            last_level_shift(series.values)
+            if self.history_seconds_ < self.handover_seconds
+            else None
+        )
+        since = ""
+        if shift is not None and shift > first:
+            first = shift
+            stamp = series.time_at(shift).strftime("%Y-%m-%d %H:%M")
+            since = f"level shift at {stamp}: calibrated on the {len(series) - shift} steps since"
         origins = np.arange(first, len(series), dtype=np.int64)
         demand = series.values[first:]
         span_censored = censored[first:]
@@ -331,6 +345,9 @@ class ShortfallForecaster(Estimator):
                 f"too little history to calibrate (a replay needs more than lead + hold = "
                 f"{skip} steps): the default headroom, a 70% utilisation target"
             )
+        young = (len(series) - first) * series.step_seconds < self.handover_seconds
+        if young and since:
+            return reactive, None, note or since
         if self.history_seconds_ < self.handover_seconds or _short(self.forecaster_.info_):
             return reactive, None, note or "history shorter than the handover span"
         forecast = calibrated("forecast", QUANTILES)
@@ -338,7 +355,7 @@ class ShortfallForecaster(Estimator):
             not reactive.reached
             or (forecast.replayed_capacity or 0.0) <= (reactive.replayed_capacity or 0.0)
         ):
-            return forecast, reactive, ""
+            return forecast, reactive, since
         if not forecast.reached and not reactive.reached:
             best = min((forecast, reactive), key=lambda m: m.replayed_shortfall or math.inf)
             other = reactive if best is forecast else forecast

@@ -19,6 +19,7 @@ from peakwise.forecasting.shortfall import (
     HoldRule,
     censored_steps,
     held_capacity,
+    last_level_shift,
     shortfall_share,
 )
 from peakwise.forecasting.target import (
@@ -230,3 +231,28 @@ def test_young_services_are_refitted_as_their_history_grows() -> None:
     assert refit_interval(60.0, 6 * hour) == 600  # at least ten minutes apart
     assert refit_interval(10 * hour, 6 * hour) == pytest.approx(hour)  # a tenth of the history
     assert refit_interval(day, 6 * hour) == 6 * hour  # after the first day, the interval
+
+
+def test_a_launch_is_a_level_shift_and_a_daily_ramp_seen_before_is_not() -> None:
+    minutes = np.arange(3 * 1440)
+    day = np.where((minutes % 1440) >= 8 * 60, 100.0, 20.0)  # a fivefold ramp at 08:00
+    assert last_level_shift(day[: 9 * 60]) == 8 * 60 + 59  # the first day: a new level
+    # Once a day has shown the ramp, the same ramp is what this hour usually does.
+    assert last_level_shift(day[: 2 * 1440 + 9 * 60]) == 8 * 60 + 59
+    # Demand coming back after an outage (a gap) is not a new level either.
+    outage = np.full(600, 100.0)
+    outage[200:300] = np.nan
+    outage[300:] = 400.0
+    assert last_level_shift(outage) is None
+
+
+def test_a_launch_recalibrates_from_the_new_level_without_chasing_the_climb() -> None:
+    minutes = np.arange(1440)
+    noise = np.random.default_rng(12).normal(1.0, 0.03, minutes.shape[0])
+    climb = 5.0 + 95.0 / (1.0 + np.exp(-(minutes - 9 * 60 - 60) / 15.0))
+    series = Series(START, 60, climb * noise)
+    model = ShortfallForecaster(RULE).fit(series.head(16 * 60))
+    info = model.calibration_
+    assert info.mode == "reactive" and "level shift at" in info.note
+    # The headroom suits the new level's noise, not the climb's misses.
+    assert info.headroom is not None and info.headroom < 0.5
