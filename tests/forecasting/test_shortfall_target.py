@@ -237,8 +237,9 @@ def test_a_launch_is_a_level_shift_and_a_daily_ramp_seen_before_is_not() -> None
     minutes = np.arange(3 * 1440)
     day = np.where((minutes % 1440) >= 8 * 60, 100.0, 20.0)  # a fivefold ramp at 08:00
     assert last_level_shift(day[: 9 * 60]) == 8 * 60 + 59  # the first day: a new level
-    # Once a day has shown the ramp, the same ramp is what this hour usually does.
-    assert last_level_shift(day[: 2 * 1440 + 9 * 60]) == 8 * 60 + 59
+    # Once a day has shown the ramp (and the fall at midnight), they are what those hours
+    # usually do: the last shift is the first midnight's fall, never seen before it.
+    assert last_level_shift(day[: 2 * 1440 + 9 * 60]) == 1440 + 58
     # Demand coming back after an outage (a gap) is not a new level either.
     outage = np.full(600, 100.0)
     outage[200:300] = np.nan
