@@ -10,6 +10,7 @@ season ago (the recent peak where that minute is a gap or before the history).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -195,55 +196,66 @@ class SeasonalRiseForecaster(PeakModel[None]):
     def _fit_state(self, series: Series, lead: int, width: int) -> None:
         return None
 
-    def _rise(self, values: FloatArray, origins: IntArray, ahead: FloatArray) -> FloatArray:
-        """Median over earlier seasons of ``ahead[o - k·season] / level[o - k·season]`` per
-        origin (``ahead[j]`` must be known at ``j + lead + width``, checked by the caller)."""
-        level = trailing_mean(values, self.steps(self.level_seconds))
+    def _rise(
+        self,
+        level: FloatArray,
+        origins: IntArray,
+        columns: int,
+        ahead: Callable[[IntArray], FloatArray],
+    ) -> FloatArray:
+        """Median over earlier seasons of ``ahead(j) / level[j]`` at ``j = o - k·season``, per
+        origin and column. ``ahead(rows)`` gives, per row, what followed that step (one
+        column per horizon step, or one for the window peak), known by ``j + season``."""
         season = self.steps(self.season_seconds)
-        ratios = np.full((origins.shape[0], max(1, self.days)), np.nan)
+        ratios = np.full((origins.shape[0], columns, max(1, self.days)), np.nan)
         for k in range(1, self.days + 1):
             then = origins - k * season
             ok = then >= 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratios[ok, k - 1] = ahead[then[ok]] / level[then[ok]]
+            if ok.any():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratios[ok, :, k - 1] = ahead(then[ok]) / level[then[ok], None]
         ratios[~np.isfinite(ratios)] = np.nan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no season yet
-            rise: FloatArray = np.nanmedian(ratios, axis=1)
+            rise: FloatArray = np.nanmedian(ratios, axis=2)
         return rise
 
     def _base(
         self, state: None, series: Series, origins: IntArray, lead: int, width: int
     ) -> tuple[FloatArray, BoolArray]:
         values = series.values
-        level = trailing_mean(values, self.steps(self.level_seconds))[origins]
+        level = trailing_mean(values, self.steps(self.level_seconds))
         season = self.steps(self.season_seconds)
         # The window peak after each step j, known from step j + lead + width on.
-        ahead = np.full(values.shape[0], np.nan)
+        peaks = np.full(values.shape[0], np.nan)
         if lead + width <= season and values.shape[0] > lead + width:
-            ahead[: values.shape[0] - lead - width] = trailing_max(values, width)[lead + width :]
-        rise = self._rise(values, origins, ahead)
-        fallback = np.isnan(rise) | np.isnan(level)
+            peaks[: values.shape[0] - lead - width] = trailing_max(values, width)[lead + width :]
+        rise = self._rise(level, origins, 1, lambda rows: peaks[rows][:, None])[:, 0]
+        now = level[origins]
+        fallback = np.isnan(rise) | np.isnan(now)
         recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
-        base = np.where(fallback, np.where(np.isnan(level), recent, level), level * rise)
+        base = np.where(fallback, np.where(np.isnan(now), recent, now), now * rise)
         return base, fallback
 
     def _step_base(
         self, state: None, series: Series, origins: IntArray, horizon: int
     ) -> tuple[FloatArray, BoolArray]:
         values = series.values
+        n = values.shape[0]
         level = trailing_mean(values, self.steps(self.level_seconds))
         season = self.steps(self.season_seconds)
-        base = np.empty((origins.shape[0], horizon))
-        fallback = np.empty((origins.shape[0], horizon), dtype=np.bool_)
-        now = level[origins]
+        # The value h steps after step j, for h = 1 … horizon (known by j + h ≤ j + season).
+        steps = np.arange(1, horizon + 1)
+
+        def ahead(rows: IntArray) -> FloatArray:
+            later = rows[:, None] + steps[None, :]
+            out = np.where(later < n, values[np.minimum(later, n - 1)], np.nan)
+            out[:, steps > season] = np.nan
+            return out
+
+        rise = self._rise(level, origins, horizon, ahead)
+        now = level[origins][:, None]
         recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
-        for h in range(1, horizon + 1):
-            ahead = np.full(values.shape[0], np.nan)
-            if h <= season and values.shape[0] > h:
-                ahead[: values.shape[0] - h] = values[h:]
-            rise = self._rise(values, origins, ahead)
-            miss = np.isnan(rise) | np.isnan(now)
-            base[:, h - 1] = np.where(miss, np.where(np.isnan(now), recent, now), now * rise)
-            fallback[:, h - 1] = miss
+        fallback = np.isnan(rise) | np.isnan(now)
+        base = np.where(fallback, np.where(np.isnan(now), recent[:, None], now), now * rise)
         return base, fallback

@@ -61,7 +61,9 @@ def calibration_summary(result: BacktestResult) -> str:
         else "fixed forecast.quantile (no target)"
     )
     handover = next((t for t, c in result.calibrations if c.mode == "forecast"), None)
-    if handover is None:
+    if result.target is None:
+        how = "forecasts at that quantile throughout"
+    elif handover is None:
         how = "the reactive rule throughout (forecasts never proved cheaper)"
     elif handover == 0:
         how = "forecasts throughout"
