@@ -30,7 +30,9 @@ Fits run on a background worker, never as a cost every round has to pay:
   new service starts on the calibrated reactive rule and, for its first day, is refitted as
   its history grows (`refit_interval`: when it has grown by a tenth, every 10 minutes at
   most often), and forecasts
-  take over when they meet the target for less. `ForecastResult.calibration` carries the
+  take over when they meet the target for less (the calibrated reactive rule is the model's
+  own forecast, not a fallback: the Forecasting condition stays True and names it).
+  `ForecastResult.calibration` carries the
   target, the margin in use, the shortfall replayed on the history and the shortfall the
   served forecasts achieved over the last 7 days, for status and metrics.
 * With the expert override `forecast.quantile`, a fitted model whose own backtest covers far
@@ -404,10 +406,6 @@ class ForecastService:
                 fallback = f"{poor}; sized for at least the reactive forecast ({reactive:,.4g}/s)"
                 if reactive > peak:
                     peak, model = reactive, f"reactive (model {info.model} not trusted)"
-        elif calibration is not None and calibration.mode == "reactive":
-            fallback = f"new or changed service: {calibration.margin}"
-            if calibration.note:
-                fallback += f" ({calibration.note})"
         window = self._window_span()
         forecast = DemandForecast(peak, quantile, end + lead, model, window)
         return ForecastResult(forecast, info, observed, fallback=fallback)
