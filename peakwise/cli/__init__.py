@@ -94,7 +94,7 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Replay a per-minute demand trace, minute by minute, through Peakwise "
         "(forecasts calibrated to the deployment's slo.shortfallMinutes, then the planner) and "
         "the alternatives a team would pick: static capacity for the peak, reactive HPA-like "
-        "scaling with no headroom, tuned in hindsight to Peakwise's shortfall, and at a 70%% "
+        "scaling with no headroom, tuned in hindsight to Peakwise's shortfall, and at a 70% "
         "utilisation target; with several capacity tiers also reactive scaling that fills the "
         "same tiers (HPA plus a Karpenter-like provisioner), tuned the same way; and a "
         "perfect-foresight oracle. Provisioning delay, tier prices and spot interruptions are "
