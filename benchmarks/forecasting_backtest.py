@@ -15,18 +15,18 @@ import time
 from pathlib import Path
 
 from peakwise.backtest.config import load_config, with_replicas_at_peak
-from peakwise.backtest.report import table
 from peakwise.backtest.run import BacktestOptions, run_backtest
 from peakwise.forecasting.base import PeakForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 from peakwise.forecasting.select import default_forecaster
+from peakwise.reports.backtest import table
 from peakwise.trace import read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 SERVEGEN = REPO.parent / "shared" / "traces" / "servegen_m-mid_per_minute.csv"
 
 
-def seasonal(lead: int, width: int) -> PeakForecaster:
+def seasonal(lead: int, width: int, quantile: float) -> PeakForecaster:
     return SeasonalPeakForecaster(lead=lead, width=width)
 
 
@@ -37,13 +37,10 @@ def main() -> int:
     args = parser.parse_args()
     series = read_trace(SERVEGEN, zero_is_gap_min_run=10).series
     config = with_replicas_at_peak(load_config(args.config), series, args.replicas_at_peak)
-    quantile = config.deployment.spec.forecast.quantile
-
-    def auto(lead: int, width: int) -> PeakForecaster:
-        # The operator's forecaster, selected and calibrated at the config's quantile.
-        return default_forecaster(lead, width, quantile)
-
-    for name, factory in (("SeasonalPeakForecaster", seasonal), ("AutoForecaster", auto)):
+    for name, factory in (
+        ("SeasonalPeakForecaster", seasonal),
+        ("AutoForecaster", default_forecaster),
+    ):
         started = time.perf_counter()
         result = run_backtest(series, config, BacktestOptions(), forecaster=factory)
         elapsed = time.perf_counter() - started

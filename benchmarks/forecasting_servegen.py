@@ -20,13 +20,16 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.backtest.forecast_scores import default_models, evaluate
 from peakwise.forecasting.select import AutoForecaster, default_forecaster
 from peakwise.forecasting.series import Series
+from peakwise.forecasting.target import hold_rule
 from peakwise.operator.forecasts import fit_model
 from peakwise.reports.forecasts import format_steps_table, format_table
 from peakwise.trace import read_trace
@@ -158,7 +161,16 @@ def timings(series: Series, lead: int, width: int, q: float, horizon: int) -> No
     gc.collect()
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
-    operator_kept = fit_model(default_forecaster, lead, 1, q, series)
+    spec = InferenceDeploymentSpec.model_validate(
+        {
+            "template": {},
+            "gpuProfiles": [{"gpuType": "g", "throughputPerReplica": 1}],
+            "demand": {"query": "q"},
+            "forecast": {"quantile": q},
+        }
+    )
+    rule = hold_rule(spec, timedelta(minutes=lead), timedelta(minutes=1))
+    operator_kept = fit_model(default_forecaster, spec, rule, 1, series)
     gc.collect()
     retained = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

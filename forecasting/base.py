@@ -1,7 +1,10 @@
 """The contract every demand forecaster follows, and the metadata that travels with a forecast.
 
-Estimators follow scikit-learn conventions: hyperparameters in ``__init__``, ``fit`` returns
-``self``, learned attributes end in ``_``, and no data is fetched inside.
+Estimators are scikit-learn estimators (``Estimator`` subclasses ``sklearn.base.BaseEstimator``):
+hyperparameters in ``__init__`` stored unchanged, so ``get_params``, ``set_params``, ``repr``
+and ``sklearn.base.clone`` come from scikit-learn; ``fit`` returns ``self``; learned attributes
+end in ``_``; using an estimator before ``fit`` raises scikit-learn's ``NotFittedError``
+(``check_is_fitted``); no data is fetched inside.
 
 Indexing convention. An *origin* ``o`` is the index of the last observed step: at origin ``o``
 the values ``series.values[: o + 1]`` are known and nothing after them. The *window peak* for
@@ -14,14 +17,47 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Literal, Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator
 
 from peakwise.forecasting.series import FloatArray, Series
 
 IntArray = NDArray[np.int64]
+
+
+Mode = Literal["forecast", "reactive", "override"]
+"""What sizes a service: calibrated forecasts, the reactive rule, or a fixed quantile."""
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """What a service's status and metrics show about its shortfall target."""
+
+    target: float
+    """The shortfall target (share of minutes)."""
+    mode: Mode
+    margin: str
+    """The margin in use, for people: ``q0.987`` or ``reactive headroom 23%``."""
+    quantile: float | None
+    """The forecast quantile in use (None on the reactive rule)."""
+    headroom: float | None
+    """The reactive headroom in use (None on forecasts)."""
+    replayed_shortfall: float | None
+    """In sample: the shortfall replayed over the calibration span at the margin in use."""
+    calibration_seconds: float
+    """How much history the margin was calibrated on."""
+    achieved_shortfall: float | None
+    """Out of sample: share of minutes short under the forecasts served since the earliest
+    fit in the achieved window (None before a second fit: nothing served yet)."""
+    achieved_seconds: float
+    """The span ``achieved_shortfall`` covers (up to ``achieved_seconds``, 7 days)."""
+    censored_minutes: int
+    """Steps of the history where demand sat at its capacity (counted as short)."""
+    note: str = ""
+    """Why the margin is what it is when that is not the plain calibration."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +78,8 @@ class ForecastInfo:
     quantile: float | None = None
     # Validation pinball loss of every candidate a selecting model compared, best first.
     candidates: tuple[tuple[str, float], ...] = ()
+    # The shortfall target, the margin in use and what it achieved (ShortfallForecaster).
+    calibration: CalibrationInfo | None = None
 
 
 class PeakForecaster(Protocol):
@@ -95,6 +133,12 @@ class PeakForecaster(Protocol):
         on first use. What was fitted keeps predicting; anything else then raises. For
         callers that keep many fitted models (the operator keeps one per service)."""
         ...
+
+
+class Estimator(BaseEstimator):  # type: ignore[misc]  # scikit-learn ships no type hints
+    """A Peakwise estimator: scikit-learn's ``BaseEstimator``, named once so the rest of the
+    package subclasses a typed class. Before ``fit``, estimators raise ``NotFittedError`` through
+    ``sklearn.utils.validation.check_is_fitted``."""
 
 
 class TrainingHistory:

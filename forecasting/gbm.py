@@ -231,6 +231,10 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         if origins.shape[0] < self.min_training_rows:
             return GBMState(regressor=None, floor=floor)
         features, scale = self._features(series, origins, lead, width, floor)
+        if np.isnan(features).all(axis=0).any():
+            # A feature never known yet (yesterday's window, under a day of history): the
+            # trees could not split on it, nor use it later; the fallback serves until then.
+            return GBMState(regressor=None, floor=floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
         regressor = self._regressor(self.max_iter, self.learning_rate)
         with _limit_threads(self.threads):
@@ -259,8 +263,8 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
         # One model for every step, the step being a feature: a model per step would cost a
         # fit per step. Each training origin contributes a few steps drawn at random (seeded),
         # so no step is tied to a clock time. The cost of a fit is mostly per tree, not per
-        # row: on servegen, 4 rows per origin and 30 trees at twice the learning rate lost
-        # less (per-step pinball) than 1 row and 60 trees, in 60% of the time.
+        # row: more rows per origin and fewer, faster trees (docs/forecasting.md has the
+        # comparison and its command).
         values = series.values
         floor = self.floor_
         stop = min(self._calibration_start(values.shape[0], 0, horizon), values.shape[0] - horizon)
@@ -277,6 +281,8 @@ class QuantileGBMPeakForecaster(PeakModel[GBMState]):
             return GBMState(regressor=None, floor=floor)
         origins, steps, targets = origins[known], steps[known], targets[known]
         features, scale = self._step_features(series, origins, steps, floor)
+        if np.isnan(features).all(axis=0).any():  # as in _fit_state
+            return GBMState(regressor=None, floor=floor)
         y = np.log(np.maximum(targets, max(floor, 1e-12)) / scale)
         regressor = self._regressor(self.step_max_iter, self.step_learning_rate)
         with _limit_threads(self.threads):

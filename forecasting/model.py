@@ -3,9 +3,9 @@
 A concrete model only says how to learn its state and how to turn a history into a *base*
 forecast per origin; this class adds what they all need:
 
-* scikit-learn conventions: hyperparameters stored unchanged by ``__init__`` (``get_params``,
-  ``set_params`` and ``sklearn.base.clone`` work), ``fit`` returns ``self``, learned
-  attributes end in ``_``;
+* scikit-learn conventions (``base.Estimator``): hyperparameters stored unchanged by
+  ``__init__``, ``fit`` returns ``self``, learned attributes end in ``_``, ``NotFittedError``
+  before ``fit``;
 * a fit per window shape: the model is fitted for ``(lead, width)`` given to ``__init__``; when
   ``predict_peak`` asks for another shape it is fitted for that one too, from the stored
   training history, once (margins learned for a 30-minute window do not fit a 1-minute one);
@@ -23,16 +23,16 @@ forecast per origin; this class adds what they all need:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.utils.validation import check_is_fitted
 
-from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
+from peakwise.forecasting.base import Estimator, ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
@@ -103,37 +103,7 @@ class FittedSteps(Generic[StateT]):
     short_history: bool
 
 
-class EstimatorParams:
-    """scikit-learn's parameter protocol: every ``__init__`` argument is a hyperparameter
-    stored unchanged under its own name, so ``get_params``, ``set_params`` and
-    ``sklearn.base.clone`` work without scikit-learn's base classes."""
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in signature.parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> Self:
-        valid = set(self._param_names())
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {key!r}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-
-class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
+class PeakModel(Estimator, TrainingHistory, ABC, Generic[StateT]):
     """Base class: calibrated window-peak quantiles from a model-specific base forecast."""
 
     name: ClassVar[str] = "peak-model"
@@ -224,8 +194,7 @@ class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
 
     def fitted_window(self, lead: int, width: int) -> FittedWindow[StateT]:
         """The fit for this window shape, learning it from the training history if needed."""
-        if not hasattr(self, "fits_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        check_is_fitted(self, "fits_")
         if lead < 0 or width < 1:
             raise ValueError(f"need lead ≥ 0 and width ≥ 1, got lead={lead}, width={width}")
         key = (lead, width)
@@ -297,8 +266,7 @@ class PeakModel(EstimatorParams, TrainingHistory, ABC, Generic[StateT]):
 
     def fitted_steps(self, horizon: int) -> FittedSteps[StateT]:
         """The per-step fit for this horizon, learning it from the training history if needed."""
-        if not hasattr(self, "step_fits_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        check_is_fitted(self, "step_fits_")
         if horizon < 1:
             raise ValueError(f"need horizon ≥ 1, got {horizon}")
         if horizon not in self.step_fits_:

@@ -9,12 +9,20 @@ season ago (the recent peak where that minute is a gap or before the history).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 
 from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.model import BoolArray, PeakModel
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.windows import recent_peak_base, recent_peak_path, trailing_max
+from peakwise.forecasting.windows import (
+    recent_peak_base,
+    recent_peak_path,
+    trailing_max,
+    trailing_mean,
+)
 
 DAY_SECONDS = 86_400
 WEEK_SECONDS = 7 * DAY_SECONDS
@@ -140,3 +148,114 @@ class SeasonalNaivePeakForecaster(PeakModel[None]):
         window = self.steps(self.fallback_window_seconds)
         recent = recent_peak_path(values, origins, window, horizon)
         return np.where(fallback, recent, seasonal), fallback
+
+
+class SeasonalRiseForecaster(PeakModel[None]):
+    """Forecast = the current level × the rise the same time of day saw on earlier days.
+
+    The base for origin ``o`` is the level now (the mean of the last ``level_seconds``)
+    times the median, over the last ``days`` seasons, of how the window peak compared with
+    the level at the same time of day: ``peak(o - k·season) / level(o - k·season)``. So it
+    follows today's level like the nowcast, and adds the ramp (or the fall) that usually
+    comes next, which the nowcast cannot see; it needs no model of the level itself, so a
+    service that grows or shifts keeps its forecast. Where no earlier season is known (the
+    first day, gaps) the ratio is 1: the level alone, flagged as the fallback.
+
+    Per step: the level × the median ratio of the value ``h`` steps later to the level.
+    """
+
+    name = "seasonal-rise"
+
+    def __init__(
+        self,
+        season_seconds: int = DAY_SECONDS,
+        days: int = 7,
+        level_seconds: int = 300,
+        fallback_window_seconds: int = 7200,
+        *,
+        lead: int = 10,
+        width: int = 30,
+        quantile: float = 0.95,
+        floor_fraction: float = 0.05,
+        default_margin: float = 1.25,
+        margin: str = "auto",
+    ) -> None:
+        super().__init__(
+            lead=lead,
+            width=width,
+            quantile=quantile,
+            floor_fraction=floor_fraction,
+            default_margin=default_margin,
+            margin=margin,
+        )
+        self.season_seconds = season_seconds
+        self.days = days
+        self.level_seconds = level_seconds
+        self.fallback_window_seconds = fallback_window_seconds
+
+    def _fit_state(self, series: Series, lead: int, width: int) -> None:
+        return None
+
+    def _rise(
+        self,
+        level: FloatArray,
+        origins: IntArray,
+        columns: int,
+        ahead: Callable[[IntArray], FloatArray],
+    ) -> FloatArray:
+        """Median over earlier seasons of ``ahead(j) / level[j]`` at ``j = o - k·season``, per
+        origin and column. ``ahead(rows)`` gives, per row, what followed that step (one
+        column per horizon step, or one for the window peak), known by ``j + season``."""
+        season = self.steps(self.season_seconds)
+        ratios = np.full((origins.shape[0], columns, max(1, self.days)), np.nan)
+        for k in range(1, self.days + 1):
+            then = origins - k * season
+            ok = then >= 0
+            if ok.any():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratios[ok, :, k - 1] = ahead(then[ok]) / level[then[ok], None]
+        ratios[~np.isfinite(ratios)] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: no season yet
+            rise: FloatArray = np.nanmedian(ratios, axis=2)
+        return rise
+
+    def _base(
+        self, state: None, series: Series, origins: IntArray, lead: int, width: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        level = trailing_mean(values, self.steps(self.level_seconds))
+        season = self.steps(self.season_seconds)
+        # The window peak after each step j, known from step j + lead + width on.
+        peaks = np.full(values.shape[0], np.nan)
+        if lead + width <= season and values.shape[0] > lead + width:
+            peaks[: values.shape[0] - lead - width] = trailing_max(values, width)[lead + width :]
+        rise = self._rise(level, origins, 1, lambda rows: peaks[rows][:, None])[:, 0]
+        now = level[origins]
+        fallback = np.isnan(rise) | np.isnan(now)
+        recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        base = np.where(fallback, np.where(np.isnan(now), recent, now), now * rise)
+        return base, fallback
+
+    def _step_base(
+        self, state: None, series: Series, origins: IntArray, horizon: int
+    ) -> tuple[FloatArray, BoolArray]:
+        values = series.values
+        n = values.shape[0]
+        level = trailing_mean(values, self.steps(self.level_seconds))
+        season = self.steps(self.season_seconds)
+        # The value h steps after step j, for h = 1 … horizon (known by j + h ≤ j + season).
+        steps = np.arange(1, horizon + 1)
+
+        def ahead(rows: IntArray) -> FloatArray:
+            later = rows[:, None] + steps[None, :]
+            out = np.where(later < n, values[np.minimum(later, n - 1)], np.nan)
+            out[:, steps > season] = np.nan
+            return out
+
+        rise = self._rise(level, origins, horizon, ahead)
+        now = level[origins][:, None]
+        recent = recent_peak_base(values, origins, self.steps(self.fallback_window_seconds))
+        fallback = np.isnan(rise) | np.isnan(now)
+        base = np.where(fallback, np.where(np.isnan(now), recent[:, None], now), now * rise)
+        return base, fallback

@@ -6,8 +6,7 @@ matters for capacity is the margin. The base is the last known value pulled ``pe
 recent-peak model's window): demand that has just dropped often comes back (a client pausing,
 a recovery after an outage), and a base that remembers part of the drop covers that more
 cheaply than a margin widened everywhere. With ``peak_weight=0`` the base is the last value.
-On ServeGen (on-demand backtest, q0.99) the nowcast alone goes from 1.32× oracle at 0.47% of
-minutes under-provisioned to 1.29× at 0.41%; weights 0.25–0.5 trace about the same frontier.
+(What that changes in the backtest is in docs/backtest.md, with the command that measures it.)
 
 A margin proportional to the level (a ratio calibration) is set by the quietest, lowest-demand
 hours, where relative jumps are largest, and then costs most at the peak. Here the margin is
@@ -32,15 +31,16 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
-from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
+from peakwise.forecasting.base import Estimator, ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     ScaledCalibration,
     ScaledStepCalibration,
     score,
 )
-from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS, EstimatorParams
+from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
     known_until,
@@ -64,7 +64,7 @@ class NowcastWindowFit:
     coverage: float | None
 
 
-class NowcastForecaster(EstimatorParams, TrainingHistory):
+class NowcastForecaster(Estimator, TrainingHistory):
     """``last observed value + c_q × (recent range + regularization × typical range)``."""
 
     name = "nowcast"
@@ -120,8 +120,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
 
     def fitted_window(self, lead: int, width: int) -> NowcastWindowFit:
         """The margins for this window shape, learned from the training history if needed."""
-        if not hasattr(self, "fits_"):
-            raise RuntimeError("NowcastForecaster is not fitted; call fit() first")
+        check_is_fitted(self, "fits_")
         if lead < 0 or width < 1:
             raise ValueError(f"need lead ≥ 0 and width ≥ 1, got lead={lead}, width={width}")
         key = (lead, width)
@@ -146,8 +145,7 @@ class NowcastForecaster(EstimatorParams, TrainingHistory):
 
     def fitted_steps(self, horizon: int) -> ScaledStepCalibration:
         """The per-step margins for this horizon, learned from the training history if needed."""
-        if not hasattr(self, "step_fits_"):
-            raise RuntimeError("NowcastForecaster is not fitted; call fit() first")
+        check_is_fitted(self, "step_fits_")
         if horizon < 1:
             raise ValueError(f"need horizon ≥ 1, got {horizon}")
         if horizon not in self.step_fits_:

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
-from peakwise.forecasting.base import ForecastInfo, IntArray, TrainingHistory
+from peakwise.forecasting.base import Estimator, ForecastInfo, IntArray, TrainingHistory
 from peakwise.forecasting.model import MAX_STEP_CALIBRATION_ORIGINS
 from peakwise.forecasting.series import FloatArray, Series
 from peakwise.forecasting.windows import (
@@ -32,7 +33,7 @@ def forward_max(values: FloatArray, width: int) -> FloatArray:
     return out
 
 
-class SeasonalPeakForecaster(TrainingHistory):
+class SeasonalPeakForecaster(Estimator, TrainingHistory):
     """Window peak one season ago × (recent level / level one season ago) × a learned margin.
 
     The margin for quantile q is the q-quantile of actual/base ratios on the training history,
@@ -129,8 +130,7 @@ class SeasonalPeakForecaster(TrainingHistory):
         horizon: int,
         quantiles: Sequence[float],
     ) -> FloatArray:
-        if not hasattr(self, "step_ratios_"):
-            raise RuntimeError("SeasonalPeakForecaster is not fitted; call fit() first")
+        check_is_fitted(self, "step_ratios_")
         if horizon < 1:
             raise ValueError(f"need horizon ≥ 1, got {horizon}")
         origins = np.asarray(origins, dtype=np.int64)
@@ -159,6 +159,7 @@ class SeasonalPeakForecaster(TrainingHistory):
         width: int,
         quantiles: Sequence[float],
     ) -> FloatArray:
+        check_is_fitted(self, "seasonal_ratios_")
         seasonal, recent = self._bases(series.values, origins, lead, width)
         out = np.empty((origins.shape[0], len(quantiles)))
         for k, q in enumerate(quantiles):
@@ -169,6 +170,7 @@ class SeasonalPeakForecaster(TrainingHistory):
 
     @property
     def info_(self) -> ForecastInfo:
+        check_is_fitted(self, "seasonal_ratios_")
         return ForecastInfo(
             model="seasonal-peak",
             training_steps=self.training_steps_,

@@ -17,15 +17,13 @@ Selection, for a window shape ``(lead, width)``:
    for an origin's window is the highest of the last ``hold`` forecasts, and that running
    maximum is what is scored (``hold=1`` scores the forecasts themselves). The lowest score
    wins. A forecast that dips for a minute leaves no capacity short while an earlier one
-   still holds, and one that stays high after a jump is charged for every minute it holds.
-   On servegen the forecasts' own losses favour the recent peak, while the capacity that
-   follows the nowcast is cheaper on eleven of twelve days and short in fewer minutes over
-   the trace (0.41% against 0.68%).
+   still holds, and one that stays high after a jump is charged for every minute it holds
+   (docs/forecasting.md shows what that changes on a real trace).
 3. The chosen candidates are refitted on the whole history. Each is calibrated by its own
    residuals (the GBM on a held-out tail); averaging calibrated quantiles keeps the blend
    calibrated. With ``recalibrate=True`` the winner's held-out ratios ``actual / forecast``
-   replace those margins (split conformal on the validation span); measured on the servegen
-   trace that was noisier (two or three days of residuals) and is off by default.
+   replace those margins (split conformal on the validation span); off by default (a few
+   days of autocorrelated residuals are a noisy sample; see docs/forecasting.md).
 
 **Warm start.** With ``warm_start=True`` a refit of the same estimator blends each option's new
 score with the score it kept from the previous fits, weighted by age: the old score counts
@@ -59,11 +57,18 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
-from peakwise.forecasting.base import ForecastInfo, IntArray, PeakForecaster, TrainingHistory
+from peakwise.forecasting.base import (
+    Estimator,
+    ForecastInfo,
+    IntArray,
+    PeakForecaster,
+    TrainingHistory,
+)
 from peakwise.forecasting.calibration import (
     MIN_CALIBRATION_PAIRS,
     RatioCalibration,
@@ -76,6 +81,7 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.series import FloatArray, Series
@@ -104,6 +110,9 @@ CANDIDATES: dict[str, ModelFactory] = {
         lead=lead, width=width, quantile=q
     ),
     "nowcast": lambda lead, width, q: NowcastForecaster(lead=lead, width=width, quantile=q),
+    "seasonal-rise": lambda lead, width, q: SeasonalRiseForecaster(
+        lead=lead, width=width, quantile=q
+    ),
 }
 """Every model AutoForecaster can choose from, by name."""
 
@@ -134,10 +143,6 @@ class Selection:
     candidates: tuple[tuple[str, float], ...]
 
 
-Scored = tuple[float, str, FloatArray]
-"""A candidate's held-out loss, name and forecasts."""
-
-
 def cost_at_coverage(actual: FloatArray, predicted: FloatArray, quantile: float) -> float:
     """What capacity following ``predicted`` would cost if it were scaled to cover exactly a
     ``quantile`` share of the known ``actual`` values: the mean forecast × the ``quantile`` of
@@ -164,32 +169,6 @@ CRITERIA: dict[str, Callable[[FloatArray, FloatArray, float], float]] = {
 """How AutoForecaster ranks candidates and blends on the held-out span (lower is better)."""
 
 
-def best_blend(
-    scored: Sequence[Scored],
-    actual: FloatArray,
-    quantile: float,
-    max_blend: int,
-    criterion: str = "pinball",
-) -> tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]:
-    """The single best candidate or an inverse-score blend of the best few, whichever scores
-    lowest by ``criterion`` on the held-out span: (score, names, weights, blended forecasts).
-    ``scored`` is best first, by the same criterion.
-    """
-    rank = CRITERIA[criterion]
-    options: list[tuple[float, tuple[str, ...], tuple[float, ...], FloatArray]] = []
-    for size in range(1, min(max_blend, len(scored)) + 1):
-        top = scored[:size]
-        raw = np.array([1.0 / max(loss, 1e-12) for loss, _, _ in top])
-        weights = raw / raw.sum()
-        blended = np.sum([w * p for w, (_, _, p) in zip(weights, top, strict=True)], axis=0)
-        loss = rank(actual, blended, quantile)
-        options.append(
-            (loss, tuple(name for _, name, _ in top), tuple(float(w) for w in weights), blended)
-        )
-    options.sort(key=lambda item: np.inf if np.isnan(item[0]) else item[0])
-    return options[0]
-
-
 @dataclass(frozen=True)
 class StepSelection:
     """Which of the selected models per-step forecasts blend, for one horizon."""
@@ -203,14 +182,29 @@ class StepSelection:
     coverage: float | None
 
 
+def blend(weights: Sequence[float] | FloatArray, forecasts: Sequence[FloatArray]) -> FloatArray:
+    """The weighted average of forecasts (of the same shape). Averaging calibrated quantiles
+    keeps a blend's quantiles ordered."""
+    mixed: FloatArray = np.sum([w * f for w, f in zip(weights, forecasts, strict=True)], axis=0)
+    return mixed
+
+
+def inverse_score_weights(scores: Sequence[float]) -> FloatArray:
+    """Blend weights proportional to ``1 / score`` (lower scores weigh more), summing to 1."""
+    raw = np.array([1.0 / max(value, 1e-12) for value in scores])
+    weights: FloatArray = raw / raw.sum()
+    return weights
+
+
 def best_option(
     forecasts: Mapping[str, FloatArray],
     scores: dict[tuple[str, ...], float],
     max_blend: int,
     blend_score: Callable[[tuple[str, ...], FloatArray], float],
 ) -> tuple[tuple[str, ...], tuple[float, ...], FloatArray]:
-    """The lowest-scoring candidate, or inverse-score blend of up to ``max_blend`` of them:
-    (its members best first, their weights, its forecasts).
+    """The one search over candidates and blends: the lowest-scoring candidate, or
+    inverse-score blend of up to ``max_blend`` of them: (its members best first, their
+    weights, its forecasts).
 
     ``scores`` holds each candidate's score, keyed ``(name,)``, and gains every blend's,
     keyed by its members in the order of ``forecasts``; ``blend_score`` scores a blend's
@@ -219,11 +213,8 @@ def best_option(
     best: tuple[float, tuple[str, ...], tuple[float, ...], FloatArray] | None = None
     for size in range(1, min(max_blend, len(forecasts)) + 1):
         for option in itertools.combinations(forecasts, size):
-            raw = np.array([1.0 / max(scores[(name,)], 1e-12) for name in option])
-            share = raw / raw.sum()
-            mix: FloatArray = np.sum(
-                [w * forecasts[name] for w, name in zip(share, option, strict=True)], axis=0
-            )
+            share = inverse_score_weights([scores[(name,)] for name in option])
+            mix = blend(share, [forecasts[name] for name in option])
             if size > 1:
                 scored = blend_score(option, mix)
                 if np.isnan(scored):
@@ -238,7 +229,15 @@ def best_option(
     return tuple(members[i] for i in order), tuple(shares[i] for i in order), mix
 
 
-class AutoForecaster(TrainingHistory):
+def blend_label(names: Sequence[str], weights: Sequence[float]) -> str:
+    """How a choice is shown: the model's name, or ``blend(a 0.60, b 0.40)``."""
+    if len(names) == 1:
+        return names[0]
+    parts = ", ".join(f"{name} {w:.2f}" for name, w in zip(names, weights, strict=True))
+    return f"blend({parts})"
+
+
+class AutoForecaster(Estimator, TrainingHistory):
     """The forecaster to use for a service: rolling-origin model selection + conformal margins.
 
     ``hold``: origins a forecast stays in force, for scoring the capacity that follows the
@@ -280,34 +279,6 @@ class AutoForecaster(TrainingHistory):
         self.hold = hold
         self.warm_start = warm_start
         self.score_half_life_seconds = score_half_life_seconds
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {
-            "candidates": self.candidates,
-            "lead": self.lead,
-            "width": self.width,
-            "quantile": self.quantile,
-            "validation_fraction": self.validation_fraction,
-            "max_validation_seconds": self.max_validation_seconds,
-            "min_history_seconds": self.min_history_seconds,
-            "max_blend": self.max_blend,
-            "recalibrate": self.recalibrate,
-            "criterion": self.criterion,
-            "hold": self.hold,
-            "warm_start": self.warm_start,
-            "score_half_life_seconds": self.score_half_life_seconds,
-        }
-
-    def set_params(self, **params: Any) -> Self:
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise ValueError(f"AutoForecaster has no parameter {key!r}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"AutoForecaster({args})"
 
     def fit(self, series: Series) -> Self:
         unknown = [name for name in self.candidates if name not in CANDIDATES]
@@ -354,8 +325,7 @@ class AutoForecaster(TrainingHistory):
 
     def selection(self, lead: int, width: int) -> Selection:
         """The selection for this window shape, made from the training history if needed."""
-        if not hasattr(self, "selections_"):
-            raise RuntimeError("AutoForecaster is not fitted; call fit() first")
+        check_is_fitted(self, "selections_")
         key = (lead, width)
         if key not in self.selections_:
             self.selections_[key] = self._select(lead, width)
@@ -372,8 +342,7 @@ class AutoForecaster(TrainingHistory):
 
     def step_selection(self, horizon: int) -> StepSelection:
         """The blend used for per-step forecasts over ``horizon`` steps (chosen on first use)."""
-        if not hasattr(self, "step_selections_"):
-            raise RuntimeError("AutoForecaster is not fitted; call fit() first")
+        check_is_fitted(self, "step_selections_")
         if horizon < 1:
             raise ValueError(f"need horizon ≥ 1, got {horizon}")
         if horizon not in self.step_selections_:
@@ -395,26 +364,29 @@ class AutoForecaster(TrainingHistory):
         origins = origins[::-1][:: max(1, stride)][::-1]
         actual = step_targets(series.values, origins, horizon)
         by_label = {m.info_.model: m for m in chosen.models}
-        scored: list[Scored] = []
+        rank = CRITERIA[self.criterion]
+        forecasts: dict[str, FloatArray] = {}
+        scores: dict[tuple[str, ...], float] = {}
         for label, model in by_label.items():
             predicted = model.predict_steps(
                 series, origins, horizon=horizon, quantiles=[self.quantile]
             )[:, :, 0]
-            rank = CRITERIA[self.criterion](actual, predicted, self.quantile)
-            if not np.isnan(rank):
-                scored.append((rank, label, predicted))
-        if not scored:  # nothing known to compare with: keep the window-peak blend
+            ranked = rank(actual, predicted, self.quantile)
+            if not np.isnan(ranked):
+                forecasts[label], scores[(label,)] = predicted, ranked
+        if not forecasts:  # nothing known to compare with: keep the window-peak blend
             return StepSelection(chosen.models, chosen.weights, chosen.label, None, None)
-        scored.sort(key=lambda item: item[0])
-        _, names, weights, blended = best_blend(
-            scored, actual, self.quantile, self.max_blend, self.criterion
+        names, weights, blended = best_option(
+            forecasts,
+            scores,
+            self.max_blend,
+            lambda _, mix: rank(actual, mix, self.quantile),
         )
-        parts = ", ".join(f"{name} {w:.2f}" for name, w in zip(names, weights, strict=True))
         loss, cover = score(actual, blended, self.quantile)
         return StepSelection(
             models=tuple(by_label[name] for name in names),
             weights=weights,
-            label=names[0] if len(names) == 1 else f"blend({parts})",
+            label=blend_label(names, weights),
             loss=float(loss),
             coverage=cover,
         )
@@ -497,13 +469,11 @@ class AutoForecaster(TrainingHistory):
                 calibration = None
 
         models = tuple(CANDIDATES[name](lead, width, self.quantile).fit(series) for name in names)
-        parts = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights, strict=True))
-        label = names[0] if len(names) == 1 else f"blend({parts})"
         return Selection(
             models=models,
             weights=weights,
             calibration=calibration,
-            label=label,
+            label=blend_label(names, weights),
             loss=None if np.isnan(loss) else float(loss),
             coverage=None if np.isnan(cover) else float(cover),
             short_history=False,
@@ -523,22 +493,21 @@ class AutoForecaster(TrainingHistory):
         valid_origins(origins, len(series))
         chosen = self.selection(lead, width)
         if chosen.calibration is None:
-            parts = [
-                m.predict_peak(series, origins, lead=lead, width=width, quantiles=quantiles)
-                for m in chosen.models
-            ]
-            blended: FloatArray = np.sum(
-                [w * p for w, p in zip(chosen.weights, parts, strict=True)], axis=0
+            return blend(
+                chosen.weights,
+                [
+                    m.predict_peak(series, origins, lead=lead, width=width, quantiles=quantiles)
+                    for m in chosen.models
+                ],
             )
-            return blended
         # The blend at the target quantile is the base; held-out ratios give every quantile.
         target = [self.quantile]
-        base = np.sum(
+        base = blend(
+            chosen.weights,
             [
-                w * m.predict_peak(series, origins, lead=lead, width=width, quantiles=target)[:, 0]
-                for w, m in zip(chosen.weights, chosen.models, strict=True)
+                m.predict_peak(series, origins, lead=lead, width=width, quantiles=target)[:, 0]
+                for m in chosen.models
             ],
-            axis=0,
         )
         return chosen.calibration.apply(base, quantiles)
 
@@ -554,14 +523,13 @@ class AutoForecaster(TrainingHistory):
         valid_origins(origins, len(series))
         # ``recalibrate`` margins are window-peak ratios; per step each model's own apply.
         chosen = self.step_selection(horizon)
-        parts = [
-            m.predict_steps(series, origins, horizon=horizon, quantiles=quantiles)
-            for m in chosen.models
-        ]
-        blended: FloatArray = np.sum(
-            [w * p for w, p in zip(chosen.weights, parts, strict=True)], axis=0
+        return blend(
+            chosen.weights,
+            [
+                m.predict_steps(series, origins, horizon=horizon, quantiles=quantiles)
+                for m in chosen.models
+            ],
         )
-        return blended
 
     @property
     def info_(self) -> ForecastInfo:

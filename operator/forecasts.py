@@ -24,9 +24,21 @@ Fits run on a background worker, never as a cost every round has to pay:
   plan; the Forecasting condition says so until the fit lands. So the first round after a
   start with 1,000 distinct queries takes seconds, not the ~1,000 s of fits it would
   otherwise.
-* A fitted model whose own backtest covers far less often than its quantile asks
-  (`coverage_tolerance`), or that had too little history to learn seasonality, is not
-  trusted alone: the forecast is at least the reactive one, and the condition says why.
+* Every service runs `forecasting.target.ShortfallForecaster`, as `peakwise backtest` does:
+  the margin is calibrated at every fit to the service's `slo.shortfallMinutes` by replaying
+  what the planner would have held (its hold rule comes from the spec and the lead time), a
+  new service starts on the calibrated reactive rule and, for its first day, is refitted as
+  its history grows (`refit_interval`: when it has grown by a tenth, every 10 minutes at
+  most often), and forecasts
+  take over when they meet the target for less (the calibrated reactive rule is the model's
+  own forecast, not a fallback: the Forecasting condition stays True and names it).
+  `ForecastResult.calibration` carries the
+  target, the margin in use, the shortfall replayed on the history and the shortfall the
+  served forecasts achieved over the last 7 days, for status and metrics.
+* With the expert override `forecast.quantile`, a fitted model whose own backtest covers far
+  less often than its quantile asks (`coverage_tolerance`), or that had too little history
+  to learn seasonality, is not trusted alone: the forecast is at least the reactive one, and
+  the condition says why. (Calibrated services need no such net: the calibration is it.)
 """
 
 from __future__ import annotations
@@ -44,8 +56,16 @@ from typing import Protocol
 import numpy as np
 
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
-from peakwise.forecasting.base import ForecastInfo, PeakForecaster
+from peakwise.forecasting.base import CalibrationInfo, ForecastInfo, PeakForecaster
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.shortfall import HoldRule
+from peakwise.forecasting.target import (
+    ShortfallForecaster,
+    hold_rule,
+    refit_interval,
+    selection_quantile,
+    service_forecaster,
+)
 from peakwise.operator import metrics
 from peakwise.planner import DemandForecast
 
@@ -72,6 +92,12 @@ class ForecastResult:
     fallback: str = ""
     """Why the model's forecast alone does not size the service (provisional or reactive)."""
 
+    @property
+    def calibration(self) -> CalibrationInfo | None:
+        """The shortfall target, the margin in use, the replayed and the achieved shortfall
+        (None until the service's model is fitted)."""
+        return self.info.calibration if self.info is not None else None
+
 
 def reactive_peak(values: FloatArray, margin: float) -> float | None:
     """The reactive forecast: the highest known demand of `values` times `margin`."""
@@ -80,36 +106,43 @@ def reactive_peak(values: FloatArray, margin: float) -> float | None:
 
 
 ForecasterFactory = Callable[[int, int, float], PeakForecaster]
-"""(lead steps, window steps, quantile) -> an unfitted forecaster."""
+"""(lead steps, window steps, selection quantile) -> an unfitted forecaster, which each
+service's ``ShortfallForecaster`` calibrates (``default_forecaster`` in production)."""
 
 
 def fit_model(
     factory: ForecasterFactory,
-    lead: int,
+    spec: InferenceDeploymentSpec,
+    rule: HoldRule,
     width: int,
-    quantile: float,
     series: Series,
-    previous: PeakForecaster | None = None,
-) -> PeakForecaster:
+    previous: ShortfallForecaster | None = None,
+) -> ShortfallForecaster:
     """One fit (module-level so a process pool can run it).
 
     A refit starts from a copy of the `previous` model, so a warm-started forecaster carries
-    its selection over (the served model is never refitted in place: it keeps predicting
-    meanwhile). The model keeps only what forecasting this window shape needs: the operator
-    holds one per service, and the history lives in the Prometheus adapter's cache already.
+    its selection over and the shortfall the served forecasts achieved is measured (the
+    served model is never refitted in place: it keeps predicting meanwhile). The model keeps
+    only what forecasting this window shape needs: the operator holds one per service, and
+    the history lives in the Prometheus adapter's cache already.
     """
-    model = copy.deepcopy(previous) if previous is not None else factory(lead, width, quantile)
+    if previous is not None:
+        model = copy.deepcopy(previous)
+    else:
+        quantile = selection_quantile(spec.slo.shortfall_minutes, spec.forecast.quantile)
+        model = service_forecaster(spec, rule, width, factory(rule.lead, width, quantile))
     return model.fit(series).discard_history()
 
 
 @dataclass
 class _Fitted:
-    model: PeakForecaster
+    model: ShortfallForecaster
     fitted_at: datetime
 
 
-_ModelKey = tuple[str, timedelta, int, int, float]
-"""(query, history, lead steps, window steps, quantile): what a fitted model depends on."""
+_ModelKey = tuple[str, timedelta, float | None, float, HoldRule]
+"""(query, history, quantile override, shortfall target, hold rule): what a fitted model
+depends on (the hold rule holds the lead and window steps and the replica size)."""
 
 
 class ForecastService:
@@ -245,14 +278,14 @@ class ForecastService:
         model_key: _ModelKey = (
             spec.demand.query,
             spec.forecast.history,
-            self._steps(lead),
-            self._width(),
             spec.forecast.quantile,
+            spec.slo.shortfall_minutes,
+            hold_rule(spec, lead, self._window_span(), STEP_SECONDS),
         )
         with self._lock:
             self._model_of[key] = model_key
             fitted = self._fitted.get(model_key)
-            if fitted is not None and now - fitted.fitted_at < self.refit_every:
+            if fitted is not None and now - fitted.fitted_at < self._refit_after(fitted):
                 return model_key, fitted, None
             job = self._jobs.get(model_key)
             if job is None or job.done():
@@ -261,11 +294,16 @@ class ForecastService:
                 self._jobs[model_key] = job
             return model_key, fitted, job
 
+    def _refit_after(self, fitted: _Fitted) -> timedelta:
+        """A young service is refitted as soon as its history has grown by a tenth."""
+        span = fitted.model.history_seconds_
+        return timedelta(seconds=refit_interval(span, self.refit_every.total_seconds()))
+
     # --- fitting, in the background ------------------------------------------------------
     def _fit(
         self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
     ) -> None:
-        _, _, lead_steps, width, quantile = model_key
+        rule = model_key[-1]
         series = self._history(spec, end - spec.forecast.history, end)
         if np.isnan(series.values).all():
             raise ValueError("the demand query returned no data")
@@ -274,7 +312,7 @@ class ForecastService:
         previous = serving.model if serving is not None else None
         started = monotonic()
         pool = self._fit_pool
-        fit = (self.factory, lead_steps, width, quantile, series, previous)
+        fit = (self.factory, spec, rule, self._width(), series, previous)
         if pool is None:
             model = fit_model(*fit)
         else:
@@ -322,7 +360,7 @@ class ForecastService:
         observed = float(known[-1])
         forecast = DemandForecast(
             observed,
-            spec.forecast.quantile,
+            _nominal_quantile(spec),
             end + lead,
             "provisional (latest demand)",
             self._window_span(),
@@ -350,23 +388,26 @@ class ForecastService:
             return ForecastResult(None, None, None, "the demand query returned no data")
         info = fitted.model.info_
         origin = np.array([len(series) - 1], dtype=np.int64)
-        predicted = fitted.model.predict_peak(
-            series, origin, lead=lead_steps, width=width, quantiles=[spec.forecast.quantile]
-        )
-        peak = float(predicted[0, 0])
+        peak = float(fitted.model.predict_target(series, origin)[0])
         observed = float(known[-1])
         if not math.isfinite(peak):
             return ForecastResult(None, info, observed, "the model gave no forecast")
         peak, model, fallback = max(peak, 0.0), info.model, ""
-        poor = self._poor_backtest(info, spec.forecast.quantile) or _short_history(info)
-        if poor:
-            recent_steps = max(1, round(self.recent.total_seconds() / STEP_SECONDS))
-            reactive = reactive_peak(series.values[-recent_steps:], self.reactive_margin) or 0.0
-            fallback = f"{poor}; sized for at least the reactive forecast ({reactive:,.4g}/s)"
-            if reactive > peak:
-                peak, model = reactive, f"reactive (model {info.model} not trusted)"
+        calibration = info.calibration
+        quantile = _nominal_quantile(spec)
+        if calibration is not None and calibration.quantile is not None:
+            quantile = calibration.quantile
+        if spec.forecast.quantile is not None:
+            poor = self._poor_backtest(info, spec.forecast.quantile) or _short_history(info)
+            if poor:
+                recent_steps = max(1, round(self.recent.total_seconds() / STEP_SECONDS))
+                reactive = reactive_peak(series.values[-recent_steps:], self.reactive_margin)
+                reactive = reactive or 0.0
+                fallback = f"{poor}; sized for at least the reactive forecast ({reactive:,.4g}/s)"
+                if reactive > peak:
+                    peak, model = reactive, f"reactive (model {info.model} not trusted)"
         window = self._window_span()
-        forecast = DemandForecast(peak, spec.forecast.quantile, end + lead, model, window)
+        forecast = DemandForecast(peak, quantile, end + lead, model, window)
         return ForecastResult(forecast, info, observed, fallback=fallback)
 
     def _poor_backtest(self, info: ForecastInfo, quantile: float) -> str:
@@ -379,6 +420,13 @@ class ForecastService:
                 f"backtest, far below the {quantile:.0%} asked for"
             )
         return ""
+
+
+def _nominal_quantile(spec: InferenceDeploymentSpec) -> float:
+    """The quantile a forecast is labelled with when no calibrated one is known yet."""
+    if spec.forecast.quantile is not None:
+        return spec.forecast.quantile
+    return 1.0 - spec.slo.shortfall_minutes
 
 
 def _short_history(info: ForecastInfo) -> str:

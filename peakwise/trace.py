@@ -11,7 +11,11 @@ How bad or irregular input is treated (the rule: a gap is a gap, never zero dema
   NaN in the Series, counted in ``Trace.missing_minutes``;
 * an empty cell or ``NaN`` is a gap, counted in ``Trace.empty_cells``;
 * runs of exact zeros stay zero demand unless ``zero_is_gap_min_run`` is set, in which case
-  runs of at least that many zero minutes become gaps (some exports write missing data as 0);
+  runs of at least that many zero minutes become gaps (some exports write missing data as 0),
+  or ``implausible_zeros_as_gaps`` is set, in which case the runs that idle time cannot
+  explain become gaps (``implausible_zero_runs``: at least 10 zero minutes where the demand
+  around them would have brought 20 requests or more); either way ``Trace.zero_runs`` lists
+  the implausible runs found, so a caller can warn about them;
 * everything else that is wrong raises ``TraceError`` (a ``ValueError``) with a one-line
   message naming the file and, where there is one, the line: an empty file, an unknown or
   missing column, a timestamp that is not ISO 8601, timestamps out of order or repeated, a
@@ -79,6 +83,54 @@ class TraceTable:
         return values
 
 
+ZERO_RUN_MINUTES = 10
+"""Zero runs at least this long are checked for being missing data rather than idle time."""
+ZERO_RUN_EXPECTED = 20.0
+"""... and are when the demand around them would have brought this many requests over the
+run: a Poisson stream with that mean has no arrival with probability e^-20 (about 2e-9)."""
+ZERO_RUN_CONTEXT = 60
+"""Minutes before and after a run whose median count is the demand around it."""
+
+
+@dataclass(frozen=True)
+class ZeroRun:
+    """A run of zero minutes that idle time cannot explain."""
+
+    start: int
+    """Index of its first minute."""
+    minutes: int
+    expected: float
+    """Count the demand around it would have brought over the run."""
+
+
+def implausible_zero_runs(
+    counts: FloatArray,
+    min_run: int = ZERO_RUN_MINUTES,
+    min_expected: float = ZERO_RUN_EXPECTED,
+) -> tuple[ZeroRun, ...]:
+    """Runs of at least ``min_run`` zero minutes whose surroundings make them implausible as
+    idle time: at the median count per minute of the hour before and the hour after (the
+    higher of the two), the run would have seen at least ``min_expected`` requests. A sparse
+    service (a few requests an hour) keeps its zero runs; a busy one that drops to exact zero
+    for ten minutes lost its data."""
+    is_zero = np.concatenate(([0], (counts == 0).astype(np.int8), [0]))
+    edges = np.diff(is_zero)
+    runs = []
+    for begin, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        length = int(end - begin)
+        if length < min_run:
+            continue
+        around = [
+            counts[max(0, begin - ZERO_RUN_CONTEXT) : begin],
+            counts[end : end + ZERO_RUN_CONTEXT],
+        ]
+        rates = [float(np.nanmedian(a)) for a in around if a.size and not np.isnan(a).all()]
+        expected = max(rates, default=0.0) * length
+        if expected >= min_expected:
+            runs.append(ZeroRun(int(begin), length, expected))
+    return tuple(runs)
+
+
 @dataclass(frozen=True)
 class Trace:
     """Demand read from a trace: the Series (units per second, NaN = gap) and where it came from."""
@@ -95,7 +147,9 @@ class Trace:
     empty_cells: int
     """Rows whose demand cell was empty or NaN (now gaps)."""
     zero_gap_minutes: int
-    """Zero minutes turned into gaps by ``zero_is_gap_min_run``."""
+    """Zero minutes turned into gaps (``zero_is_gap_min_run`` or ``implausible_zeros_as_gaps``)."""
+    zero_runs: tuple[ZeroRun, ...] = ()
+    """Runs of zero minutes that idle time cannot explain, found before any became gaps."""
 
     @property
     def unit(self) -> str:
@@ -279,12 +333,15 @@ def demand_from_table(
     *,
     source: str = "<trace>",
     zero_is_gap_min_run: int | None = None,
+    implausible_zeros_as_gaps: bool = False,
 ) -> Trace:
     """Demand per second from one column of per-minute counts.
 
     ``zero_is_gap_min_run``: when set, runs of at least this many consecutive minutes of exactly
-    zero become gaps. Default off: zero is real idle time. The ServeGen trace in
-    ``../shared/traces`` needs 10 (its eight zero runs, 10 to 230 minutes, are missing data).
+    zero become gaps. ``implausible_zeros_as_gaps``: the runs ``implausible_zero_runs`` finds
+    become gaps. Default neither: zero is real idle time. The ServeGen trace in
+    ``../shared/traces`` needs one of them (its eight zero runs, 10 to 230 minutes, are missing
+    data; both rules find exactly those).
     """
     if column not in TRACE_COLUMNS:
         choices = ", ".join(TRACE_COLUMNS)
@@ -297,11 +354,17 @@ def demand_from_table(
     n_rows = int(table.has_row.sum())
     missing = len(table) - n_rows
     empty_cells = int(np.isnan(per_minute[table.has_row]).sum())
+    suspicious = implausible_zero_runs(per_minute)
     zero_gaps = 0
     if zero_is_gap_min_run is not None:
         zero_gaps = _zero_runs_to_gaps(per_minute, zero_is_gap_min_run)
+    if implausible_zeros_as_gaps:
+        for run in suspicious:
+            stretch = per_minute[run.start : run.start + run.minutes]
+            zero_gaps += int((stretch == 0).sum())
+            stretch[:] = np.nan
     series = Series(table.start, STEP_SECONDS, per_minute / STEP_SECONDS)
-    return Trace(series, source, column, n_rows, missing, empty_cells, zero_gaps)
+    return Trace(series, source, column, n_rows, missing, empty_cells, zero_gaps, suspicious)
 
 
 def read_trace(
@@ -309,11 +372,16 @@ def read_trace(
     column: TraceColumn = "requests",
     *,
     zero_is_gap_min_run: int | None = None,
+    implausible_zeros_as_gaps: bool = False,
 ) -> Trace:
     """Read a trace file as demand per second of ``column``; raises TraceError on bad input."""
     table = read_trace_table(path)
     return demand_from_table(
-        table, column, source=str(path), zero_is_gap_min_run=zero_is_gap_min_run
+        table,
+        column,
+        source=str(path),
+        zero_is_gap_min_run=zero_is_gap_min_run,
+        implausible_zeros_as_gaps=implausible_zeros_as_gaps,
     )
 
 
@@ -333,6 +401,56 @@ def _daily_shape(minute_of_day: FloatArray, *, weekend: bool) -> FloatArray:
     trough = 0.1
     shape = trough + (1 - trough) * day / float(day.max())
     return shape / float(shape.max())
+
+
+def _chat_level(
+    rng: np.random.Generator,
+    days: int,
+    start: datetime,
+    weekend_level: float,
+    bursts_per_week: float,
+) -> FloatArray:
+    """Relative demand per minute of a chat service (peak about 1): the daily and weekly
+    cycle, day-to-day drift, slow wobble and a few bursts."""
+    minutes = days * 1440
+    index = np.arange(minutes)
+    weekday = (start.weekday() + index // 1440) % 7
+    is_weekend = weekday >= 5
+    one_day = np.arange(1440, dtype=np.float64)
+    level = np.where(
+        is_weekend,
+        weekend_level * _daily_shape(one_day, weekend=True)[index % 1440],
+        _daily_shape(one_day, weekend=False)[index % 1440],
+    )
+    # Each day a little busier or quieter than the last.
+    level *= np.repeat(np.exp(rng.normal(0.0, 0.05, days)), 1440)
+    # Slow, correlated wobble (AR(1) on the log scale, about 8% spread).
+    # The AR(1) recursion as a convolution with its decaying kernel (0.97**400 < 1e-5), which
+    # avoids both a Python loop and importing scipy.signal (seconds) for one filter.
+    kernel = 0.97 ** np.arange(400)
+    wobble = np.convolve(rng.normal(0.0, 0.02, minutes), kernel)[:minutes]
+    level *= np.exp(wobble)
+    level += _bursts(rng, minutes, level, bursts_per_week * days / 7.0)
+    return level
+
+
+def _table_from_level(
+    rng: np.random.Generator,
+    start: datetime,
+    level: FloatArray,
+    peak_requests_per_minute: float,
+    input_tokens_per_request: float = 1200.0,
+    output_tokens_per_request: float = 250.0,
+) -> TraceTable:
+    """Poisson request counts at ``peak × level`` per minute, and token counts that follow
+    them with their own per-minute variation in request length."""
+    minutes = level.shape[0]
+    requests = rng.poisson(peak_requests_per_minute * np.maximum(level, 0.0)).astype(np.float64)
+    length_noise = np.exp(rng.normal(0.0, 0.15, (2, minutes)))
+    input_tokens = np.round(requests * input_tokens_per_request * length_noise[0])
+    output_tokens = np.round(requests * output_tokens_per_request * length_noise[1])
+    has_row = np.ones(minutes, dtype=np.bool_)
+    return TraceTable(start, requests, input_tokens, output_tokens, has_row)
 
 
 def synthesize_trace(
@@ -358,32 +476,77 @@ def synthesize_trace(
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
     rng = np.random.default_rng(seed)
-    minutes = days * 1440
-    index = np.arange(minutes)
-    weekday = (start.weekday() + index // 1440) % 7
-    is_weekend = weekday >= 5
-    one_day = np.arange(1440, dtype=np.float64)
-    level = np.where(
-        is_weekend,
-        weekend_level * _daily_shape(one_day, weekend=True)[index % 1440],
-        _daily_shape(one_day, weekend=False)[index % 1440],
+    level = _chat_level(rng, days, start, weekend_level, bursts_per_week)
+    return _table_from_level(
+        rng,
+        start,
+        level,
+        peak_requests_per_minute,
+        input_tokens_per_request,
+        output_tokens_per_request,
     )
-    # Each day a little busier or quieter than the last.
-    level *= np.repeat(np.exp(rng.normal(0.0, 0.05, days)), 1440)
-    # Slow, correlated wobble (AR(1) on the log scale, about 8% spread).
-    # The AR(1) recursion as a convolution with its decaying kernel (0.97**400 < 1e-5), which
-    # avoids both a Python loop and importing scipy.signal (seconds) for one filter.
-    kernel = 0.97 ** np.arange(400)
-    wobble = np.convolve(rng.normal(0.0, 0.02, minutes), kernel)[:minutes]
-    level *= np.exp(wobble)
-    level += _bursts(rng, minutes, level, bursts_per_week * days / 7.0)
-    requests = rng.poisson(peak_requests_per_minute * level).astype(np.float64)
-    # Token counts: requests times a mean length that varies a little from minute to minute.
-    length_noise = np.exp(rng.normal(0.0, 0.15, (2, minutes)))
-    input_tokens = np.round(requests * input_tokens_per_request * length_noise[0])
-    output_tokens = np.round(requests * output_tokens_per_request * length_noise[1])
-    has_row = np.ones(minutes, dtype=np.bool_)
-    return TraceTable(start, requests, input_tokens, output_tokens, has_row)
+
+
+TraceFamily = Literal["weekly", "growth", "level-shift", "spikes", "launch", "sparse"]
+TRACE_FAMILIES: tuple[TraceFamily, ...] = get_args(TraceFamily)
+FAMILY_DAYS: dict[TraceFamily, int] = {
+    "weekly": 14,
+    "growth": 14,
+    "level-shift": 14,
+    "spikes": 14,
+    "launch": 1,
+    "sparse": 14,
+}
+"""How long each family's trace is by default."""
+
+
+def synthesize_family(
+    family: TraceFamily,
+    days: int | None = None,
+    seed: int = 1,
+    *,
+    start: datetime = datetime(2024, 1, 1, tzinfo=UTC),
+    peak_requests_per_minute: float | None = None,
+) -> TraceTable:
+    """A synthetic trace of one family of demand shapes, reproducible from ``seed``:
+
+    * ``weekly``: the chat service of ``synthesize_trace`` (daily and weekly cycle, bursts);
+    * ``growth``: the same, its level doubling steadily over two weeks;
+    * ``level-shift``: the same, its level stepping up 1.8 times at a random hour of day 6-9
+      and staying there (a large customer moving in);
+    * ``spikes``: a flatter daily cycle with sudden spikes several times a day (2-minute
+      rises to 1.5-2.5 times the level, fading after 5-40 minutes);
+    * ``launch``: a new service's first day: nearly idle until a launch at 09:00, then
+      demand climbs twentyfold within two hours and follows the daily cycle, with bursts;
+    * ``sparse``: counts of a few requests a minute at the peak (image generation): many
+      minutes are zero at night, which is idle time, not missing data.
+    """
+    if family not in TRACE_FAMILIES:
+        raise ValueError(f"unknown trace family {family!r}; choose one of {TRACE_FAMILIES}")
+    length = FAMILY_DAYS[family] if days is None else days
+    if length < 1:
+        raise ValueError(f"days must be at least 1, got {length}")
+    rng = np.random.default_rng(seed)
+    minutes = np.arange(length * 1440, dtype=np.float64)
+    peak = 3000.0 if peak_requests_per_minute is None else peak_requests_per_minute
+    if family == "spikes":
+        level = _chat_level(rng, length, start, 0.85, 0.0)
+        flat = 0.5 + 0.5 * level  # a flatter cycle: the spikes are the story
+        level = flat + _bursts(rng, minutes.shape[0], flat, 3.0 * length)
+    else:
+        level = _chat_level(rng, length, start, 0.65, 3.0)
+    if family == "growth":
+        level *= 2.0 ** (minutes / (14 * 1440))
+    elif family == "level-shift":
+        at = int(rng.integers(6 * 1440, min(9 * 1440, minutes.shape[0])))
+        level[at:] *= 1.8
+    elif family == "launch":
+        launch = 9 * 60
+        climb = 1.0 / (1.0 + np.exp(-(minutes - launch - 60.0) / 15.0))
+        level *= 0.05 + 0.95 * climb
+    elif family == "sparse":
+        peak = 6.0 if peak_requests_per_minute is None else peak_requests_per_minute
+    return _table_from_level(rng, start, level, peak)
 
 
 def _bursts(rng: np.random.Generator, minutes: int, level: FloatArray, mean: float) -> FloatArray:

@@ -15,9 +15,12 @@ import pytest
 from peakwise.trace import (
     FILE_COLUMNS,
     TraceError,
+    TraceTable,
     demand_from_table,
+    implausible_zero_runs,
     parse_trace_table,
     read_trace,
+    synthesize_family,
     synthesize_trace,
     write_trace_csv,
 )
@@ -319,3 +322,69 @@ def test_malformed_csv_and_absurd_spans_are_clear_errors(tmp_path: Path) -> None
     )
     with pytest.raises(TraceError, match=r"typo\.csv:4: the trace would span"):
         read_trace(typo)
+
+
+def test_zero_runs_that_idle_time_cannot_explain_are_found() -> None:
+    busy = synthesize_trace(days=1, seed=3).requests.copy()  # hundreds of requests a minute
+    busy[600:615] = 0.0  # a collector outage: 15 minutes of zeros in the middle of the day
+    busy[900:905] = 0.0  # too short to judge
+    runs = implausible_zero_runs(busy)
+    assert [(r.start, r.minutes) for r in runs] == [(600, 15)] and runs[0].expected > 1000
+    kept = demand_from_table(_table(busy))
+    assert kept.zero_runs == runs and kept.gap_minutes == 0  # found, not acted on
+    gapped = demand_from_table(_table(busy), implausible_zeros_as_gaps=True)
+    assert gapped.zero_gap_minutes == 15 and np.isnan(gapped.series.values[600:615]).all()
+    # A sparse service's quiet nights are idle time: nothing is found there.
+    sparse = synthesize_family("sparse", days=3, seed=3).requests
+    assert (sparse == 0).sum() > 500 and implausible_zero_runs(sparse) == ()
+
+
+def test_servegen_zero_runs_are_found_as_the_missing_data_they_are() -> None:
+    if not SHARED_TRACES.is_dir():
+        pytest.fail(f"{SHARED_TRACES} is missing: CI clones shared/ beside the repository")
+    path = SHARED_TRACES / "servegen_m-mid_per_minute.csv"
+    auto = read_trace(path, implausible_zeros_as_gaps=True)
+    fixed = read_trace(path, zero_is_gap_min_run=10)
+    assert len(auto.zero_runs) == 8 and auto.zero_gap_minutes == 840
+    np.testing.assert_array_equal(np.isnan(auto.series.values), np.isnan(fixed.series.values))
+
+
+def _table(requests: np.ndarray) -> TraceTable:
+    nothing = np.full(requests.shape[0], np.nan)
+    ones = np.ones(requests.shape[0], dtype=np.bool_)
+    return TraceTable(datetime(2024, 1, 1, tzinfo=UTC), requests, nothing, nothing, ones)
+
+
+def test_each_trace_family_has_its_shape() -> None:
+    def per_day(requests: np.ndarray) -> np.ndarray:
+        return requests.reshape(-1, 1440).mean(axis=1)
+
+    weekly = synthesize_family("weekly", seed=4).requests
+    np.testing.assert_array_equal(weekly, synthesize_trace(14, 4).requests)
+    assert per_day(weekly)[5:7].mean() < 0.8 * per_day(weekly)[:5].mean()  # the weekend
+    growth = per_day(synthesize_family("growth", seed=4).requests)
+    assert 1.25 < growth[7:12].mean() / growth[0:5].mean() < 1.6  # 2 ** (7 / 14) a week later
+    shifted = per_day(synthesize_family("level-shift", seed=4).requests)
+    assert shifted[10:12].mean() > 1.5 * shifted[3:5].mean()
+    spikes = synthesize_family("spikes", seed=4).requests
+    rise = spikes[2:] / np.maximum(spikes[:-2], 1.0)
+    assert (rise > 1.5).sum() >= 20  # sudden spikes, several a day
+    launch = synthesize_family("launch", seed=4).requests
+    assert launch.shape[0] == 1440 and launch[: 9 * 60].mean() < 0.1 * launch[12 * 60 :].mean()
+    sparse = synthesize_family("sparse", seed=4).requests
+    assert sparse.max() < 30 and (sparse == 0).mean() > 0.1
+    again = synthesize_family("spikes", seed=4).requests
+    np.testing.assert_array_equal(again, spikes)  # reproducible from the seed
+    with pytest.raises(ValueError, match="unknown trace family"):
+        synthesize_family("flat")  # type: ignore[arg-type]
+
+
+def test_synth_trace_writes_a_family(tmp_path: Path) -> None:
+    out = tmp_path / "launch.csv"
+    cmd = [sys.executable, "-m", "peakwise", "synth-trace", "--family", "launch", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "1440 minutes" in result.stdout
+    np.testing.assert_allclose(
+        read_trace(out).series.values * 60, synthesize_family("launch").requests
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 from peakwise.api.common import (
     CapacityType,
@@ -16,6 +17,31 @@ from peakwise.api.common import (
     StatusModel,
     WireModel,
 )
+
+PERCENT_PATTERN = r"^[0-9]+(\.[0-9]+)?%$"
+
+
+def parse_percent(value: object) -> float:
+    """'0.5%' (or a share as a number, 0.005) as a share: 0.005."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not re.fullmatch(PERCENT_PATTERN, value):
+        raise ValueError(f"invalid percentage {value!r}: write a number and %, like 0.5%")
+    return round(float(value[:-1]) / 100.0, 12)
+
+
+def format_percent(share: float) -> str:
+    """A share as the wire's percentage: 0.005 -> '0.5%'."""
+    return f"{round(share * 100.0, 10):g}%"
+
+
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    PlainSerializer(format_percent, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": PERCENT_PATTERN, "maxLength": 16}),
+]
+"""A share written as a percentage, e.g. 0.5%; a float share (0.005) in Python."""
 
 PodTemplate = Annotated[
     dict[str, Any],
@@ -69,6 +95,25 @@ class ReplicaBounds(WireModel):
     within min and max) until it is removed."""
 
 
+class SLOSpec(WireModel):
+    """The reliability the team wants, in its own terms; Peakwise calibrates to it."""
+
+    cel_rules = (
+        Rule(
+            "double(self.shortfallMinutes.replace('%', '')) > 0.0 && "
+            "double(self.shortfallMinutes.replace('%', '')) < 50.0",
+            "slo.shortfallMinutes must be above 0% and below 50%",
+            lambda s: 0.0 < s.shortfall_minutes < 0.5,
+        ),
+    )
+
+    # Written as users write it, so the CRD's default reads 0.5%; validated into a share.
+    shortfall_minutes: Percent = Field(default="0.5%", validate_default=True)
+    """At most this share of minutes may have less ready capacity than demand, e.g. 0.5%
+    (the default). Each service's forecast margin is calibrated to it from its own history,
+    by replaying what the planner would have held. Ignored when forecast.quantile is set."""
+
+
 class ForecastSpec(WireModel):
     """How demand is forecast."""
 
@@ -76,8 +121,10 @@ class ForecastSpec(WireModel):
     """How much history to learn from."""
     horizon: Duration = timedelta(hours=1)
     """How far ahead the forecast reaches."""
-    quantile: float = Field(default=0.95, gt=0, lt=1)
-    """Quantile of the demand peak to provision for: higher is safer and dearer."""
+    quantile: float | None = Field(default=None, gt=0, lt=1)
+    """Expert override, unset by default: provision for this fixed quantile of the demand
+    peak (higher is safer and dearer). When set it wins over slo.shortfallMinutes: the margin
+    is not calibrated to the target (status still shows the shortfall it achieves)."""
     lead_time: Duration | None = None
     """How early capacity must be asked for. Default: the slowest usable pool's
     provisioningTime plus modelLoadTime."""
@@ -145,6 +192,8 @@ class InferenceDeploymentSpec(WireModel):
     """The demand signal."""
     replicas: ReplicaBounds = ReplicaBounds()
     """Replica bounds."""
+    slo: SLOSpec = SLOSpec()
+    """The shortfall target the forecast margin is calibrated to."""
     forecast: ForecastSpec = ForecastSpec()
     """Forecast settings."""
     model_load_time: Duration = timedelta(minutes=2)
@@ -190,6 +239,27 @@ class ForecastStatus(StatusModel):
     """Lead time the plan used."""
 
 
+class SLOStatus(StatusModel):
+    """The shortfall target and how the service meets it."""
+
+    shortfall_target: Percent | None = None
+    """slo.shortfallMinutes, the share of minutes that may be short."""
+    achieved_shortfall: Percent | None = None
+    """Share of the last achievedWindow's minutes whose demand exceeded the capacity the plan
+    held ready (replayed from the forecasts served and the demand that followed)."""
+    achieved_window: str = ""
+    """The span achievedShortfall covers, e.g. 7d (shorter for a new service)."""
+    margin: str = ""
+    """The margin in use, e.g. q0.987 (forecast quantile the target calibrated) or reactive
+    headroom for a new service."""
+    mode: str = ""
+    """Forecast (the calibrated forecast sizes the service), Reactive (a new or changed
+    service: recent demand plus calibrated headroom) or Override (forecast.quantile is set)."""
+    censored_minutes: int = 0
+    """Minutes of the history where demand sat at the capacity that served it (a served
+    metric flattens there, so true demand was likely higher); counted as short."""
+
+
 class CostStatus(StatusModel):
     """What the current plan costs."""
 
@@ -229,6 +299,8 @@ class InferenceDeploymentStatus(StatusModel):
     """Replicas per pool."""
     forecast: ForecastStatus | None = None
     """The latest forecast."""
+    slo: SLOStatus | None = None
+    """The shortfall target, what was achieved and the margin in use."""
     cost: CostStatus | None = None
     """What the plan costs."""
     budget_state: str = ""

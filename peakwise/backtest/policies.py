@@ -14,8 +14,9 @@ import numpy as np
 from peakwise.api.costbudget import CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
-from peakwise.forecasting.base import PeakForecaster
+from peakwise.forecasting.base import CalibrationInfo, PeakForecaster
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.target import ShortfallForecaster, refit_interval
 from peakwise.planner import (
     BudgetState,
     DemandForecast,
@@ -69,44 +70,111 @@ class ReactivePolicy:
         return {self.pool: self._last}
 
 
-ForecasterFactory = Callable[[int, int], PeakForecaster]
-"""(lead, width) -> an unfitted forecaster."""
+ForecasterFactory = Callable[[int, int, float], PeakForecaster]
+"""(lead, width, selection quantile) -> an unfitted forecaster for ``ShortfallForecaster``."""
 
 
-def forecast_peaks(
-    forecaster_factory: ForecasterFactory,
+@dataclass(frozen=True)
+class PlannedTargets:
+    """What Peakwise asked the planner for at every origin, and why."""
+
+    targets: FloatArray
+    """Demand (units/s) to plan for at each origin (NaN: no forecast yet)."""
+    labels: list[str]
+    """The model (and margin) that made each origin's target."""
+    calibrations: list[tuple[int, CalibrationInfo]]
+    """(first origin, calibration) of every fit, in time order."""
+    fits: int
+
+
+def plan_targets(
+    model: ShortfallForecaster,
     series: Series,
     *,
-    lead: int,
-    width: int,
-    quantile: float,
     refit_every: int,
     progress: Callable[[int], None] | None = None,
-) -> tuple[FloatArray, list[str]]:
-    """The forecast window peak for every origin, refitting every `refit_every` minutes.
+) -> PlannedTargets:
+    """The target for every origin, refitting as the operator does (``refit_interval``: a
+    new service often, then every ``refit_every`` steps).
 
-    One forecaster is made and refitted, as the operator keeps one per service (a
-    warm-started one carries what it learned from earlier fits). Each block of origins is
-    predicted by the model fitted on the history up to the block's first origin, from a
-    series cut at the block's last origin: nothing after an origin is visible to its
-    forecast.
+    One model is made and refitted, as the operator keeps one per service (a warm-started
+    one carries what it learned from earlier fits). Each block of origins is predicted by the
+    model fitted on the history up to the block's first origin, from a series cut at the
+    block's last origin: nothing after an origin is visible to its target.
     """
     n = len(series)
-    peaks = np.full(n, np.nan)
-    models = [""] * n
-    model = forecaster_factory(lead, width)
-    for start in range(0, n, refit_every):
-        stop = min(n, start + refit_every)
+    step = series.step_seconds
+    targets = np.full(n, np.nan)
+    labels = [""] * n
+    calibrations: list[tuple[int, CalibrationInfo]] = []
+    start, fits = 0, 0
+    while start < n:
+        interval = refit_interval((start + 1) * step, refit_every * step)
+        stop = min(n, start + max(1, round(interval / step)))
         model.fit(series.head(start + 1))
+        fits += 1
         origins = np.arange(start, stop, dtype=np.int64)
-        predicted = model.predict_peak(
-            series.head(stop), origins, lead=lead, width=width, quantiles=[quantile]
-        )
-        peaks[start:stop] = np.maximum(predicted[:, 0], 0.0)
-        models[start:stop] = [model.info_.model] * (stop - start)
+        targets[start:stop] = model.predict_target(series.head(stop), origins)
+        info = model.info_
+        labels[start:stop] = [info.model] * (stop - start)
+        assert info.calibration is not None
+        calibrations.append((start, info.calibration))
         if progress:
             progress(stop)
-    return peaks, models
+        start = stop
+    return PlannedTargets(targets, labels, calibrations, fits)
+
+
+@dataclass
+class TieredReactivePolicy:
+    """HPA plus a Karpenter-like provisioner: replicas for the demand just observed (plus
+    headroom), held for the stabilisation window, placed on the cheapest tier with room:
+    reserved first, then spot up to ``spot_fraction`` of the replicas (keeping
+    ``on_demand_min`` off spot), then on-demand."""
+
+    demand: FloatArray
+    throughput: float
+    utilization: float
+    min_replicas: int
+    max_replicas: int
+    window: int
+    reserved: Sequence[tuple[str, int]]
+    """(pool, replicas its reserved nodes hold), cheapest first."""
+    spot: Sequence[tuple[str, int]]
+    """(pool, most replicas), cheapest first."""
+    on_demand: Sequence[tuple[str, int]]
+    spot_fraction: float
+    on_demand_min: int
+    headroom: float = 0.0
+    _reactive: ReactivePolicy | None = None
+
+    def __call__(self, t: int, current: Mapping[str, int]) -> dict[str, int]:
+        if self._reactive is None:
+            self._reactive = ReactivePolicy(
+                "total",
+                self.demand,
+                self.throughput,
+                self.utilization,
+                self.min_replicas,
+                self.max_replicas,
+                self.window,
+                self.headroom,
+            )
+        left = self._reactive(t, current)["total"]
+        out: dict[str, int] = {}
+        for pool, room in self.reserved:
+            out[pool] = min(room, left)
+            left -= out[pool]
+        total = sum(out.values()) + left
+        spot_room = max(0, min(math.floor(self.spot_fraction * total), total - self.on_demand_min))
+        for pool, room in self.spot:
+            out[pool] = min(room, left, spot_room)
+            left -= out[pool]
+            spot_room -= out[pool]
+        for pool, room in self.on_demand:
+            out[pool] = min(room, left)
+            left -= out[pool]
+        return {pool: count for pool, count in out.items() if count}
 
 
 @dataclass

@@ -1,32 +1,41 @@
-"""A small progress bar on stderr, shown only on a terminal."""
+"""The backtest's progress bar: rich's, on stderr, shown only on a terminal."""
 
 from __future__ import annotations
 
 import sys
-import time
 from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class ProgressBar:
-    def __init__(self, width: int = 30) -> None:
-        self.width = width
+    """``update(stage, fraction)`` moves one bar; nothing is drawn when stderr is not a TTY
+    (a CI log gets the table only)."""
+
+    def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self._last = 0.0
+        self._progress = Progress(
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>4.0f}%"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._task: TaskID | None = None
 
     def update(self, stage: str, fraction: float) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if now - self._last < 0.1:
-            return
-        self._last = now
-        filled = int(self.width * min(max(fraction, 0.0), 1.0))
-        bar = "#" * filled + "-" * (self.width - filled)
-        sys.stderr.write(f"\r[{bar}] {fraction:4.0%} {stage:<16} {now - self.started:5.1f}s")
-        sys.stderr.flush()
+        done = 100.0 * min(max(fraction, 0.0), 1.0)
+        if self._task is None:
+            self._task = self._progress.add_task(stage, total=100.0)
+        self._progress.update(self._task, description=stage, completed=done)
 
     def __enter__(self) -> ProgressBar:
+        self._progress.start()
         return self
 
     def __exit__(
@@ -35,6 +44,4 @@ class ProgressBar:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * (self.width + 40) + "\r")
-            sys.stderr.flush()
+        self._progress.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -17,13 +17,15 @@ from peakwise.backtest.policies import (
     ForecasterFactory,
     PeakwisePolicy,
     ReactivePolicy,
-    forecast_peaks,
+    TieredReactivePolicy,
+    plan_targets,
     replicas_for,
     static_policy,
 )
 from peakwise.backtest.simulator import SimPool, Simulator
-from peakwise.forecasting.select import default_forecaster
+from peakwise.forecasting.base import CalibrationInfo
 from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.target import hold_rule, selection_quantile, service_forecaster
 from peakwise.planner import DemandForecast, DeploymentState, PlanInput, PoolState, plan
 from peakwise.planner.capacity import lead_time
 
@@ -76,6 +78,13 @@ class BacktestResult:
     summaries: list[Summary]
     warmup_minutes: int
     lead_minutes: int
+    target: float | None = None
+    """The shortfall target Peakwise calibrated to (None under a fixed forecast.quantile)."""
+    calibrations: list[tuple[int, CalibrationInfo]] = field(default_factory=list)
+    """(first minute, calibration) of each of Peakwise's fits, in time order."""
+
+    def summary(self, name: str) -> Summary:
+        return next(s for s in self.summaries if s.name == name)
 
 
 def _sim_pools(
@@ -207,6 +216,11 @@ def summarize(run: PolicyRun, oracle_cost: float, warmup: int) -> Summary:
     )
 
 
+HPA_UTILIZATION = 0.7
+"""The fixed-headroom baseline: replicas for the demand just observed at a 70% utilisation
+target, chosen up front the way a team sets an HPA target."""
+
+
 def run_backtest(
     series: Series,
     config: BacktestConfig,
@@ -214,9 +228,15 @@ def run_backtest(
     forecaster: ForecasterFactory | None = None,
     progress: Progress | None = None,
 ) -> BacktestResult:
-    """Replay `series` (demand/s per minute; NaN = gap) through every policy."""
+    """Replay `series` (demand/s per minute; NaN = gap) through every policy.
+
+    ``forecaster`` makes the forecaster Peakwise calibrates (default: the operator's,
+    ``default_forecaster``), from (lead, window, selection quantile) in steps.
+    """
     if series.step_seconds != 60:
         raise ConfigError("backtests replay per-minute traces (step 60 s)")
+    if len(series) == 0 or np.isnan(series.values).all():
+        raise ConfigError("the trace has no demand to replay")
     deployment = config.deployment
     spec = deployment.spec
     namespace = deployment.metadata.namespace or "default"
@@ -226,16 +246,17 @@ def run_backtest(
     pools = list(config.pools)
     rate = options.spot_interruptions_per_node_hour
     sim_pools = _sim_pools(spec, pools, rate)
-    lead = _minutes(lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools]))
+    lead_span = lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools])
+    lead = _minutes(lead_span)
     width = max(1, _minutes(options.window))
     utilization = spec.demand.target_utilization
     peak_demand = float(np.nanmax(demand))
+    hold = _minutes(spec.scale_down.stabilization_window)
 
     on_demand = [p for p in sim_pools if p.tier == "onDemand"]
     if not on_demand:
         raise ConfigError("the baselines (static, reactive) need an onDemand pool in the config")
     baseline = min(on_demand, key=lambda p: p.node_price / p.slots / p.throughput)
-    runs: list[PolicyRun] = []
 
     static_replicas = min(
         max(replicas_for(peak_demand, baseline.throughput, utilization), spec.replicas.min),
@@ -252,26 +273,28 @@ def run_backtest(
     )
     static.note = f"{static_replicas} on-demand replicas all the time"
 
-    def reactive(headroom: float) -> PolicyRun:
+    def reactive(headroom: float, at: float = utilization) -> PolicyRun:
         policy = ReactivePolicy(
             pool=baseline.name,
             demand=demand,
             throughput=baseline.throughput,
-            utilization=utilization,
+            utilization=at,
             min_replicas=spec.replicas.min,
             max_replicas=spec.replicas.max,
-            window=_minutes(spec.scale_down.stabilization_window),
+            window=hold,
             headroom=headroom,
         )
         return _simulate("reactive", policy, [baseline], demand, options.seed)
 
-    quantile = spec.forecast.quantile
-    peaks, models = forecast_peaks(
-        forecaster or (lambda lead, width: default_forecaster(lead, width, quantile)),
+    rule = hold_rule(spec, lead_span, timedelta(minutes=width))
+    target = spec.slo.shortfall_minutes
+    inner = None
+    if forecaster is not None:
+        inner = forecaster(lead, width, selection_quantile(target, spec.forecast.quantile))
+    model = service_forecaster(spec, rule, width, inner)
+    planned = plan_targets(
+        model,
         series,
-        lead=lead,
-        width=width,
-        quantile=spec.forecast.quantile,
         refit_every=_minutes(options.refit_every),
         progress=(lambda done: progress("forecast", done / n)) if progress else None,
     )
@@ -280,9 +303,9 @@ def run_backtest(
         name=deployment.metadata.name,
         spec=spec,
         pools=pools,
-        peaks=peaks,
-        quantile=spec.forecast.quantile,
-        model_names=models,
+        peaks=planned.targets,
+        quantile=spec.forecast.quantile or 1.0 - target,
+        model_names=planned.labels,
         timestamps=series.time_at,
         window=timedelta(minutes=width),
         budget=config.budget.spec if config.budget else None,
@@ -294,8 +317,8 @@ def run_backtest(
     pw.forecast = np.full(n, np.nan)
     shift = lead + 1
     if n > shift:
-        pw.forecast[shift:] = peaks[: n - shift]
-    pw.note = f"forecast: {models[-1]}; lead {lead} min"
+        pw.forecast[shift:] = planned.targets[: n - shift]
+    pw.note = f"{planned.labels[-1]}; lead {lead} min"
     if peakwise.limited_minutes:
         pw.note += f"; budget-limited {peakwise.limited_minutes} min"
 
@@ -305,21 +328,70 @@ def run_backtest(
 
     plain = reactive(0.0)
     plain.note = "HPA-like on current demand, no headroom"
-    target = summarize(pw, oracle_cost, warmup).under_provisioned
-    tuned, headroom = _tune_reactive(reactive, oracle_cost, warmup, target, progress)
+    achieved = summarize(pw, oracle_cost, warmup).under_provisioned
+    tuned, headroom = _tune_reactive(reactive, oracle_cost, warmup, achieved, progress)
     tuned.name = "reactive-tuned"
-    tuned.note = (
-        f"headroom {headroom:.0%} to match Peakwise's under-provisioning"
-        if headroom > 0
-        else "no headroom needed: under-provisioned no more often than Peakwise"
-    )
-    runs = [static, plain, tuned, pw, oracle]
+    tuned.note = _tuned_note(headroom)
+    hpa = reactive(0.0, HPA_UTILIZATION)
+    hpa.name = "hpa-70%"
+    hpa.note = "HPA-like at a 70% utilisation target, set up front"
+    runs = [static, plain, tuned, hpa]
+    tiers = {p.tier for p in sim_pools}
+    if tiers != {"onDemand"}:
+
+        def tiered(headroom: float) -> PolicyRun:
+            policy = _tiered_reactive(spec, sim_pools, demand, baseline, hold, headroom)
+            return _simulate("reactive-tiered", policy, sim_pools, demand, options.seed)
+
+        tiered_run, room = _tune_reactive(tiered, oracle_cost, warmup, achieved, progress)
+        tiered_run.name = "reactive-tiered-tuned"
+        tiered_run.note = "the same tiers (HPA + Karpenter-like); " + _tuned_note(room)
+        runs.append(tiered_run)
+    runs += [pw, oracle]
     return BacktestResult(
         start=series.start,
         runs=runs,
         summaries=[summarize(r, oracle_cost, warmup) for r in runs],
         warmup_minutes=warmup,
         lead_minutes=lead,
+        target=target if spec.forecast.quantile is None else None,
+        calibrations=planned.calibrations,
+    )
+
+
+def _tuned_note(headroom: float) -> str:
+    if headroom > 0:
+        return f"headroom {headroom:.0%} to match Peakwise's under-provisioning"
+    return "no headroom needed: under-provisioned no more often than Peakwise"
+
+
+def _tiered_reactive(
+    spec: InferenceDeploymentSpec,
+    pools: list[SimPool],
+    demand: FloatArray,
+    baseline: SimPool,
+    hold: int,
+    headroom: float,
+) -> TieredReactivePolicy:
+    def rooms(tier: str) -> list[tuple[str, int]]:
+        chosen = sorted((p for p in pools if p.tier == tier), key=lambda p: p.node_price / p.slots)
+        if tier == "reserved":
+            return [(p.name, min(p.reserved_nodes, p.max_nodes) * p.slots) for p in chosen]
+        return [(p.name, p.max_nodes * p.slots) for p in chosen]
+
+    return TieredReactivePolicy(
+        demand=demand,
+        throughput=baseline.throughput,
+        utilization=spec.demand.target_utilization,
+        min_replicas=spec.replicas.min,
+        max_replicas=spec.replicas.max,
+        window=hold,
+        reserved=rooms("reserved"),
+        spot=rooms("spot"),
+        on_demand=rooms("onDemand"),
+        spot_fraction=spec.capacity.spot.max_fraction,
+        on_demand_min=spec.capacity.on_demand.min_replicas,
+        headroom=headroom,
     )
 
 

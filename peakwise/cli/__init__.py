@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from peakwise import __version__
+
+if TYPE_CHECKING:
+    from peakwise.trace import Trace
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -48,13 +52,20 @@ def _add_synth_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "seasonality, morning ramp, evening peak, noise, bursts) in the format "
         "`peakwise backtest` reads: timestamp,requests,input_tokens,output_tokens.",
     )
-    p.add_argument("--days", type=_positive_int, default=14, help="length in days (default 14)")
+    p.add_argument(
+        "--family",
+        default="weekly",
+        choices=["weekly", "growth", "level-shift", "spikes", "launch", "sparse"],
+        help="shape of demand (default weekly: the chat service above); growth doubles over "
+        "two weeks, level-shift steps up 1.8x, spikes adds sudden spikes several times a day, "
+        "launch is a new service's first day, sparse has a few requests a minute at the peak",
+    )
+    p.add_argument("--days", type=_positive_int, help="length in days (default: 14, launch 1)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument(
         "--peak",
         type=float,
-        default=3000.0,
-        help="typical weekday peak in requests per minute (default 3000)",
+        help="peak in requests per minute (default 3000; sparse 6)",
     )
     p.add_argument("--out", required=True, help="CSV file to write")
     p.set_defaults(run=_run_synth_trace)
@@ -68,9 +79,9 @@ def _positive_int(text: str) -> int:
 
 
 def _run_synth_trace(args: argparse.Namespace) -> int:
-    from peakwise.trace import synthesize_trace, write_trace_csv
+    from peakwise.trace import synthesize_family, write_trace_csv
 
-    table = synthesize_trace(args.days, args.seed, peak_requests_per_minute=args.peak)
+    table = synthesize_family(args.family, args.days, args.seed, peak_requests_per_minute=args.peak)
     path = write_trace_csv(args.out, table)
     print(f"{path}: {len(table)} minutes from {table.start:%Y-%m-%d %H:%M} UTC")
     return 0
@@ -80,11 +91,14 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser(
         "backtest",
         help="replay a demand trace through Peakwise and the usual alternatives",
-        description="Replay a per-minute demand trace, minute by minute, through four policies "
-        "(static capacity for the peak, reactive HPA-like, reactive tuned with headroom, and "
-        "Peakwise: forecast then plan) and a perfect-foresight oracle, with provisioning delay, "
-        "tier prices and spot interruptions simulated. Prints a table; writes per-minute CSVs "
-        "and a plot.",
+        description="Replay a per-minute demand trace, minute by minute, through Peakwise "
+        "(forecasts calibrated to the deployment's slo.shortfallMinutes, then the planner) and "
+        "the alternatives a team would pick: static capacity for the peak, reactive HPA-like "
+        "scaling with no headroom, tuned in hindsight to Peakwise's shortfall, and at a 70% "
+        "utilisation target; with several capacity tiers also reactive scaling that fills the "
+        "same tiers (HPA plus a Karpenter-like provisioner), tuned the same way; and a "
+        "perfect-foresight oracle. Provisioning delay, tier prices and spot interruptions are "
+        "simulated. Prints a table; writes per-minute CSVs and a plot.",
     )
     p.add_argument("--trace", required=True, help="CSV: timestamp,requests,input_tokens,...")
     p.add_argument(
@@ -115,7 +129,16 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--zero-gap-minutes",
         type=_positive_int,
-        help="treat runs of at least this many zero minutes as missing data, not idle time",
+        help="treat every run of at least this many zero minutes as missing data, not idle time",
+    )
+    p.add_argument(
+        "--zero-runs",
+        choices=["auto", "keep"],
+        default="auto",
+        help="auto (default): runs of 10 or more zero minutes that the demand around them makes "
+        "implausible as idle time (20 requests or more expected over the run) are missing data "
+        "and replayed as gaps, with a warning; keep: replay every zero as zero demand (still "
+        "warned about)",
     )
     p.add_argument(
         "--window",
@@ -132,12 +155,18 @@ def _run_backtest(args: argparse.Namespace) -> int:
     from peakwise.api.common import parse_duration
     from peakwise.backtest.config import ConfigError, load_config, with_replicas_at_peak
     from peakwise.backtest.progress import ProgressBar
-    from peakwise.backtest.report import plot, table, write_csvs
     from peakwise.backtest.run import BacktestOptions, run_backtest
+    from peakwise.reports.backtest import calibration_summary, plot, table, write_csvs
     from peakwise.trace import TraceError, read_trace
 
     try:
-        trace = read_trace(args.trace, args.column, zero_is_gap_min_run=args.zero_gap_minutes)
+        trace = read_trace(
+            args.trace,
+            args.column,
+            zero_is_gap_min_run=args.zero_gap_minutes,
+            implausible_zeros_as_gaps=args.zero_runs == "auto" and not args.zero_gap_minutes,
+        )
+        _warn_about_zero_runs(trace, args)
         config = load_config(args.config, args.deployment)
         if args.replicas_at_peak:
             config = with_replicas_at_peak(config, trace.series, args.replicas_at_peak)
@@ -153,12 +182,33 @@ def _run_backtest(args: argparse.Namespace) -> int:
         print(f"peakwise backtest: error: {e}", file=sys.stderr)
         return 2
     print(table(result, trace.unit))
+    print(calibration_summary(result))
     if args.out:
         paths = write_csvs(result, args.out)
         print(f"wrote {len(paths)} CSVs to {args.out}")
     if args.plot:
         print(f"wrote {plot(result, args.plot, trace.unit)}")
     return 0
+
+
+def _warn_about_zero_runs(trace: Trace, args: argparse.Namespace) -> None:
+    """Say what happened to zero runs that look like missing data, once, on stderr."""
+    runs = trace.zero_runs
+    if not runs:
+        return
+    minutes = sum(r.minutes for r in runs)
+    what = f"{len(runs)} run(s) of zero minutes ({minutes:,} minutes)"
+    why = "where the demand around them makes idle time implausible"
+    if args.zero_gap_minutes:
+        done = f"--zero-gap-minutes {args.zero_gap_minutes} treated runs as gaps"
+    elif args.zero_runs == "auto":
+        done = (
+            "treated them as missing data (gaps); --zero-runs keep replays them as zero "
+            "demand, --zero-gap-minutes N gaps every run of N zero minutes"
+        )
+    else:
+        done = "replayed them as zero demand (--zero-runs keep); --zero-runs auto gaps them"
+    print(f"peakwise backtest: warning: {what} {why}: {done}", file=sys.stderr)
 
 
 def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

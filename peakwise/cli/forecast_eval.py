@@ -16,6 +16,7 @@ MODEL_NAMES = (
     "exp-smoothing",
     "quantile-gbm",
     "nowcast",
+    "seasonal-rise",
     "seasonal-peak (baseline)",
     "auto (selected)",
 )

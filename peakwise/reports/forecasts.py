@@ -10,27 +10,32 @@ import numpy as np
 from peakwise.backtest.forecast_scores import ModelScore
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.windows import window_peak_targets
+from peakwise.reports.tables import new_table, render
 
 
 def format_table(scores: Sequence[ModelScore], quantile: float, unit: str) -> str:
-    header = (
-        f"{'model':<26} {'pinball':>9} {'vs naive':>9} {'cover q' + format(quantile, 'g'):>10} "
-        f"{'MAE p50':>9} {'fit s':>7} {'pred ms':>8}"
+    """Window-peak scores: pinball loss, change against seasonal-naive, coverage, MAE of the
+    median forecast, mean refit and one-origin predict times."""
+    table = new_table(
+        ("model", "pinball", "vs naive", f"cover q{quantile:g}", "MAE p50", "fit s", "pred ms")
     )
     naive = next((s for s in scores if s.name == "seasonal-naive-day"), None)
-    lines = [header, "-" * len(header)]
     for s in scores:
         versus = (
-            f"{100 * (s.pinball_loss / naive.pinball_loss - 1):+8.0f}%"
+            f"{100 * (s.pinball_loss / naive.pinball_loss - 1):+.0f}%"
             if naive and naive.pinball_loss > 0
-            else f"{'':>9}"
+            else ""
         )
-        lines.append(
-            f"{s.name:<26} {s.pinball_loss:>9.2f} {versus} {100 * s.coverage:>9.1f}% "
-            f"{s.mae_median:>9.2f} {s.fit_seconds:>7.3f} {1000 * s.predict_seconds:>8.1f}"
+        table.add_row(
+            s.name,
+            f"{s.pinball_loss:.2f}",
+            versus,
+            f"{100 * s.coverage:.1f}%",
+            f"{s.mae_median:.2f}",
+            f"{s.fit_seconds:.3f}",
+            f"{1000 * s.predict_seconds:.1f}",
         )
-    lines.append(f"(pinball loss and MAE in {unit}; fit = mean of the daily refits)")
-    return "\n".join(lines)
+    return render(table) + f"\n(pinball loss and MAE in {unit}; fit = mean of the daily refits)"
 
 
 STEPS_SHOWN = (1, 10, 30, 60)
@@ -44,31 +49,38 @@ def format_steps_table(scores: Sequence[ModelScore], quantile: float, unit: str)
         return ""
     horizon = max(s.steps.horizon for s in with_steps if s.steps is not None)
     shown = [h for h in STEPS_SHOWN if h <= horizon]
-    at = "".join(f" {'@' + str(h):>7}" for h in shown)
-    header = (
-        f"{'model':<26} {'loss avg':>8}{at} {'cover avg':>9}{at.replace('  @', ' c@')} "
-        f"{'fit s':>7} {'pred ms':>8}"
+    table = new_table(
+        (
+            "model",
+            "loss avg",
+            *(f"@{h}" for h in shown),
+            "cover avg",
+            *(f"c@{h}" for h in shown),
+            "fit s",
+            "pred ms",
+        )
     )
-    lines = [
-        f"Per-step forecasts over a {horizon}-step horizon, q={quantile:g}: pinball loss and "
-        "coverage averaged over the steps and at steps " + ", ".join(map(str, shown)),
-        header,
-        "-" * len(header),
-    ]
     for s in with_steps:
         st = s.steps
         assert st is not None
-        losses = "".join(f" {st.pinball_loss[h - 1]:>7.2f}" for h in shown)
-        covers = "".join(f" {100 * st.coverage[h - 1]:>6.1f}%" for h in shown)
-        lines.append(
-            f"{s.name:<26} {st.mean_loss:>8.2f}{losses} {100 * st.mean_coverage:>8.1f}%{covers} "
-            f"{st.fit_seconds:>7.3f} {1000 * st.predict_seconds:>8.1f}"
+        table.add_row(
+            s.name,
+            f"{st.mean_loss:.2f}",
+            *(f"{st.pinball_loss[h - 1]:.2f}" for h in shown),
+            f"{100 * st.mean_coverage:.1f}%",
+            *(f"{100 * st.coverage[h - 1]:.1f}%" for h in shown),
+            f"{st.fit_seconds:.3f}",
+            f"{1000 * st.predict_seconds:.1f}",
         )
-    lines.append(
+    head = (
+        f"Per-step forecasts over a {horizon}-step horizon, q={quantile:g}: pinball loss and "
+        "coverage averaged over the steps and at steps " + ", ".join(map(str, shown))
+    )
+    foot = (
         f"(loss in {unit}; fit = mean time of the first per-step forecast after a refit, "
         "when the per-step part is fitted; pred = the whole horizon for one origin)"
     )
-    return "\n".join(lines)
+    return f"{head}\n{render(table)}\n{foot}"
 
 
 def plot_day(

@@ -7,13 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peakwise.backtest.config import ConfigError, load_config, parse_config
-from peakwise.backtest.policies import forecast_peaks
-from peakwise.backtest.report import CSV_COLUMNS, table, write_csvs
+from peakwise.backtest.config import (
+    BacktestConfig,
+    ConfigError,
+    load_config,
+    parse_config,
+    with_replicas_at_peak,
+)
+from peakwise.backtest.policies import PlannedTargets, plan_targets
 from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
-from peakwise.forecasting.select import AutoForecaster, default_forecaster
+from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
-from peakwise.trace import demand_from_table, synthesize_trace
+from peakwise.forecasting.shortfall import HoldRule, held_capacity
+from peakwise.forecasting.target import ShortfallForecaster, hold_rule
+from peakwise.planner import PoolState
+from peakwise.planner.capacity import lead_time
+from peakwise.reports.backtest import CSV_COLUMNS, table, write_csvs
+from peakwise.trace import demand_from_table, synthesize_trace, write_trace_csv
 
 REPO = Path(__file__).resolve().parents[2]
 TIERED = REPO / "examples" / "backtest" / "tiered.yaml"
@@ -33,7 +43,15 @@ def tiered_result() -> BacktestResult:
 
 def test_every_policy_is_measured_against_the_oracle(tiered_result: BacktestResult) -> None:
     summaries = {s.name: s for s in tiered_result.summaries}
-    assert set(summaries) == {"static-peak", "reactive", "reactive-tuned", "peakwise", "oracle"}
+    assert set(summaries) == {
+        "static-peak",
+        "reactive",
+        "reactive-tuned",
+        "hpa-70%",
+        "reactive-tiered-tuned",
+        "peakwise",
+        "oracle",
+    }
     assert summaries["oracle"].cost_vs_oracle == pytest.approx(1.0)
     assert summaries["oracle"].under_provisioned == 0.0
     assert summaries["static-peak"].under_provisioned == 0.0
@@ -90,21 +108,22 @@ def test_the_warm_started_forecaster_is_refitted_and_never_looks_ahead() -> None
     # Four and a half days: the refits on days 3 and 4 carry the scores of the earlier ones.
     full = _series(5, seed=6).head(int(4.5 * 1440))
     cut = int(3.5 * 1440)
-    made: list[AutoForecaster] = []
+    rule = HoldRule(lead=10, hold=15, replica_throughput=8.0)
 
-    def factory(lead: int, width: int) -> AutoForecaster:
-        made.append(default_forecaster(lead, width, 0.99))
-        return made[-1]
+    def targets(series: Series) -> tuple[ShortfallForecaster, PlannedTargets]:
+        model = ShortfallForecaster(rule)
+        return model, plan_targets(model, series, refit_every=1440)
 
-    def peaks(series: Series) -> tuple[np.ndarray, list[str]]:
-        return forecast_peaks(factory, series, lead=10, width=1, quantile=0.99, refit_every=1440)
-
-    short, short_models = peaks(full.head(cut))
-    assert len(made) == 1 and made[0].warm_start  # one estimator, refitted every day
-    assert made[0].scores_until_ == full.time_at(3 * 1440 + 1)
-    long, long_models = peaks(full)
-    np.testing.assert_array_equal(short, long[:cut])
-    assert short_models == long_models[:cut]
+    model, short = targets(full.head(cut))
+    inner = model.forecaster_
+    assert isinstance(inner, AutoForecaster) and inner.warm_start  # one estimator, refitted
+    # A new service is refitted as its history grows, every 10 minutes at first, then daily.
+    starts = [start for start, _ in short.calibrations]
+    assert starts[:3] == [0, 10, 20] and starts[-1] - starts[-2] == 1440
+    assert inner.scores_until_ == full.time_at(starts[-1] + 1)
+    _, long = targets(full)
+    np.testing.assert_array_equal(short.targets, long.targets[:cut])
+    assert short.labels == long.labels[:cut]
 
 
 def test_config_errors_are_clear() -> None:
@@ -156,3 +175,64 @@ def test_cli_runs_end_to_end(tmp_path: Path) -> None:
     assert "peakwise" in result.stdout and "oracle" in result.stdout
     assert plot.stat().st_size > 20_000
     assert (tmp_path / "out" / "peakwise.csv").exists()
+
+
+def test_the_calibration_replay_is_what_the_simulator_measures() -> None:
+    # On-demand, one GPU a node: every replica waits the full lead time, as the replay assumes.
+    series = _series(3, seed=7)
+    config = with_replicas_at_peak(load_config(ON_DEMAND), series, 8)
+    planned = plan_targets(ShortfallForecaster(_rule(config)), series, refit_every=1440)
+    result = run_backtest(series, config, BacktestOptions(warmup=timedelta(hours=6)))
+    simulated = next(r for r in result.runs if r.name == "peakwise")
+    np.testing.assert_array_equal(held_capacity(planned.targets, _rule(config)), simulated.capacity)
+
+
+def _rule(config: BacktestConfig) -> HoldRule:
+    spec = config.deployment.spec
+    lead = lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in config.pools])
+    return hold_rule(spec, lead, timedelta(minutes=1))
+
+
+def test_the_baselines_a_team_would_pick(tiered_result: BacktestResult) -> None:
+    runs = {r.name: r for r in tiered_result.runs}
+    # HPA at a 70% target: ready capacity is at least the demand it saw over 0.7, once ready.
+    hpa = runs["hpa-70%"]
+    steady = slice(tiered_result.warmup_minutes, None)
+    assert np.median(hpa.capacity[steady] / np.maximum(hpa.demand[steady], 1e-9)) > 1.3
+    # The tiered reactive policy fills the same tiers: reserved first, spot within its share.
+    tiered = runs["reactive-tiered-tuned"]
+    assert tiered.replicas["reserved"][steady].max() == 8  # the one reserved node's slots
+    total = tiered.replicas["reserved"] + tiered.replicas["spot"] + tiered.replicas["onDemand"]
+    busy = total > 8
+    assert tiered.replicas["spot"][busy].max() > 0
+    assert np.all(tiered.replicas["spot"][busy] <= 0.6 * total[busy] + 1)
+    summaries = {s.name: s for s in tiered_result.summaries}
+    assert (
+        summaries["reactive-tiered-tuned"].under_provisioned
+        <= summaries["peakwise"].under_provisioned
+    )
+    assert summaries["reactive-tiered-tuned"].cost < summaries["reactive-tuned"].cost
+
+
+def test_cli_warns_about_zero_runs_and_gaps_them_by_default(tmp_path: Path) -> None:
+    table = synthesize_trace(2, 3, peak_requests_per_minute=2400)
+    table.requests[1500:1520] = 0.0
+    trace = write_trace_csv(tmp_path / "outage.csv", table)
+    common = ("--trace", str(trace), "--config", str(ON_DEMAND), "--warmup", "6h")
+    auto = _cli(*common)
+    assert auto.returncode == 0, auto.stderr
+    assert "1 run(s) of zero minutes (20 minutes)" in auto.stderr
+    assert "treated them as missing data (gaps)" in auto.stderr
+    kept = _cli(*common, "--zero-runs", "keep")
+    assert kept.returncode == 0 and "replayed them as zero demand" in kept.stderr
+
+
+def test_cli_says_when_a_trace_is_too_short_to_calibrate(tmp_path: Path) -> None:
+    trace = tmp_path / "short.csv"
+    rows = [f"2024-01-01T00:{m:02d}:00Z,{600 + 10 * m},," for m in range(12)]
+    trace.write_text("timestamp,requests,input_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    result = _cli("--trace", str(trace), "--config", str(ON_DEMAND), "--replicas-at-peak", "4")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "too little history to calibrate" in result.stdout
+    assert "the default headroom, a 70% utilisation target" in result.stdout

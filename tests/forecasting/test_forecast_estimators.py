@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 from forecast_data import SERVEGEN, constant, daily_demand
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import NotFittedError
 
 from peakwise.forecasting.base import PeakForecaster, pinball_loss
 from peakwise.forecasting.calibration import coverage
@@ -17,8 +18,10 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
+from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
@@ -34,9 +37,12 @@ MODELS: dict[str, Callable[[], Any]] = {
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
     "nowcast": NowcastForecaster,
+    "seasonal-rise": SeasonalRiseForecaster,
     "auto": AutoForecaster,
 }
 ALL = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+# The earlier baseline follows the same conventions, though not every behaviour tested below.
+ESTIMATORS = {**MODELS, "seasonal-peak": SeasonalPeakForecaster}
 
 
 def _predict(model: PeakForecaster, series: Series, origins: Any, q: float = 0.95) -> Any:
@@ -61,14 +67,16 @@ def test_window_peak_targets_follow_the_indexing_convention() -> None:
     assert not np.isnan(targets[100 - LEAD - WIDTH - 1])
 
 
-@ALL
+@pytest.mark.parametrize("make", ESTIMATORS.values(), ids=ESTIMATORS.keys())
 def test_scikit_learn_conventions(make: Callable[[], Any]) -> None:
     model = make()
+    assert isinstance(model, BaseEstimator)
     params = model.get_params()
     copy = clone(model)
     assert type(copy) is type(model) and copy.get_params() == params
+    assert repr(model).startswith(type(model).__name__ + "(")
     assert not any(name.endswith("_") for name in vars(model))  # nothing learned yet
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         _ = model.info_
     series = daily_demand(3)
     assert model.fit(series) is model
@@ -201,7 +209,7 @@ def test_calibrated_on_held_out_days(make: Callable[[], Any]) -> None:
 
 def test_predict_before_fit_and_bad_origins() -> None:
     series = daily_demand(1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotFittedError):
         _predict(RecentPeakForecaster(), series, [1])
     model = RecentPeakForecaster().fit(series)
     with pytest.raises(ValueError, match="origins"):
@@ -262,3 +270,18 @@ def test_margin_forms_ratio_scaled_and_auto() -> None:
     assert clone(fitted["scaled"]).get_params()["margin"] == "scaled"
     with pytest.raises(ValueError, match="margin"):
         RecentPeakForecaster(margin="additive").fit(train)
+
+
+def test_seasonal_rise_sees_the_daily_ramp_coming_at_any_level() -> None:
+    # Flat nights, a steep ramp at 08:00 every day; the last day's level is 3 times the rest.
+    minutes = np.arange(8 * 1440)
+    day = np.where((minutes % 1440) >= 480, 100.0, 20.0)
+    day[7 * 1440 :] *= 3.0
+    series = Series(daily_demand(1).start, 60, day)
+    model = SeasonalRiseForecaster(lead=LEAD, width=1).fit(series.head(7 * 1440))
+    before_ramp = np.array([7 * 1440 + 480 - LEAD - 1], dtype=np.int64)  # window = 08:00
+    median = model.predict_peak(series, before_ramp, lead=LEAD, width=1, quantiles=[0.5])
+    # The level now (60) times the rise seen at that time on earlier days (5x): 300.
+    assert median[0, 0] == pytest.approx(300.0, rel=0.05)
+    plain = NowcastForecaster(lead=LEAD, width=1).fit(series.head(7 * 1440))
+    assert plain.predict_peak(series, before_ramp, lead=LEAD, width=1, quantiles=[0.5])[0, 0] < 150

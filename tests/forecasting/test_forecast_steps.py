@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from forecast_data import SERVEGEN, START, constant, daily_demand
+from sklearn.exceptions import NotFittedError
 
 from peakwise.forecasting.base import PeakForecaster
 from peakwise.forecasting.gbm import QuantileGBMPeakForecaster
@@ -15,6 +16,7 @@ from peakwise.forecasting.naive import (
     WEEK_SECONDS,
     RecentPeakForecaster,
     SeasonalNaivePeakForecaster,
+    SeasonalRiseForecaster,
 )
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
@@ -33,6 +35,7 @@ MODELS: dict[str, Callable[[], Any]] = {
     "exp-smoothing": ExponentialSmoothingPeakForecaster,
     "quantile-gbm": QuantileGBMPeakForecaster,
     "nowcast": NowcastForecaster,
+    "seasonal-rise": SeasonalRiseForecaster,
     "auto": AutoForecaster,
     "seasonal-peak (baseline)": SeasonalPeakForecaster,
 }
@@ -230,7 +233,7 @@ def test_auto_blends_the_models_it_selected() -> None:
 def test_predict_before_fit_and_bad_arguments() -> None:
     series = daily_demand(1)
     for model in (RecentPeakForecaster(), AutoForecaster(), SeasonalPeakForecaster()):
-        with pytest.raises(RuntimeError, match="not fitted"):
+        with pytest.raises(NotFittedError, match="not fitted"):
             _steps(model, series, [1])
     model = RecentPeakForecaster().fit(series)
     with pytest.raises(ValueError, match="origins"):

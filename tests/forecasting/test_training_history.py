@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from forecast_data import daily_demand
 
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
 from peakwise.forecasting.gbm import QuantileGBMPeakForecaster
 from peakwise.forecasting.naive import RecentPeakForecaster, SeasonalNaivePeakForecaster
 from peakwise.forecasting.nowcast import NowcastForecaster
 from peakwise.forecasting.seasonal import SeasonalPeakForecaster
 from peakwise.forecasting.select import AutoForecaster, default_forecaster
+from peakwise.forecasting.shortfall import HoldRule
 from peakwise.forecasting.smoothing import ExponentialSmoothingPeakForecaster
 from peakwise.operator.forecasts import fit_model
 
@@ -57,7 +59,16 @@ def test_discarding_history_keeps_the_fitted_forecast(make: Callable[[], Any]) -
 
 def test_the_operator_keeps_models_without_their_history() -> None:
     series = daily_demand(4, seed=5)
-    model = fit_model(default_forecaster, LEAD, 1, Q, series)
+    rule = HoldRule(lead=LEAD, hold=LEAD + 1, replica_throughput=1.0)
+    spec = InferenceDeploymentSpec.model_validate(
+        {
+            "template": {},
+            "gpuProfiles": [{"gpuType": "g", "throughputPerReplica": 1}],
+            "demand": {"query": "q"},
+            "forecast": {"quantile": Q},
+        }
+    )
+    model = fit_model(default_forecaster, spec, rule, 1, series).forecaster_
     assert not hasattr(model, "training_series_")
     assert model.info_.training_steps == len(series)
     # What it saves is the history: 8 bytes per step.

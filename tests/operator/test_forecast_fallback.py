@@ -65,8 +65,8 @@ class Model:
             raise RuntimeError("singular matrix")
         return self
 
-    def predict_peak(self, series: Series, origins: Any, **_: Any) -> Any:
-        return np.array([[self.level]])
+    def predict_peak(self, series: Series, origins: Any, *, quantiles: Any, **_: Any) -> Any:
+        return np.full((len(origins), len(quantiles)), self.level)
 
 
 def spec(query: str = "demand", history: str = "1d") -> InferenceDeploymentSpec:

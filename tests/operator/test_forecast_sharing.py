@@ -45,8 +45,8 @@ class Model:
         self.level = float(series.values[-1])
         return self
 
-    def predict_peak(self, series: Series, origins: Any, **_: Any) -> Any:
-        return np.array([[self.level]])
+    def predict_peak(self, series: Series, origins: Any, *, quantiles: Any, **_: Any) -> Any:
+        return np.full((len(origins), len(quantiles)), self.level)
 
 
 def spec(query: str, quantile: float = 0.9) -> InferenceDeploymentSpec:

@@ -1,4 +1,4 @@
-"""What a backtest shows: the table, the per-minute CSVs and the plot."""
+"""What a backtest shows: the table, the per-minute CSVs and the plot (``peakwise backtest``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from peakwise.backtest.run import BacktestResult, PolicyRun
+from peakwise.reports.tables import new_table, render
 
 CSV_COLUMNS = (
     "timestamp",
@@ -23,9 +24,10 @@ CSV_COLUMNS = (
 
 
 def table(result: BacktestResult, unit: str = "units/s") -> str:
-    headers = ("policy", "cost", "× oracle", "under-prov.", "unserved", "actions", "notes")
-    rows = [
-        (
+    """The policies side by side: cost, cost against the oracle, shortfall, unserved demand."""
+    rows = new_table(("policy", "cost", "× oracle", "under-prov.", "unserved", "actions", "notes"))
+    for s in result.summaries:
+        rows.add_row(
             s.name,
             f"${s.cost:,.0f}",
             f"{s.cost_vs_oracle:.2f}",
@@ -34,26 +36,44 @@ def table(result: BacktestResult, unit: str = "units/s") -> str:
             f"{s.actions}",
             s.note,
         )
-        for s in result.summaries
-    ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: tuple[str, ...]) -> str:
-        parts = [
-            c.ljust(w) if i in (0, 6) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
     measured = len(result.runs[0].demand) - result.warmup_minutes
-    out = [
+    target = (
+        f"; shortfall target {result.target:.2%} of minutes"
+        if result.target is not None
+        else "; fixed forecast.quantile"
+    )
+    head = (
         f"Measured {measured:,} minutes after a {result.warmup_minutes:,}-minute warm-up; "
-        f"demand in {unit}; lead time {result.lead_minutes} min.",
-        line(headers),
-        line(tuple("-" * w for w in widths)),
-        *(line(r) for r in rows),
-    ]
-    return "\n".join(out)
+        f"demand in {unit}; lead time {result.lead_minutes} min{target}."
+    )
+    return head + "\n" + render(rows)
+
+
+def calibration_summary(result: BacktestResult) -> str:
+    """How Peakwise met its target: the margin it ended on, when forecasts took over."""
+    if not result.calibrations:
+        return ""
+    peakwise = result.summary("peakwise")
+    first, last = result.calibrations[0][1], result.calibrations[-1][1]
+    goal = (
+        f"target {first.target:.2%} of minutes short"
+        if result.target is not None
+        else "fixed forecast.quantile (no target)"
+    )
+    handover = next((t for t, c in result.calibrations if c.mode == "forecast"), None)
+    if result.target is None:
+        how = "forecasts at that quantile throughout"
+    elif handover is None:
+        how = "the reactive rule throughout (forecasts never proved cheaper)"
+    elif handover == 0:
+        how = "forecasts throughout"
+    else:
+        how = f"the reactive rule until minute {handover:,}, then forecasts"
+    line = (
+        f"Peakwise: {goal}, {peakwise.under_provisioned:.2%} achieved; {how}; "
+        f"{len(result.calibrations)} fits; margin at the end: {last.margin}"
+    )
+    return line + (f" ({last.note})." if last.note.startswith("too little") else ".")
 
 
 def write_csvs(result: BacktestResult, out_dir: str | Path) -> list[Path]:
@@ -151,6 +171,8 @@ def plot(result: BacktestResult, path: str | Path, unit: str = "units/s") -> Pat
         "static-peak": "#937860",
         "reactive": "#8c8c8c",
         "reactive-tuned": "#8172b2",
+        "hpa-70%": "#64b5cd",
+        "reactive-tiered-tuned": "#da8bc3",
         "peakwise": "#c44e52",
         "oracle": "#4c72b0",
     }

@@ -1,0 +1,486 @@
+"""The forecaster a service runs with: its shortfall target in, the demand to plan for out.
+
+A team states ``spec.slo.shortfallMinutes``: at most this share of minutes may have less ready
+capacity than demand. ``ShortfallForecaster`` turns it into a margin for each service, from
+the service's own history, at every refit:
+
+1. **Options.** The service's forecaster (``AutoForecaster`` by default), whose margin is the
+   quantile it forecasts at, and a *reactive rule*, the demand just observed plus a headroom
+   (what an HPA does with a utilisation target), for services too new to forecast.
+2. **Calibration.** Over the newest ``calibration_seconds`` of the history (7 days), each
+   option forecasts every origin at a grid of margins, ``shortfall.held_capacity`` replays
+   what the planner would have held for each (lead time, hold rule and stabilisation
+   window, whole replicas, replica bounds), and the option's margin is the smallest whose
+   replayed shortfall is within the target. Minutes where demand sat at the capacity that
+   served it (*censored*: a served-requests metric flattens there, so true demand was
+   higher) count as short, whatever the margin.
+3. **Handover.** A service starts on the reactive rule; forecasts take over once there is
+   ``handover_seconds`` of history (1 day) and they meet the target on it with less replayed
+   capacity than the reactive rule. A service whose forecasts stop paying (a level shift
+   the models have not learnt) goes back to the reactive rule at the next refit, the same
+   way. Services with little history are refitted more often (``refit_interval``), so the
+   reactive headroom is recalibrated as evidence comes in.
+
+``quantile`` is the expert override: when set, the forecaster serves that quantile and no
+margin is calibrated; the replayed shortfall is still measured and reported.
+
+Each fit also measures what was *achieved*: the forecasts the previous fit served, replayed
+over the history that came after it (out of sample, unlike the calibration), kept for the
+newest ``achieved_seconds`` (7 days) in ``info_.calibration``. The state survives
+``discard_history`` and pickling, so the operator can refit a copy of the model it serves.
+
+No lookahead: a fit uses its history only and ``predict_target`` at origin ``o`` uses
+``series.values[: o + 1]`` only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal, Self
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.utils.validation import check_is_fitted
+
+from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.forecasting.base import (
+    CalibrationInfo,
+    Estimator,
+    ForecastInfo,
+    IntArray,
+    Mode,
+    PeakForecaster,
+)
+from peakwise.forecasting.naive import DAY_SECONDS
+from peakwise.forecasting.select import default_forecaster
+from peakwise.forecasting.series import FloatArray, Series
+from peakwise.forecasting.shortfall import (
+    BoolArray,
+    HoldRule,
+    censored_steps,
+    held_capacity,
+    last_level_shift,
+)
+from peakwise.forecasting.windows import last_known, recent_range, valid_origins
+
+DEFAULT_SHORTFALL = 0.005
+"""``spec.slo.shortfallMinutes`` when not set: 0.5% of minutes."""
+
+QUANTILES = np.concatenate([[0.5, 0.6, 0.7, 0.8, 0.85], np.arange(0.9, 0.998, 0.002), [0.999]])
+"""The margins a forecast is calibrated over: quantiles, finest near the top, where targets
+of a fraction of a percent of minutes land."""
+HEADROOMS = np.concatenate(
+    [np.arange(0.0, 0.5, 0.01), np.arange(0.5, 1.0, 0.05), [1.0, 1.5, 2.0, 3.0, 4.0]]
+)
+"""The reactive rule's headroom over the demand just observed, as a share of it."""
+DEFAULT_HEADROOM = 1.0 / 0.7 - 1.0
+"""The reactive headroom before any minute can be replayed: a 70% utilisation target."""
+SPREADS = np.concatenate(
+    [np.arange(0.0, 1.0, 0.02), np.arange(1.0, 3.0, 0.1), [3.0, 4.0, 6.0, 8.0]]
+)
+"""The other reactive rule's headroom, in units of how much demand has been moving: the range
+of the last hour plus twice the history's median one (the nowcast's scale)."""
+VOLATILITY_STEPS = 60
+
+MIN_REFIT_SECONDS = 600
+REFIT_GROWTH = 0.1
+"""A service with under a day of history is refitted once its history has grown by this
+share (but at most every ``MIN_REFIT_SECONDS``): a new service recalibrates its reactive
+headroom as evidence comes in. After its first day, the refit interval applies."""
+YOUNG_SECONDS = DAY_SECONDS
+
+
+def selection_quantile(shortfall: float, quantile: float | None = None) -> float:
+    """The quantile a forecaster's model selection scores at for this target: the override
+    if set, else ``1 - 2 × shortfall`` within [0.9, 0.999] (a held target covers more minutes
+    than its forecast's quantile; the served margin is calibrated afterwards anyway)."""
+    if quantile is not None:
+        return quantile
+    return min(max(1.0 - 2.0 * shortfall, 0.9), 0.999)
+
+
+def refit_interval(history_seconds: float, refit_every_seconds: float) -> float:
+    """Seconds until the next refit of a model fitted on ``history_seconds`` of history."""
+    if history_seconds >= YOUNG_SECONDS:
+        return float(refit_every_seconds)
+    grown = max(MIN_REFIT_SECONDS, REFIT_GROWTH * history_seconds)
+    return float(min(refit_every_seconds, grown))
+
+
+def hold_rule(
+    spec: InferenceDeploymentSpec, lead: timedelta, window: timedelta, step_seconds: int = 60
+) -> HoldRule:
+    """The planner's hold rule for this service, in steps: targets stand for the larger of the
+    stabilisation window and lead + window (``planner.plan.hold_window``), replicas come in
+    units of the smallest profile's throughput at the target utilisation."""
+
+    def steps(d: timedelta) -> int:
+        return max(0, round(d.total_seconds() / step_seconds))
+
+    width = max(1, steps(window))
+    hold = max(steps(spec.scale_down.stabilization_window), steps(lead) + width, 1)
+    return HoldRule(
+        lead=steps(lead),
+        hold=hold,
+        replica_throughput=min(p.throughput_per_replica for p in spec.gpu_profiles),
+        utilization=spec.demand.target_utilization,
+        min_replicas=spec.replicas.min,
+        max_replicas=spec.replicas.max,
+    )
+
+
+Option = Literal["forecast", "reactive", "reactive-spread"]
+"""The forecast; the demand just observed plus a share of it (HPA-like); the demand just
+observed plus a multiple of how much it has been moving (volatility-scaled headroom)."""
+
+
+@dataclass(frozen=True)
+class Margin:
+    """An option's margin, calibrated (or set) on the calibration span."""
+
+    option: Option
+    knob: float
+    """The forecast's quantile, or a reactive rule's headroom (a share of demand, or of how
+    much it has been moving)."""
+    replayed_shortfall: float | None
+    """Share of the span's measured minutes short at this margin; None if none measured."""
+    replayed_capacity: float | None
+    """Mean ready capacity (units/s) the planner would have held at this margin."""
+    reached: bool
+    """Whether the replayed shortfall is within the target."""
+
+    def describe(self) -> str:
+        if self.option == "forecast":
+            return f"q{self.knob:.3f}".rstrip("0").rstrip(".")
+        if self.option == "reactive-spread":
+            return f"reactive headroom {self.knob:.2f} × recent range"
+        return f"reactive headroom {self.knob:.0%}"
+
+
+@dataclass(frozen=True)
+class AchievedRecord:
+    """Out of sample: how the forecasts one fit served did until the next fit."""
+
+    start: datetime
+    end: datetime
+    short: int
+    measured: int
+
+
+def _span_capacity_and_misses(
+    demand: FloatArray, forecasts: FloatArray, rule: HoldRule, censored: BoolArray, skip: int
+) -> tuple[FloatArray, FloatArray, int]:
+    """Per margin column: replayed shortfall and mean capacity over the measured steps."""
+    capacity = held_capacity(forecasts, rule)
+    measured = ~np.isnan(demand)
+    measured[:skip] = False
+    count = int(measured.sum())
+    if count == 0:
+        nothing = np.full(forecasts.shape[1], np.nan)
+        return nothing, nothing, 0
+    short = (demand[measured, None] > capacity[measured] + 1e-9) | censored[measured, None]
+    shortfall: FloatArray = short.mean(axis=0)
+    mean_capacity: FloatArray = capacity[measured].mean(axis=0)
+    return shortfall, mean_capacity, count
+
+
+class ShortfallForecaster(Estimator):
+    """The demand to plan for, per origin, with the margin calibrated to a shortfall target.
+
+    ``forecaster``: an unfitted ``PeakForecaster`` (default ``default_forecaster`` at
+    ``selection_quantile``, which defaults to ``1 - 2 × shortfall``: the quantile its model
+    selection scores at). ``rule``: how the planner holds capacity (``hold_rule``).
+    ``quantile``: the expert override (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        rule: HoldRule,
+        shortfall: float = DEFAULT_SHORTFALL,
+        *,
+        forecaster: PeakForecaster | None = None,
+        quantile: float | None = None,
+        selection_quantile: float | None = None,
+        lead: int | None = None,
+        width: int = 1,
+        calibration_seconds: int = 7 * DAY_SECONDS,
+        handover_seconds: int = DAY_SECONDS,
+        achieved_seconds: int = 7 * DAY_SECONDS,
+    ) -> None:
+        self.rule = rule
+        self.shortfall = shortfall
+        self.forecaster = forecaster
+        self.quantile = quantile
+        self.selection_quantile = selection_quantile
+        self.lead = lead
+        self.width = width
+        self.calibration_seconds = calibration_seconds
+        self.handover_seconds = handover_seconds
+        self.achieved_seconds = achieved_seconds
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _lead(self) -> int:
+        return self.rule.lead if self.lead is None else self.lead
+
+    def _check_params(self) -> None:
+        if not 0.0 < self.shortfall < 0.5:
+            raise ValueError(f"shortfall must be in (0, 0.5), got {self.shortfall}")
+        if self.quantile is not None and not 0.0 < self.quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
+        if self.width < 1:
+            raise ValueError(f"need width ≥ 1, got {self.width}")
+
+    def _new_forecaster(self) -> PeakForecaster:
+        if self.forecaster is not None:
+            # scikit-learn's clone for estimators; anything else that forecasts is used as is.
+            if hasattr(self.forecaster, "get_params"):
+                model: PeakForecaster = clone(self.forecaster)
+                return model
+            return self.forecaster
+        selection = self.selection_quantile or selection_quantile(self.shortfall, self.quantile)
+        return default_forecaster(self._lead(), self.width, selection)
+
+    def fit(self, series: Series, capacity: Series | None = None) -> Self:
+        """Fit the forecaster, calibrate the margin and measure what the last fit achieved.
+
+        ``capacity``: the ready capacity that served the history (same grid), if known; it
+        marks censored minutes precisely (else they are inferred from flat tops).
+        """
+        self._check_params()
+        if len(series) == 0:
+            raise ValueError("need at least one step of history")
+        until = series.time_at(len(series))
+        previous = getattr(self, "achieved_", ())
+        if hasattr(self, "margin_"):
+            previous = self._record(series, until, previous)
+        if not hasattr(self, "forecaster_") or not hasattr(self, "margin_"):
+            self.forecaster_ = self._new_forecaster()
+        self.forecaster_.fit(series)
+        self.step_seconds_ = series.step_seconds
+        self.until_ = until
+        self.history_seconds_ = float(len(series) * series.step_seconds)
+        ranges = recent_range(series.values, VOLATILITY_STEPS)[~np.isnan(series.values)]
+        self.typical_range_ = float(np.median(ranges)) if ranges.size else 0.0
+        capacity_values = None if capacity is None else capacity.values
+        censored = censored_steps(series.values, capacity_values)
+        self.censored_minutes_ = int(censored.sum())
+        self.margin_, self.replayed_, self.note_ = self._calibrate(series, censored)
+        horizon = until - timedelta(seconds=self.achieved_seconds)
+        self.achieved_ = tuple(r for r in previous if r.end > horizon)
+        return self
+
+    def _span(self, series: Series) -> int:
+        """First origin of the calibration span."""
+        steps = round(self.calibration_seconds / series.step_seconds)
+        return max(0, len(series) - steps)
+
+    def _forecasts(
+        self, option: str, series: Series, origins: IntArray, knobs: Sequence[float] | FloatArray
+    ) -> FloatArray:
+        """Each knob's forecasts, shape ``(len(origins), len(knobs))``; causal per origin."""
+        if option != "forecast":
+            values = series.values[: int(origins.max()) + 1]
+            latest = last_known(values)[origins][:, None]
+            if option == "reactive":
+                return latest * (1.0 + np.asarray(knobs)[None, :])
+            spread = recent_range(values, VOLATILITY_STEPS)[origins] + 2.0 * self.typical_range_
+            out: FloatArray = latest + spread[:, None] * np.asarray(knobs)[None, :]
+            return out
+        predicted: FloatArray = self.forecaster_.predict_peak(
+            series, origins, lead=self._lead(), width=self.width, quantiles=list(knobs)
+        )
+        return predicted
+
+    def _calibrate(self, series: Series, censored: BoolArray) -> tuple[Margin, Margin | None, str]:
+        """The margin in use, the other option's calibrated margin, and a note."""
+        first = self._span(series)
+        # A young service's new level (a launch): what came before says little about the
+        # margin it needs now, and misses there are sunk. (Established services have
+        # level-following forecasts and a week to calibrate on; a cut there costs more.)
+        shift = (
+            last_level_shift(series.values)
+            if self.history_seconds_ < self.handover_seconds
+            else None
+        )
+        since = ""
+        if shift is not None and shift > first:
+            first = shift
+            stamp = series.time_at(shift).strftime("%Y-%m-%d %H:%M")
+            since = f"level shift at {stamp}: calibrated on the {len(series) - shift} steps since"
+        origins = np.arange(first, len(series), dtype=np.int64)
+        demand = series.values[first:]
+        span_censored = censored[first:]
+        skip = self.rule.lead + self.rule.hold  # the first targets of the span predate it
+
+        def calibrated(option: Option, knobs: Sequence[float] | FloatArray) -> Margin:
+            forecasts = self._forecasts(option, series, origins, knobs)
+            shortfall, capacity, measured = _span_capacity_and_misses(
+                demand, forecasts, self.rule, span_censored, skip
+            )
+            if measured == 0:
+                default = DEFAULT_HEADROOM if option == "reactive" else knobs[-1]
+                return Margin(option, float(default), None, None, False)
+            within = np.flatnonzero(shortfall <= self.shortfall + 1e-12)
+            k = int(within[0]) if within.size else len(knobs) - 1
+            return Margin(
+                option, float(knobs[k]), float(shortfall[k]), float(capacity[k]), bool(within.size)
+            )
+
+        if self.quantile is not None:
+            fixed = calibrated("forecast", [self.quantile])
+            return replace(fixed, reached=bool(fixed.reached)), None, "forecast.quantile is set"
+        reactive = calibrated("reactive", HEADROOMS)
+        spread = calibrated("reactive-spread", SPREADS)
+        if spread.reached and (
+            not reactive.reached
+            or (spread.replayed_capacity or 0.0) < (reactive.replayed_capacity or 0.0)
+        ):
+            reactive = spread
+        note = ""
+        if reactive.replayed_shortfall is None:
+            note = (
+                f"too little history to calibrate (a replay needs more than lead + hold = "
+                f"{skip} steps): the default headroom, a 70% utilisation target"
+            )
+        young = (len(series) - first) * series.step_seconds < self.handover_seconds
+        if young and since:
+            return reactive, None, note or since
+        if self.history_seconds_ < self.handover_seconds or _short(self.forecaster_.info_):
+            return reactive, None, note or "history shorter than the handover span"
+        forecast = calibrated("forecast", QUANTILES)
+        if forecast.reached and (
+            not reactive.reached
+            or (forecast.replayed_capacity or 0.0) <= (reactive.replayed_capacity or 0.0)
+        ):
+            return forecast, reactive, since
+        if not forecast.reached and not reactive.reached:
+            best = min((forecast, reactive), key=lambda m: m.replayed_shortfall or math.inf)
+            other = reactive if best is forecast else forecast
+            return best, other, "target not reached by any margin on the calibration span"
+        return reactive, forecast, "forecasts need more capacity than the reactive rule"
+
+    def _record(
+        self, series: Series, until: datetime, previous: tuple[AchievedRecord, ...]
+    ) -> tuple[AchievedRecord, ...]:
+        """Replay the targets the previous fit served over the history after it."""
+        step = series.step_seconds
+        start = round((self.until_ - series.start).total_seconds() / step)
+        warm = self.rule.lead + self.rule.hold + 1
+        if until <= self.until_ or start - warm < 0 or start >= len(series):
+            return previous
+        origins = np.arange(start - warm, len(series), dtype=np.int64)
+        targets = self._targets(series, origins)
+        capacity = held_capacity(targets, self.rule)[warm:]
+        demand = series.values[start:]
+        known = ~np.isnan(demand)
+        short = int((demand[known] > capacity[known] + 1e-9).sum())
+        record = AchievedRecord(self.until_, until, short, int(known.sum()))
+        return (*previous, record)
+
+    # --- predicting --------------------------------------------------------------------------
+    def _targets(self, series: Series, origins: IntArray) -> FloatArray:
+        margin = self.margin_
+        out = self._forecasts(margin.option, series, origins, [margin.knob])[:, 0]
+        result: FloatArray = np.maximum(out, 0.0)
+        return result
+
+    def predict_target(self, series: Series, origins: IntArray) -> FloatArray:
+        """The demand (units/s) to plan for at each origin: the forecast window peak at the
+        calibrated margin, or the reactive rule's. NaN where nothing is known yet."""
+        check_is_fitted(self, "margin_")
+        origins = np.asarray(origins, dtype=np.int64)
+        valid_origins(origins, len(series))
+        if origins.size == 0:
+            return np.empty(0)
+        return self._targets(series, origins)
+
+    def predict_peak(
+        self,
+        series: Series,
+        origins: IntArray,
+        *,
+        lead: int,
+        width: int,
+        quantiles: Sequence[float],
+    ) -> FloatArray:
+        """The forecaster's own quantiles (for other uses than planning; see
+        ``predict_target`` for what the calibrated plan asks for)."""
+        check_is_fitted(self, "margin_")
+        predicted: FloatArray = self.forecaster_.predict_peak(
+            series, origins, lead=lead, width=width, quantiles=quantiles
+        )
+        return predicted
+
+    def predict_steps(
+        self, series: Series, origins: IntArray, *, horizon: int, quantiles: Sequence[float]
+    ) -> FloatArray:
+        check_is_fitted(self, "margin_")
+        predicted: FloatArray = self.forecaster_.predict_steps(
+            series, origins, horizon=horizon, quantiles=quantiles
+        )
+        return predicted
+
+    @property
+    def calibration_(self) -> CalibrationInfo:
+        check_is_fitted(self, "margin_")
+        margin = self.margin_
+        mode: Mode = "override" if self.quantile is not None else "forecast"
+        if self.quantile is None and margin.option != "forecast":
+            mode = "reactive"
+        short = sum(r.short for r in self.achieved_)
+        measured = sum(r.measured for r in self.achieved_)
+        span = (self.until_ - self.achieved_[0].start).total_seconds() if self.achieved_ else 0.0
+        calibrated = min(self.calibration_seconds, self.history_seconds_)
+        return CalibrationInfo(
+            target=self.shortfall,
+            mode=mode,
+            margin=margin.describe(),
+            quantile=margin.knob if margin.option == "forecast" else None,
+            headroom=margin.knob if margin.option != "forecast" else None,
+            replayed_shortfall=margin.replayed_shortfall,
+            calibration_seconds=float(calibrated),
+            achieved_shortfall=short / measured if measured else None,
+            achieved_seconds=float(span),
+            censored_minutes=self.censored_minutes_,
+            note=self.note_,
+        )
+
+    @property
+    def info_(self) -> ForecastInfo:
+        check_is_fitted(self, "margin_")
+        inner = self.forecaster_.info_
+        calibration = self.calibration_
+        if calibration.mode == "reactive":
+            model = f"{calibration.margin} (until forecasts prove cheaper)"
+        else:
+            model = f"{inner.model} at {calibration.margin}"
+        return replace(inner, model=model, calibration=calibration)
+
+    def discard_history(self) -> Self:
+        self.forecaster_.discard_history()
+        return self
+
+
+def _short(info: ForecastInfo) -> bool:
+    return info.short_history
+
+
+def service_forecaster(
+    spec: InferenceDeploymentSpec,
+    rule: HoldRule,
+    width: int = 1,
+    forecaster: PeakForecaster | None = None,
+) -> ShortfallForecaster:
+    """The forecaster Peakwise runs for a service, in the operator and ``peakwise backtest``
+    alike: calibrated to ``spec.slo.shortfallMinutes``, or at ``spec.forecast.quantile``
+    when that expert override is set."""
+    return ShortfallForecaster(
+        rule,
+        spec.slo.shortfall_minutes,
+        forecaster=forecaster,
+        quantile=spec.forecast.quantile,
+        width=width,
+    )
