@@ -421,6 +421,11 @@ class Controller:
                 metrics.demand_forecast.labels(*key).set(result.forecast.peak)
             if result:
                 metrics.forecast_reactive.labels(*key).set(1 if result.fallback else 0)
+            calibration = result.calibration if result else None
+            if calibration is not None:
+                metrics.shortfall_target.labels(*key).set(calibration.target)
+                if calibration.achieved_shortfall is not None:
+                    metrics.shortfall_achieved.labels(*key).set(calibration.achieved_shortfall)
             if result and result.observed is not None:
                 metrics.demand_actual.labels(*key).set(result.observed)
             if result and result.info:

@@ -49,7 +49,7 @@ GROUP, VERSION = "peakwise.dev", "v1alpha1"
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
 
-INFORMATIONAL = ("lastPlanTime", "forecast", "recentTargets")
+INFORMATIONAL = ("lastPlanTime", "forecast", "recentTargets", "slo")
 """Status fields that change every round without a decision changing: written with the next
 decision, or by the heartbeat."""
 

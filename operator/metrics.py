@@ -55,6 +55,18 @@ forecast_coverage = Gauge(
     _DEPLOYMENT,
     registry=REGISTRY,
 )
+shortfall_target = Gauge(
+    "peakwise_shortfall_target",
+    "The service's shortfall target: share of minutes that may be short (slo.shortfallMinutes)",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
+shortfall_achieved = Gauge(
+    "peakwise_shortfall_achieved",
+    "Share of the last 7 days' minutes the plan the service was given was short of demand",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
 round_seconds = Histogram(
     "peakwise_planning_round_seconds",
     "Time to forecast and plan every deployment",
@@ -111,6 +123,8 @@ objects_left_out = Gauge(
 )
 
 PER_DEPLOYMENT = (
+    shortfall_target,
+    shortfall_achieved,
     demand_forecast,
     demand_actual,
     replicas,

@@ -25,6 +25,7 @@ from peakwise.api.inferencedeployment import (
     InferenceDeployment,
     InferenceDeploymentStatus,
     PoolReplicas,
+    SLOStatus,
 )
 from peakwise.operator.forecasts import ForecastResult
 from peakwise.planner import DeploymentPlan
@@ -159,6 +160,7 @@ def deployment_status(
         tiers=f"reserved={tiers['reserved']} spot={tiers['spot']} onDemand={tiers['onDemand']}",
         pools=rows,
         forecast=forecast_status(result, lead),
+        slo=slo_status(result, infd.spec.slo.shortfall_minutes),
         cost=CostStatus(
             hourly=round(planned.hourly_cost, 4),
             reserved_hourly=round(planned.reserved_hourly, 4),
@@ -183,6 +185,22 @@ def forecast_status(result: ForecastResult | None, lead: timedelta | None) -> Fo
         backtest_loss=info.backtest_loss if info else None,
         coverage=info.coverage if info else None,
         lead_time=format_duration(lead) if lead is not None else "",
+    )
+
+
+def slo_status(result: ForecastResult | None, target: float) -> SLOStatus:
+    """The shortfall target and how the service meets it, from its calibration."""
+    calibration = result.calibration if result else None
+    if calibration is None:
+        return SLOStatus(shortfall_target=target)
+    window = timedelta(seconds=round(calibration.achieved_seconds / 60) * 60)
+    return SLOStatus(
+        shortfall_target=calibration.target,
+        achieved_shortfall=calibration.achieved_shortfall,
+        achieved_window=format_duration(window) if calibration.achieved_seconds else "",
+        margin=calibration.margin,
+        mode=calibration.mode.capitalize(),
+        censored_minutes=calibration.censored_minutes,
     )
 
 

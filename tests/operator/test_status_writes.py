@@ -157,3 +157,40 @@ def test_every_key_written_is_defined_by_the_crds() -> None:
 def test_the_check_finds_an_undefined_key() -> None:
     schema = _status_schema("inferencedeployments")
     assert _undefined({"forecast": {"peek": 1}}, schema, "status") == ["status.forecast.peek"]
+
+
+def test_the_shortfall_target_and_what_was_achieved_are_in_status() -> None:
+    from peakwise.forecasting.base import CalibrationInfo
+
+    calibration = CalibrationInfo(
+        target=0.005,
+        mode="forecast",
+        margin="q0.987",
+        quantile=0.987,
+        headroom=None,
+        replayed_shortfall=0.004,
+        calibration_seconds=7 * 86400,
+        achieved_shortfall=0.0042,
+        achieved_seconds=7 * 86400,
+        censored_minutes=3,
+    )
+    info = ForecastInfo("nowcast", 100, calibration=calibration)
+    result = ForecastResult(DemandForecast(400.0, 0.987, model="nowcast"), info, 400.0)
+    infd = DEPLOYMENTS["assistant"]
+    observed = Observed(
+        now=NOW,
+        deployments=[infd],
+        pools=list(POOLS.values()),
+        budgets=[],
+        forecasts={("chat", "assistant"): result},
+    )
+    planned = plan(plan_input(observed)).deployments[("chat", "assistant")]
+    status = wire(deployment_status(infd, planned, None, result, {}, POOLS, NOW))
+    assert status["slo"] == {
+        "shortfallTarget": "0.5%",
+        "achievedShortfall": "0.42%",
+        "achievedWindow": "7d",
+        "margin": "q0.987",
+        "mode": "Forecast",
+        "censoredMinutes": 3,
+    }
