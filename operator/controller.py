@@ -237,10 +237,15 @@ class Controller:
         self._view = view
         follower = follower if follower is not None else key
         self._start_schedule()
+        replanned = False
         while True:
             current = self._round
-            if current is None or self._stale or not self._covers(current, key, generation):
+            uncovered = current is not None and not self._covers(current, key, generation)
+            # An object still missing from a round planned for it (deleted meanwhile, or not
+            # in the index yet) gets that round: planning again would not find it either.
+            if current is None or self._stale or (uncovered and not replanned):
                 await self._recompute(current)
+                replanned = replanned or uncovered
                 continue
             if follower is None or self._followed.get(follower, 0) < current.number:
                 if follower is not None:

@@ -177,3 +177,22 @@ def test_each_handler_follows_each_round_once_right_after_it_is_planned() -> Non
         controller.forecasts.close()
     assert numbers == [1, 2, 3]  # one round each time: the schedule's, then the change's
     assert pool_round == numbers[1]  # the pool's first call: the current round, no wait
+
+
+def test_an_object_missing_from_the_index_gets_a_round_without_planning_forever() -> None:
+    controller = Controller(service(Ramp()), timedelta(seconds=30), lambda: NOW)
+    empty = Snapshot(deployments={}, pools={}, budgets={}, children={}, pool_nodes={})
+
+    async def run() -> Any:
+        # A deleted object's last timer: its key is in no snapshot any more.
+        return await asyncio.wait_for(
+            controller.round(lambda: empty, ("team", "gone"), 3), timeout=10
+        )
+
+    try:
+        round_ = asyncio.run(run())
+    finally:
+        controller.close()
+        controller.forecasts.close()
+    assert ("team", "gone") not in round_.deployments
+    assert round_.number <= 2  # planned once for it, not over and over
