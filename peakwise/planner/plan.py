@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from peakwise.api.common import CAPACITY_TYPES
@@ -19,13 +20,25 @@ from peakwise.planner.capacity import (
     Demand,
     Slice,
     build_slices,
+    claimable,
     lead_time,
     nodes_needed,
     options_for,
+    reachable,
 )
-from peakwise.planner.greedy import Allocation
+from peakwise.planner.greedy import Allocation, Packing
+from peakwise.planner.tenancy import (
+    ReservedShare,
+    levels,
+    merge_budget_states,
+    namespace_priority,
+    ranks,
+    reserved_weight,
+    share_reserved,
+)
 from peakwise.planner.types import (
     DEFAULT_FORECAST_WINDOW,
+    BudgetState,
     DemandForecast,
     DeploymentPlan,
     DeploymentState,
@@ -76,9 +89,14 @@ def _current_capacity(
 
 
 def _demands(
-    request: PlanInput, slices: Sequence[Slice]
+    request: PlanInput, slices: Sequence[Slice], budgets: Mapping[str, BudgetState]
 ) -> tuple[list[Demand], list[tuple[tuple[datetime, float], ...]], list[list[str]]]:
     demands, histories, reasons = [], [], []
+    priorities = {
+        s.namespace: namespace_priority(budgets.get(s.namespace), request.policy)
+        for s in request.deployments
+    }
+    level_of = levels(priorities)
     for state in request.deployments:
         spec = state.spec
         hi = spec.replicas.max
@@ -108,11 +126,23 @@ def _demands(
             raw = forecast.peak
             model = f", {forecast.model}" if forecast.model else ""
             why.append(
-                f"forecast peak {forecast.peak:,.1f}/s (q{forecast.quantile:g}{model}); "
+                f"forecast peak {forecast.peak:,.4g}/s (q{forecast.quantile:g}{model}); "
                 f"planning at {spec.demand.target_utilization:.0%} target utilisation"
             )
+        # One deployment can claim at most what its replicas.max replicas serve: a query
+        # returning 1e9 is worth replicas.max replicas, no more, to the solver and to others.
+        most = claimable(spec, options)
+        clamped = raw > most + 1e-9
+        if clamped:
+            why.append(
+                f"demand {raw:,.4g}/s is more than replicas.max ({hi}) replicas serve: "
+                f"planning for {most:,.1f}/s"
+            )
+            raw = most
         window = hold_window(spec, request.pools, forecast)
         target, history = stabilized_target(raw, state.demand_history, request.now, window)
+        if target > most:  # an older, larger target (from before a bound changed)
+            target, history = most, tuple((t, min(v, most)) for t, v in history)
         if target > raw + 1e-9:
             why.append(
                 f"holding capacity for {target:,.1f}/s: targets in the last {_fmt(window)} "
@@ -129,10 +159,14 @@ def _demands(
                 spot_fraction=spec.capacity.spot.max_fraction,
                 on_demand_min=min(spec.capacity.on_demand.min_replicas, hi),
                 options=options,
+                level=level_of[state.namespace],
+                reachable=reachable(options, slices),
             )
         )
         histories.append(history)
         reasons.append(why)
+    ranked = zip(demands, ranks(demands), strict=True)
+    demands = [replace(d, rank=rank, factor=factor) for d, (rank, factor) in ranked]
     return demands, histories, reasons
 
 
@@ -146,72 +180,273 @@ def _fmt(d: timedelta) -> str:
 
 
 def _solve(
-    request: PlanInput, demands: Sequence[Demand], slices: Sequence[Slice]
+    request: PlanInput,
+    demands: Sequence[Demand],
+    slices: Sequence[Slice],
+    shares: Mapping[int, ReservedShare],
 ) -> tuple[dict[int, Allocation], str]:
+    """Allocate level by level (the platform's namespace priority, highest first); within a
+    level, minimums before anyone's target."""
+    packing = Packing(slices, shares)
+    allocations: dict[int, Allocation] = {}
+    fallback = False
+    total_limit = request.time_limit.total_seconds()
+    for level in sorted({d.level for d in demands}):
+        members = [d for d, demand in enumerate(demands) if demand.level == level]
+        held = greedy.place_minimums(demands, members, packing)
+        solved: dict[int, Allocation] | None = None
+        if request.solver != "greedy":
+            # What the greedy placement of minimums gives each (smaller minimums first) must
+            # hold whatever the others ask for.
+            placed = {d: sum(a.values()) for d, a in held.items()}
+            for d, a in held.items():
+                packing.place(demands[d], a, sign=-1)
+            limit = max(0.2, total_limit * len(members) / len(demands))
+            solved = milp.allocate(demands, members, slices, packing, limit)
+            if solved is None:
+                fallback = True
+                for d, a in held.items():
+                    packing.place(demands[d], a)
+            else:
+                solved = {d: solved.get(d, {}) for d in members}
+                for d, a in solved.items():
+                    packing.place(demands[d], a)
+                _repair_minimums(demands, solved, packing, placed)
+        if solved is None:
+            # The exact solver found nothing within the time limit: the heuristic always answers.
+            solved = greedy.allocate(demands, members, packing, held=held)
+        allocations.update(solved)
     if request.solver == "greedy":
-        return greedy.allocate(demands, slices), "greedy"
-    limit = request.time_limit.total_seconds()
-    solved = milp.allocate(demands, slices, limit)
-    if solved is None:
-        # The exact solver found nothing within the time limit: the heuristic always answers.
-        return greedy.allocate(demands, slices), "greedy (exact solver found nothing in time)"
-    return solved, "milp"
+        return allocations, "greedy"
+    return allocations, "greedy (exact solver found nothing in time)" if fallback else "milp"
+
+
+def _repair_minimums(
+    demands: Sequence[Demand],
+    allocations: dict[int, Allocation],
+    packing: Packing,
+    placed: Mapping[int, int],
+) -> None:
+    """Give back what the greedy placement of minimums (smaller first) gave a deployment but
+    the solve did not (a time limit, or a trade its objective found worth it): from free room
+    first, then one replica at a time, on the same slice, from a deployment of the level above
+    its own minimum, or one with a larger minimum above what the placement gave it."""
+    order = greedy.minimum_order(demands, list(allocations))
+    position = {d: k for k, d in enumerate(order)}
+    for d in order:
+        demand, floor = demands[d], placed.get(d, 0)
+        if sum(allocations[d].values()) >= floor:
+            continue
+        allocations[d] = greedy.allocate_one(demand, packing, start=allocations[d], target=0.0)
+
+        def keep(e: int, d: int = d) -> int | None:
+            """Fewest replicas donor e must keep, or None if it may not give."""
+            if e == d:
+                return None
+            if sum(allocations[e].values()) > demands[e].lo:
+                return demands[e].lo
+            return placed.get(e, 0) if position[e] > position[d] else None
+
+        while sum(allocations[d].values()) < floor and _move_one(
+            demands, allocations, packing, d, keep
+        ):
+            pass
+
+
+def _move_one(
+    demands: Sequence[Demand],
+    allocations: dict[int, Allocation],
+    packing: Packing,
+    d: int,
+    keep: Callable[[int], int | None],
+) -> bool:
+    demand = demands[d]
+    for i in sorted(range(len(demand.options)), key=lambda i: (demand.options[i].price, i)):
+        want = demand.options[i]
+        donors = sorted(
+            (e for e in allocations if keep(e) is not None),
+            key=lambda e: (-demands[e].solve_target / demands[e].reference, demands[e].key),
+        )
+        for e in donors:
+            j = next(
+                (
+                    j
+                    for j, n in allocations[e].items()
+                    if n > 0
+                    and demands[e].options[j].slice == want.slice
+                    and demands[e].options[j].gpus == want.gpus
+                ),
+                None,
+            )
+            if j is None or not _may_add(demand, allocations[d], i):
+                continue
+            after = _without_one(demands[e], allocations[e], j)
+            if sum(after.values()) < (keep(e) or 0):
+                continue
+            packing.place(demands[e], allocations[e], sign=-1)
+            packing.place(demands[e], after)
+            allocations[e] = after
+            if packing.room(want, demand.namespace) <= 0:
+                continue  # a reserved share still in the way; what was taken stays free
+            packing.add(want, demand.namespace, 1)
+            allocations[d][i] = allocations[d].get(i, 0) + 1
+            return True
+    return False
+
+
+def _without_one(demand: Demand, allocation: Allocation, i: int) -> Allocation:
+    """One replica of option i less, and the spot replicas its spot fraction then forbids."""
+    out = dict(allocation)
+
+    def drop(j: int) -> None:
+        out[j] -= 1
+        if out[j] == 0:
+            del out[j]
+
+    drop(i)
+    while True:
+        spot = [j for j in out if demand.options[j].is_spot]
+        if sum(out[j] for j in spot) <= demand.spot_fraction * sum(out.values()) + 1e-9:
+            return out
+        drop(max(spot, key=lambda j: (demand.options[j].price, j)))
+
+
+def _may_add(demand: Demand, allocation: Allocation, i: int) -> bool:
+    total = sum(allocation.values())
+    spot = sum(n for j, n in allocation.items() if demand.options[j].is_spot)
+    if not demand.options[i].is_spot:
+        return total < demand.hi
+    return total < demand.hi and spot + 1 <= demand.spot_fraction * (total + 1) + 1e-9
+
+
+def _fill(
+    demands: Sequence[Demand],
+    allocations: dict[int, Allocation],
+    slices: Sequence[Slice],
+    shares: Mapping[int, ReservedShare],
+    left: Mapping[str, float],
+) -> None:
+    """Offer what is still free (capacity a budget trimmed, or a solver left) to whoever is
+    short, in the greedy's order, within each Hard budget's remaining $/h (`left`)."""
+    packing = Packing(slices, shares)
+    for d, a in allocations.items():
+        packing.place(demands[d], a)
+    remaining = {ns: [v] for ns, v in left.items()}
+    everyone = list(range(len(demands)))
+    # Minimums first here too, then targets.
+    for d in greedy.minimum_order(demands, everyone):
+        demand = demands[d]
+        if sum(allocations[d].values()) < demand.lo:
+            allocations[d] = greedy.allocate_one(
+                demand,
+                packing,
+                start=allocations[d],
+                budget=remaining.get(demand.namespace),
+                target=0.0,
+            )
+    for d in greedy.target_order(demands, everyone):
+        demand, allocation = demands[d], allocations[d]
+        capacity = sum(demand.options[i].effective * n for i, n in allocation.items())
+        if capacity >= demand.solve_target - 1e-9:
+            continue
+        allocations[d] = greedy.allocate_one(
+            demand, packing, start=allocation, budget=remaining.get(demand.namespace)
+        )
 
 
 def plan(request: PlanInput) -> Plan:
     """Plan replicas per pool and nodes per pool for every deployment, jointly."""
-    load = max((d.spec.model_load_time for d in request.deployments), default=timedelta(0))
-    slices = build_slices(request.pools, load)
-    demands, histories, reasons = _demands(request, slices)
-    allocations, solver = _solve(request, demands, slices)
+    budgets = merge_budget_states(request.budgets)
+    policy = request.policy
+    if policy.unbudgeted == "DefaultBudget" and policy.default_budget is not None:
+        default = policy.default_budget.model_copy(
+            update={
+                "priority": policy.default_priority,
+                "reserved_weight": policy.default_reserved_weight,
+            }
+        )
+        for ns in {s.namespace for s in request.deployments} - set(budgets):
+            budgets[ns] = BudgetState(ns, default)
+    slices = build_slices(request.pools)
+    demands, histories, reasons = _demands(request, slices, budgets)
+    weights = {d.namespace: reserved_weight(budgets.get(d.namespace), policy) for d in demands}
+    shares = share_reserved(demands, slices, weights)
+    allocations, solver = _solve(request, demands, slices, shares)
     for d in range(len(demands)):
         allocations.setdefault(d, {})
 
-    # Budgets bind after the cheapest allocation: lowest priority gives way first.
-    budgets = {b.namespace: b for b in request.budgets}
+    # Hard budgets bind after the joint allocation: lowest priority gives way first.
     by_namespace: dict[str, list[int]] = defaultdict(list)
     for d, demand in enumerate(demands):
-        by_namespace[demand.key[0]].append(d)
-    namespaces: dict[str, NamespacePlan] = {}
+        by_namespace[demand.namespace].append(d)
     limited: set[int] = set()
+    forced_below: set[int] = set()
+    caps: dict[str, float | None] = {}
+    left: dict[str, float] = {}
+    ns_reasons: dict[str, list[str]] = defaultdict(list)
     for ns, members in sorted(by_namespace.items()):
         budget = budgets.get(ns)
         cap = hourly_cap(budget) if budget else None
-        ns_reasons: list[str] = []
-        names: list[str] = []
-        if budget is not None and cap is not None:
-            wanted = sum(allocation_cost(demands[d], allocations[d]) for d in members)
-            if wanted > cap + 1e-9:
-                if budget.spec.enforcement == "Hard":
-                    trim = trim_to_cap(demands, allocations, members, cap)
-                    limited |= set(trim.removed)
-                    names = sorted(demands[d].key[1] for d in trim.removed)
-                    ns_reasons.append(_budget_reason(wanted, cap, budget.spec.currency, trim))
-                    for d, n in trim.removed.items():
-                        reasons[d].append(
-                            f"gave up {n} replica(s) to the namespace's Hard budget "
-                            f"({cap:,.2f} {budget.spec.currency}/h; priority {demands[d].priority})"
-                            + ("; even the minimums do not fit" if trim.below_minimum else "")
-                        )
-                else:
-                    ns_reasons.append(
-                        f"plan costs {wanted:,.2f} {budget.spec.currency}/h, over the Soft "
-                        f"budget of {cap:,.2f}/h: warning only"
+        caps[ns] = cap
+        if budget is None or cap is None:
+            continue
+        wanted = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+        if wanted > cap + 1e-9:
+            if budget.spec.enforcement == "Hard":
+                trim = trim_to_cap(demands, allocations, members, cap)
+                limited |= set(trim.removed)
+                ns_reasons[ns].append(_budget_reason(wanted, cap, budget.spec.currency, trim))
+                for d, n in trim.removed.items():
+                    reasons[d].append(
+                        f"gave up {n} replica(s) to the namespace's Hard budget "
+                        f"({cap:,.2f} {budget.spec.currency}/h; priority {demands[d].priority})"
+                        + ("; even the minimums do not fit" if trim.below_minimum else "")
                     )
-        cost = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+                    if trim.below_minimum:
+                        forced_below.add(d)
+            else:
+                ns_reasons[ns].append(
+                    f"plan costs {wanted:,.2f} {budget.spec.currency}/h, over the Soft "
+                    f"budget of {cap:,.2f}/h: warning only"
+                )
+        if budget.spec.enforcement == "Hard":
+            spent = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+            left[ns] = max(0.0, cap - spent)
+
+    # What a budget trimmed, or a solver left free, goes to whoever is still short.
+    _fill(demands, allocations, slices, shares, left)
+
+    namespaces: dict[str, NamespacePlan] = {}
+    for ns, members in sorted(by_namespace.items()):
+        budget = budgets.get(ns)
+        guaranteed: dict[str, int] = {}
+        for i, share in shares.items():
+            gpus = share.guaranteed.get(ns, 0)
+            if gpus:
+                guaranteed[slices[i].pool] = guaranteed.get(slices[i].pool, 0) + gpus
         namespaces[ns] = NamespacePlan(
             namespace=ns,
-            hourly_cost=cost,
-            hourly_cap=cap,
+            hourly_cost=sum(allocation_cost(demands[d], allocations[d]) for d in members),
+            hourly_cap=caps[ns],
             enforcement=budget.spec.enforcement if budget else None,
-            limited=tuple(names),
-            reasons=tuple(ns_reasons),
+            limited=tuple(sorted(demands[d].key[1] for d in members if d in limited)),
+            reasons=tuple(ns_reasons[ns]),
+            priority=namespace_priority(budget, policy),
+            reserved_gpus=guaranteed,
         )
 
     deployment_plans = {}
     for d, (demand, state) in enumerate(zip(demands, request.deployments, strict=True)):
         deployment_plans[demand.key] = _deployment_plan(
-            demand, state, allocations[d], slices, histories[d], reasons[d], d in limited
+            demand,
+            state,
+            allocations[d],
+            slices,
+            histories[d],
+            reasons[d],
+            d in limited,
+            d in forced_below,
+            caps.get(demand.namespace),
         )
     return Plan(
         deployments=deployment_plans,
@@ -239,6 +474,8 @@ def _deployment_plan(
     history: tuple[tuple[datetime, float], ...],
     why: list[str],
     budget_limited: bool,
+    budget_forced_below: bool,
+    cap: float | None,
 ) -> DeploymentPlan:
     replicas: dict[str, int] = defaultdict(int)
     tiers: dict[str, int] = dict.fromkeys(CAPACITY_TYPES, 0)
@@ -269,8 +506,18 @@ def _deployment_plan(
         reasons.append(
             f"short of the target by {demand.target - capacity:,.1f}/s: limited by {bound}"
         )
-    if total < demand.lo and not budget_limited:
-        reasons.append(f"below replicas.min ({demand.lo}): the pools have no room left")
+    below = ""
+    if total < demand.lo:
+        # The post-solve check: minimums come first, so only the namespace's own Hard budget
+        # or pools with no room left (the fill found none) put a deployment below its minimum.
+        if budget_forced_below:
+            below = (
+                f"below replicas.min ({demand.lo}): the namespace's Hard budget "
+                f"({cap or 0:,.2f}/h) cannot pay even for the minimums"
+            )
+        else:
+            below = f"below replicas.min ({demand.lo}): the pools have no room left"
+        reasons.append(below)
     return DeploymentPlan(
         namespace=demand.key[0],
         name=demand.key[1],
@@ -283,6 +530,8 @@ def _deployment_plan(
         budget_limited=budget_limited,
         reasons=tuple(reasons),
         demand_history=history,
+        below_minimum=below,
+        clamped=any(r.startswith("demand ") and "replicas.max" in r for r in why),
     )
 
 

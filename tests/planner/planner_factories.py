@@ -8,7 +8,14 @@ from typing import Any
 from peakwise.api.costbudget import CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePoolSpec
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
-from peakwise.planner import BudgetState, DemandForecast, DeploymentState, PoolState
+from peakwise.planner import (
+    BudgetState,
+    DemandForecast,
+    DeploymentState,
+    Plan,
+    PlanInput,
+    PoolState,
+)
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -80,7 +87,40 @@ def deployment(
 
 
 def budget(
-    namespace: str = "team", hourly: float = 100.0, enforcement: str = "Hard"
+    namespace: str = "team", hourly: float = 100.0, enforcement: str = "Hard", **extra: Any
 ) -> BudgetState:
-    spec = CostBudgetSpec.model_validate({"limits": {"hourly": hourly}, "enforcement": enforcement})
+    spec = CostBudgetSpec.model_validate(
+        {"limits": {"hourly": hourly}, "enforcement": enforcement, **extra}
+    )
     return BudgetState(namespace, spec)
+
+
+def assert_plan_keeps_the_rules(request: PlanInput, result: Plan) -> None:
+    """Hard budgets hold, replicas.max holds, minimums break only for a reason, replicas run
+    only on pools of a GPU type they accept, and pools have the nodes their replicas need."""
+    caps = {b.namespace: b for b in request.budgets}
+    for ns, planned in result.namespaces.items():
+        b = caps.get(ns)
+        if b is not None and b.spec.enforcement == "Hard" and b.spec.limits.hourly is not None:
+            assert planned.hourly_cost <= b.spec.limits.hourly + 1e-6, (ns, planned)
+    pools = {p.name: p for p in request.pools}
+    gpus_on = dict.fromkeys(pools, 0)
+    for state in request.deployments:
+        d = result.deployments[state.key]
+        assert d.total <= state.spec.replicas.max
+        if d.total < state.spec.replicas.min:
+            # Only a Hard budget or full pools may push a deployment below its minimum.
+            assert d.budget_limited or any("no room" in r for r in d.reasons), d.reasons
+        for pool_name, n in d.replicas.items():
+            profile_gpus = {
+                p.gpus_per_replica
+                for p in state.spec.gpu_profiles
+                if p.gpu_type == pools[pool_name].spec.gpu_type
+            }
+            assert profile_gpus, "replicas placed on a pool of a GPU type the service cannot use"
+            gpus_on[pool_name] += n * min(profile_gpus)
+    for name, planned in result.pools.items():
+        spec = pools[name].spec
+        assert planned.nodes <= spec.max_nodes
+        assert planned.nodes * spec.gpus_per_node >= gpus_on[name]
+        assert planned.gpus_requested <= planned.nodes * spec.gpus_per_node
