@@ -223,3 +223,25 @@ def test_two_budget_states_for_one_namespace_apply_the_strictest() -> None:
     assert result.namespaces["team"].hourly_cap == pytest.approx(40.0)
     assert result.namespaces["team"].enforcement == "Hard"
     assert result.deployments[("team", "chat")].total == 4
+
+
+def test_a_time_limited_solve_that_leaves_a_minimum_short_is_repaired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HiGHS stopped at its time limit may hand back anything feasible: here the attacker
+    holds every slot. The planner gives the neighbour back the minimum the greedy placement
+    (smaller minimums first) gave it, taking from the larger minimum."""
+    from peakwise.planner import milp
+
+    pools = (pool("od", "onDemand", 40.0, max_nodes=1),)  # 8 slots
+    neighbour = deployment("small", 100.0, namespace="a", min_replicas=3, max_replicas=3)
+    attacker = deployment("evil", 1e12, namespace="evil", min_replicas=8, max_replicas=8)
+
+    def greedy_for_evil(demands, members, slices, packing, time_limit):  # type: ignore[no-untyped-def]
+        return {d: ({0: 8} if demands[d].key[0] == "evil" else {}) for d in members}
+
+    monkeypatch.setattr(milp, "allocate", greedy_for_evil)
+    result = plan(PlanInput(NOW, (neighbour, attacker), pools, solver="milp"))
+    assert result.deployments[("a", "small")].total == 3
+    assert result.deployments[("evil", "evil")].total == 5
+    assert "below replicas.min (8)" in result.deployments[("evil", "evil")].below_minimum
