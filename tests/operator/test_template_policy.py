@@ -1,6 +1,6 @@
 """The operator is no deputy: a template asking for what its team could not do is rejected,
-and every container's GPUs count. The same cases go to the real API server's admission
-policy in tests/chart/test_chart_admission_policy.py (TEMPLATE_CASES is shared)."""
+and every container's GPUs count. The same cases (tests/template_cases.py) go to the real
+API server's admission policy in tests/chart/test_chart_admission_policy.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from template_cases import ALLOWED_CASES, TEMPLATE_CASES, with_field
 
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
@@ -23,131 +24,13 @@ from peakwise.operator.template_policy import (
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-GOOD: dict[str, Any] = {
-    "metadata": {"labels": {"app": "vllm"}},
-    "spec": {
-        "containers": [
-            {"name": "vllm", "image": "vllm/vllm-openai:v0.8.5", "resources": {"limits": {}}},
-            {"name": "metrics", "image": "exporter:1", "ports": [{"containerPort": 9400}]},
-        ],
-        "initContainers": [{"name": "weights", "image": "fetch:1"}],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-    },
-}
-
-
-def _with(path: str, value: Any) -> dict[str, Any]:
-    """GOOD with `value` at a dotted path under spec (lists by index: containers.1.x)."""
-    template = copy.deepcopy(GOOD)
-    node: Any = template["spec"]
-    *parents, last = path.split(".")
-    for part in parents:
-        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
-    if last.isdigit():
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return template
-
-
-# (case id, template, text the violation must contain). A sidecar asking for 7 GPUs was
-# planned and charged as 1; hostNetwork and privileged became privileged children.
-TEMPLATE_CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("host-network", _with("hostNetwork", True), "spec.template.spec.hostNetwork"),
-    ("host-pid", _with("hostPID", True), "spec.template.spec.hostPID"),
-    ("host-ipc", _with("hostIPC", True), "spec.template.spec.hostIPC"),
-    (
-        "host-path",
-        _with("volumes.0", {"name": "root", "hostPath": {"path": "/"}}),
-        "spec.template.spec.volumes[0].hostPath",
-    ),
-    (
-        "privileged",
-        _with("containers.0.securityContext", {"privileged": True}),
-        "spec.template.spec.containers[0].securityContext.privileged",
-    ),
-    (
-        "privilege-escalation",
-        _with("initContainers.0.securityContext", {"allowPrivilegeEscalation": True}),
-        "spec.template.spec.initContainers[0].securityContext.allowPrivilegeEscalation",
-    ),
-    (
-        "added-capability",
-        _with("containers.1.securityContext", {"capabilities": {"add": ["SYS_ADMIN"]}}),
-        "spec.template.spec.containers[1].securityContext.capabilities.add",
-    ),
-    (
-        "service-account",
-        _with("serviceAccountName", "cluster-admin-sa"),
-        "spec.template.spec.serviceAccountName",
-    ),
-    (
-        "deprecated-service-account",
-        _with("serviceAccount", "cluster-admin-sa"),
-        "spec.template.spec.serviceAccount",
-    ),
-    (
-        "priority-class",
-        _with("priorityClassName", "system-cluster-critical"),
-        "spec.template.spec.priorityClassName",
-    ),
-    (
-        "toleration",
-        _with("tolerations", [{"key": "peakwise.dev/interrupted", "operator": "Exists"}]),
-        "spec.template.spec.tolerations[0]",
-    ),
-    (
-        "toleration-of-everything",
-        _with("tolerations", [{"operator": "Exists"}]),
-        "spec.template.spec.tolerations[0]",
-    ),
-    (
-        "sidecar-gpus",
-        _with("containers.1.resources", {"limits": {"nvidia.com/gpu": 7}}),
-        "spec.template.spec.containers[1].resources.limits[nvidia.com/gpu]",
-    ),
-    (
-        "model-server-gpus",
-        _with("containers.0.resources", {"requests": {"nvidia.com/gpu": "2"}}),
-        "spec.template.spec.containers[0].resources.requests[nvidia.com/gpu]",
-    ),
-    (
-        "init-gpus",
-        _with("initContainers.0.resources", {"limits": {"nvidia.com/mig-1g.10gb": 1}}),
-        "spec.template.spec.initContainers[0].resources.limits[nvidia.com/mig-1g.10gb]",
-    ),
-    ("node-name", _with("nodeName", "control-plane"), "spec.template.spec.nodeName"),
-    ("scheduler", _with("schedulerName", "my-scheduler"), "spec.template.spec.schedulerName"),
-    (
-        "host-port",
-        _with("containers.1.ports.0", {"containerPort": 9400, "hostPort": 9400}),
-        "spec.template.spec.containers[1].ports[0].hostPort",
-    ),
-]
-ALLOWED_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("plain", GOOD),
-    ("default-service-account", _with("serviceAccountName", "default")),
-    (
-        "unprivileged",
-        _with(
-            "containers.0.securityContext",
-            {
-                "privileged": False,
-                "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
-            },
-        ),
-    ),
-    ("host-network-off", _with("hostNetwork", False)),
-    ("default-scheduler", _with("schedulerName", "default-scheduler")),
-]
 
 
 @pytest.mark.parametrize(
-    ("case", "template", "where"), TEMPLATE_CASES, ids=[c[0] for c in TEMPLATE_CASES]
+    ("case", "template", "where", "_"), TEMPLATE_CASES, ids=[c[0] for c in TEMPLATE_CASES]
 )
 def test_what_a_team_could_not_do_itself_is_rejected(
-    case: str, template: dict[str, Any], where: str
+    case: str, template: dict[str, Any], where: str, _: str
 ) -> None:
     review = check_template(template, TemplatePolicy())
     assert not review.allowed, case
@@ -174,19 +57,19 @@ def test_the_allowlists_are_the_platforms() -> None:
         priority_classes=["inference-high"],
         toleration_keys=["example.com/gpu-maintenance"],
     )
-    template = _with("serviceAccountName", "model-server")
+    template = with_field("serviceAccountName", "model-server")
     template["spec"]["priorityClassName"] = "inference-high"
     template["spec"]["tolerations"] = [
         {"key": "example.com/gpu-maintenance", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert check_template(template, policy).allowed
     assert not check_template(template, TemplatePolicy()).allowed
-    message = check_template(_with("priorityClassName", "x"), policy).message()
+    message = check_template(with_field("priorityClassName", "x"), policy).message()
     assert "PriorityClass 'x' is not allowed (allowed: inference-high)" in message
 
 
 def test_every_violation_is_listed_at_once() -> None:
-    template = _with("hostNetwork", True)
+    template = with_field("hostNetwork", True)
     template["spec"]["containers"][0]["securityContext"] = {"privileged": True}
     template["spec"]["serviceAccountName"] = "admin"
     review = check_template(template, TemplatePolicy())
