@@ -140,7 +140,10 @@ def allocate_one(
         range(len(options)),
         key=lambda i: (options[i].price / options[i].effective, -options[i].effective, i),
     )
-    by_replica_price = sorted(range(len(options)), key=lambda i: (options[i].price, i))
+    # At the same price spot first: on-demand capacity is what the others can use too.
+    by_replica_price = sorted(
+        range(len(options)), key=lambda i: (options[i].price, not options[i].is_spot, i)
+    )
 
     # The on-demand floor first: the cheapest never-interrupted replicas.
     for i in by_replica_price:
@@ -167,12 +170,20 @@ def allocate_one(
                 break
             blocked = blocked or (o.is_spot and packing.room(o, ns) > 0)
 
-    # Then the minimum replica count, cheapest per replica.
-    for i in by_replica_price:
-        missing = demand.lo - int(state["total"])
-        if missing <= 0:
-            break
-        put(i, limit(options[i], missing))
+    # Then the minimum replica count, cheapest per replica; again until nothing fits, since
+    # each non-spot replica makes room for a cheaper spot one.
+    progress = True
+    while demand.lo > state["total"] and progress:
+        progress = False
+        blocked = False
+        for i in by_replica_price:
+            o = options[i]
+            k = limit(o, demand.lo - int(state["total"]))
+            if k > 0:
+                put(i, 1 if blocked else k)
+                progress = True
+                break
+            blocked = blocked or (o.is_spot and packing.room(o, ns) > 0)
 
     return {i: n for i, n in enumerate(counts) if n > 0}
 
@@ -193,8 +204,12 @@ def target_order(demands: Sequence[Demand], members: Sequence[int]) -> list[int]
 
 def minimum_order(demands: Sequence[Demand], members: Sequence[int]) -> list[int]:
     """Whose minimum is placed first: the platform's level, then the smaller minimum, so a
-    tenant asking for a huge minimum cannot take the capacity of everyone else's."""
-    return sorted(members, key=lambda d: (demands[d].level, demands[d].lo, demands[d].key))
+    tenant asking for a huge minimum cannot take the capacity of everyone else's; among
+    equal minimums the one with fewer places to run."""
+    return sorted(
+        members,
+        key=lambda d: (demands[d].level, demands[d].lo, len(demands[d].options), demands[d].key),
+    )
 
 
 def place_minimums(

@@ -184,21 +184,24 @@ def _solve(
     demands: Sequence[Demand],
     slices: Sequence[Slice],
     shares: Mapping[int, ReservedShare],
-) -> tuple[dict[int, Allocation], str]:
+) -> tuple[dict[int, Allocation], dict[int, int], str]:
     """Allocate level by level (the platform's namespace priority, highest first); within a
     level, minimums before anyone's target."""
     packing = Packing(slices, shares)
     allocations: dict[int, Allocation] = {}
+    guaranteed: dict[int, int] = {}
     fallback = False
+    unrepaired = 0
     total_limit = request.time_limit.total_seconds()
     for level in sorted({d.level for d in demands}):
         members = [d for d, demand in enumerate(demands) if demand.level == level]
         held = greedy.place_minimums(demands, members, packing)
+        # What the placement of minimums (smaller first) gives each holds whatever the
+        # others ask for.
+        placed = {d: sum(a.values()) for d, a in held.items()}
+        guaranteed.update(placed)
         solved: dict[int, Allocation] | None = None
         if request.solver != "greedy":
-            # What the greedy placement of minimums gives each (smaller minimums first) must
-            # hold whatever the others ask for.
-            placed = {d: sum(a.values()) for d, a in held.items()}
             for d, a in held.items():
                 packing.place(demands[d], a, sign=-1)
             limit = max(0.2, total_limit * len(members) / len(demands))
@@ -212,13 +215,25 @@ def _solve(
                 for d, a in solved.items():
                     packing.place(demands[d], a)
                 _repair_minimums(demands, solved, packing, placed)
+                if any(sum(solved[d].values()) < n for d, n in placed.items()):
+                    # A minimum the repair could not put back (it would take moving others
+                    # around): the greedy plan keeps every one of them.
+                    unrepaired += 1
+                    for d, a in solved.items():
+                        packing.place(demands[d], a, sign=-1)
+                    for d, a in held.items():
+                        packing.place(demands[d], a)
+                    solved = None
         if solved is None:
             # The exact solver found nothing within the time limit: the heuristic always answers.
             solved = greedy.allocate(demands, members, packing, held=held)
         allocations.update(solved)
     if request.solver == "greedy":
-        return allocations, "greedy"
-    return allocations, "greedy (exact solver found nothing in time)" if fallback else "milp"
+        return allocations, guaranteed, "greedy"
+    used = "greedy (exact solver found nothing in time)" if fallback else "milp"
+    if unrepaired:
+        used += f" (greedy for {unrepaired} level(s) whose minimums the exact plan missed)"
+    return allocations, guaranteed, used
 
 
 def _repair_minimums(
@@ -243,9 +258,9 @@ def _repair_minimums(
             """Fewest replicas donor e must keep, or None if it may not give."""
             if e == d:
                 return None
-            if sum(allocations[e].values()) > demands[e].lo:
-                return demands[e].lo
-            return placed.get(e, 0) if position[e] > position[d] else None
+            if position[e] > position[d]:  # a larger minimum: keeps what the placement gave it
+                return placed.get(e, 0)
+            return demands[e].lo if sum(allocations[e].values()) > demands[e].lo else None
 
         while sum(allocations[d].values()) < floor and _move_one(
             demands, allocations, packing, d, keep
@@ -260,37 +275,49 @@ def _move_one(
     d: int,
     keep: Callable[[int], int | None],
 ) -> bool:
+    """One replica more for d, from room donors on the same slice give up: replicas of the
+    same size first, else as many of other sizes (from one donor or several) as free a node."""
     demand = demands[d]
     for i in sorted(range(len(demand.options)), key=lambda i: (demand.options[i].price, i)):
         want = demand.options[i]
+        if not _may_add(demand, allocations[d], i):
+            continue
         donors = sorted(
             (e for e in allocations if keep(e) is not None),
             key=lambda e: (-demands[e].solve_target / demands[e].reference, demands[e].key),
         )
+        trials: dict[int, Allocation] = {}
+        freed = False
         for e in donors:
-            j = next(
-                (
-                    j
-                    for j, n in allocations[e].items()
-                    if n > 0
-                    and demands[e].options[j].slice == want.slice
-                    and demands[e].options[j].gpus == want.gpus
-                ),
-                None,
+            donor = demands[e]
+            trial = dict(allocations[e])
+            on_slice = sorted(
+                (j for j, n in trial.items() if n > 0 and donor.options[j].slice == want.slice),
+                key=lambda j: (donor.options[j].gpus != want.gpus, j),
             )
-            if j is None or not _may_add(demand, allocations[d], i):
-                continue
-            after = _without_one(demands[e], allocations[e], j)
-            if sum(after.values()) < (keep(e) or 0):
-                continue
-            packing.place(demands[e], allocations[e], sign=-1)
-            packing.place(demands[e], after)
-            allocations[e] = after
-            if packing.room(want, demand.namespace) <= 0:
-                continue  # a reserved share still in the way; what was taken stays free
-            packing.add(want, demand.namespace, 1)
-            allocations[d][i] = allocations[d].get(i, 0) + 1
-            return True
+            for j in on_slice:
+                while trial.get(j, 0) > 0 and not freed:
+                    after = _without_one(donor, trial, j)
+                    if sum(after.values()) < (keep(e) or 0):
+                        break
+                    packing.place(donor, trial, sign=-1)
+                    packing.place(donor, after)
+                    trial = after
+                    trials[e] = trial
+                    freed = packing.room(want, demand.namespace) > 0
+                if freed:
+                    break
+            if freed:
+                break
+        if not freed:  # nothing the donors may give makes room: undo
+            for e, trial in trials.items():
+                packing.place(demands[e], trial, sign=-1)
+                packing.place(demands[e], allocations[e])
+            continue
+        allocations.update(trials)
+        packing.add(want, demand.namespace, 1)
+        allocations[d][i] = allocations[d].get(i, 0) + 1
+        return True
     return False
 
 
@@ -371,7 +398,7 @@ def plan(request: PlanInput) -> Plan:
     demands, histories, reasons = _demands(request, slices, budgets)
     weights = {d.namespace: reserved_weight(budgets.get(d.namespace), policy) for d in demands}
     shares = share_reserved(demands, slices, weights)
-    allocations, solver = _solve(request, demands, slices, shares)
+    allocations, guaranteed, solver = _solve(request, demands, slices, shares)
     for d in range(len(demands)):
         allocations.setdefault(d, {})
 
@@ -419,11 +446,11 @@ def plan(request: PlanInput) -> Plan:
     namespaces: dict[str, NamespacePlan] = {}
     for ns, members in sorted(by_namespace.items()):
         budget = budgets.get(ns)
-        guaranteed: dict[str, int] = {}
+        reserved_gpus: dict[str, int] = {}
         for i, share in shares.items():
             gpus = share.guaranteed.get(ns, 0)
             if gpus:
-                guaranteed[slices[i].pool] = guaranteed.get(slices[i].pool, 0) + gpus
+                reserved_gpus[slices[i].pool] = reserved_gpus.get(slices[i].pool, 0) + gpus
         namespaces[ns] = NamespacePlan(
             namespace=ns,
             hourly_cost=sum(allocation_cost(demands[d], allocations[d]) for d in members),
@@ -432,7 +459,7 @@ def plan(request: PlanInput) -> Plan:
             limited=tuple(sorted(demands[d].key[1] for d in members if d in limited)),
             reasons=tuple(ns_reasons[ns]),
             priority=namespace_priority(budget, policy),
-            reserved_gpus=guaranteed,
+            reserved_gpus=reserved_gpus,
         )
 
     deployment_plans = {}
@@ -447,6 +474,7 @@ def plan(request: PlanInput) -> Plan:
             d in limited,
             d in forced_below,
             caps.get(demand.namespace),
+            guaranteed.get(d, 0),
         )
     return Plan(
         deployments=deployment_plans,
@@ -476,6 +504,7 @@ def _deployment_plan(
     budget_limited: bool,
     budget_forced_below: bool,
     cap: float | None,
+    guaranteed: int,
 ) -> DeploymentPlan:
     replicas: dict[str, int] = defaultdict(int)
     tiers: dict[str, int] = dict.fromkeys(CAPACITY_TYPES, 0)
@@ -532,6 +561,7 @@ def _deployment_plan(
         demand_history=history,
         below_minimum=below,
         clamped=any(r.startswith("demand ") and "replicas.max" in r for r in why),
+        guaranteed=guaranteed,
     )
 
 

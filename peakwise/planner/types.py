@@ -140,6 +140,10 @@ class DeploymentPlan:
     or pools with no room left may do that (empty otherwise)."""
     clamped: bool = False
     """The demand asked for more than replicas.max replicas can serve and was clamped."""
+    guaranteed: int = 0
+    """Replicas the placement of minimums (its level's, smaller minimums first) gave it this
+    round: the plan is never below this unless its own namespace's Hard budget forces it,
+    whatever other deployments ask for."""
 
     @property
     def key(self) -> DeploymentKey:
