@@ -183,6 +183,24 @@ def merge_budget_states(budgets: Iterable[BudgetState]) -> dict[str, BudgetState
     return merged
 
 
+def planning_budgets(
+    budgets: Iterable[BudgetState], namespaces: Iterable[str], policy: TenancyPolicy
+) -> dict[str, BudgetState]:
+    """The budget the planner applies per namespace: one per namespace (merged, strictest),
+    and the platform's default cap where there is none and the policy says DefaultBudget."""
+    merged = merge_budget_states(budgets)
+    if policy.unbudgeted == "DefaultBudget" and policy.default_budget is not None:
+        default = policy.default_budget.model_copy(
+            update={
+                "priority": policy.default_priority,
+                "reserved_weight": policy.default_reserved_weight,
+            }
+        )
+        for ns in set(namespaces) - set(merged):
+            merged[ns] = BudgetState(ns, default)
+    return merged
+
+
 # --- priorities ---------------------------------------------------------------------------
 
 
