@@ -63,7 +63,7 @@ class Packing:
     def room(self, o: Option, ns: str) -> int:
         """Replicas of option `o` namespace `ns` may still add."""
         room = self.use[o.slice].room(o.gpus)
-        share = self.shares.get(o.slice)
+        share = self.shares.get(o.slice) if room > 0 else None
         if share is not None:
             used = self._ns_gpus[(o.slice, ns)]
             own = max(0, share.guaranteed.get(ns, 0) - used)

@@ -137,10 +137,14 @@ def reoffer(
         packing.place(demands[d], a)
     remaining = {ns: [v] for ns, v in left.items()}
     everyone = list(range(len(demands)))
+
+    def some_room(demand: Demand) -> bool:
+        return any(packing.room(o, demand.namespace) > 0 for o in demand.options)
+
     # Minimums first here too, then targets.
     for d in greedy.minimum_order(demands, everyone):
         demand = demands[d]
-        if sum(allocations[d].values()) < demand.lo:
+        if sum(allocations[d].values()) < demand.lo and some_room(demand):
             allocations[d] = greedy.allocate_one(
                 demand,
                 packing,
@@ -151,7 +155,7 @@ def reoffer(
     for d in greedy.target_order(demands, everyone):
         demand, allocation = demands[d], allocations[d]
         capacity = sum(demand.options[i].effective * n for i, n in allocation.items())
-        if capacity >= demand.solve_target - 1e-9:
+        if capacity >= demand.solve_target - 1e-9 or not some_room(demand):
             continue
         allocations[d] = greedy.allocate_one(
             demand, packing, start=allocation, budget=remaining.get(demand.namespace)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
-from peakwise.planner.capacity import Demand, Slice
+from peakwise.planner.capacity import Demand, Option, Slice
 from peakwise.planner.types import BudgetState, TenancyPolicy
 
 
@@ -292,20 +292,27 @@ def share_reserved(
     replicas_left = [d.hi for d in demands]
     minimum_left = [d.lo for d in demands]
     shares: dict[int, ReservedShare] = {}
-    for s in slices:
-        if s.tier != "reserved" or s.max_nodes <= 0:
-            continue
+    reserved = [s for s in slices if s.tier == "reserved" and s.max_nodes > 0]
+    users: dict[int, list[tuple[int, Option]]] = defaultdict(list)  # slice -> (demand, option)
+    wanted = {s.index for s in reserved}
+    for d, demand in enumerate(demands):
+        for o in demand.options:
+            if o.slice in wanted:
+                users[o.slice].append((d, o))
+    for s in reserved:
         wants: dict[str, int] = defaultdict(int)
         minimums: dict[str, int] = defaultdict(int)
         needs: dict[int, tuple[int, int]] = {}  # demand -> (replicas, gpus each)
-        for d, demand in enumerate(demands):
-            option = next((o for o in demand.options if o.slice == s.index), None)
-            if option is None or replicas_left[d] <= 0:
+        options: dict[int, Option] = {}
+        for d, option in users[s.index]:
+            demand = demands[d]
+            if replicas_left[d] <= 0:
                 continue
             n = max(math.ceil(remaining[d] / option.effective - 1e-9), minimum_left[d])
             n = min(max(n, 0), replicas_left[d])
             if n > 0:
                 needs[d] = (n, option.gpus)
+                options[d] = option
                 wants[demand.namespace] += n * option.gpus
                 minimums[demand.namespace] += min(minimum_left[d], n) * option.gpus
         share = ReservedShare(capacity=s.max_nodes * s.gpus_per_node)
@@ -324,8 +331,7 @@ def share_reserved(
             ns = demands[d].namespace
             k = min(n, grant.get(ns, 0) // gpus)
             grant[ns] = grant.get(ns, 0) - k * gpus
-            option = next(o for o in demands[d].options if o.slice == s.index)
-            remaining[d] = max(0.0, remaining[d] - k * option.effective)
+            remaining[d] = max(0.0, remaining[d] - k * options[d].effective)
             replicas_left[d] -= k
             minimum_left[d] = max(0, minimum_left[d] - k)
     return shares
