@@ -287,8 +287,12 @@ def plan(request: PlanInput) -> Plan:
             spent = sum(allocation_cost(demands[d], allocations[d]) for d in members)
             left[ns] = max(0.0, cap - spent)
 
-    # What a budget trimmed, or a solver left free, goes to whoever is still short.
-    reoffer(demands, allocations, slices, shares, left)
+    # What a budget trimmed goes to whoever is still short, in the same round; so does room
+    # the greedy left behind holds it released. The exact plan is otherwise left as solved:
+    # it may leave a sliver of demand uncovered rather than pay for a node, and topping that
+    # up with a whole replica would flip the plan between rounds.
+    if limited or solver.startswith("greedy"):
+        reoffer(demands, allocations, slices, shares, left)
 
     namespaces: dict[str, NamespacePlan] = {}
     for ns, members in sorted(by_namespace.items()):

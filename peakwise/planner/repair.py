@@ -1,6 +1,6 @@
 """After the solve: what a time-limited exact solve left below the minimums' placement is put
-back, and what is still free (capacity a Hard budget trimmed, or a solver left) is offered
-to whoever is short, in the same round. Pure, like the rest of the planner.
+back, and what is still free (capacity a Hard budget trimmed, room the greedy's holds left)
+is offered to whoever is short, in the same round. Pure, like the rest of the planner.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def reoffer(
     shares: Mapping[int, ReservedShare],
     left: Mapping[str, float],
 ) -> None:
-    """Offer what is still free (capacity a budget trimmed, or a solver left) to whoever is
-    short, in the greedy's order, within each Hard budget's remaining $/h (`left`)."""
+    """Offer what is still free (capacity a budget trimmed, room the greedy's holds left) to
+    whoever is short, minimums first, in the greedy's order, within each Hard budget's
+    remaining $/h (`left`)."""
     packing = Packing(slices, shares)
     for d, a in allocations.items():
         packing.place(demands[d], a)

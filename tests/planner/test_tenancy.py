@@ -245,3 +245,17 @@ def test_a_time_limited_solve_that_leaves_a_minimum_short_is_repaired(
     assert result.deployments[("a", "small")].total == 3
     assert result.deployments[("evil", "evil")].total == 5
     assert "below replicas.min (8)" in result.deployments[("evil", "evil")].below_minimum
+
+
+def test_the_exact_plan_is_not_topped_up_between_rounds() -> None:
+    """A sliver of demand past whole replicas is worth less than a new node to the exact
+    solver; the re-offer (only for what budgets trim) must not add a replica for it, or the
+    plan would flip between rounds as the forecast moves by a fraction."""
+    pools = (pool("od", "onDemand", 40.0, gpus_per_node=4), pool("spot", "spot", 12.0))
+    plans = {
+        peak: plan(PlanInput(NOW, (deployment("chat", peak),), pools, solver="milp"))
+        .deployments[("team", "chat")]
+        .replicas
+        for peak in (399.9, 400.1)
+    }
+    assert plans == {399.9: {"od": 4}, 400.1: {"od": 4}}
