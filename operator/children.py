@@ -20,8 +20,15 @@ from peakwise.operator.labels import (
     MANAGER,
     POOL,
 )
+from peakwise.operator.template_policy import (
+    TemplatePolicy,
+    TemplateRejectedError,
+    check_template,
+    pod_gpus,
+)
 
 Manifest = dict[str, Any]
+DEFAULT_POLICY = TemplatePolicy()
 
 
 def child_name(parent: str, pool: str) -> str:
@@ -55,9 +62,20 @@ def profile_for(infd: InferenceDeployment, pool: GPUNodePool) -> GPUProfile | No
 
 
 def child_deployment(
-    infd: InferenceDeployment, uid: str, pool: GPUNodePool, replicas: int
+    infd: InferenceDeployment,
+    uid: str,
+    pool: GPUNodePool,
+    replicas: int,
+    policy: TemplatePolicy = DEFAULT_POLICY,
 ) -> Manifest:
-    """The Deployment running `replicas` of the model server on `pool`."""
+    """The Deployment running `replicas` of the model server on `pool`.
+
+    Raises TemplateRejectedError when the template asks for what the policy forbids: the
+    operator never creates for a team a pod the team could not create itself.
+    """
+    review = check_template(infd.spec.template, policy)
+    if not review.allowed:
+        raise TemplateRejectedError(review)
     profile = profile_for(infd, pool)
     if profile is None:
         raise ValueError(f"pool {pool.metadata.name} offers no GPU type of {infd.metadata.name}")
@@ -84,11 +102,14 @@ def child_deployment(
     containers = pod.get("containers") or []
     if not containers:
         raise ValueError(f"{parent}: spec.template.spec.containers is empty")
-    # The first container is the model server: it gets the profile's GPUs.
+    # The first container is the model server: it gets the profile's GPUs, and no other
+    # container has any (the policy rejects accelerators in templates).
     resources = containers[0].setdefault("resources", {})
     gpus = str(profile.gpus_per_replica)
     resources.setdefault("limits", {})[GPU_RESOURCE] = gpus
     resources.setdefault("requests", {})[GPU_RESOURCE] = gpus
+    if pod_gpus(pod) != profile.gpus_per_replica:  # what the planner planned and charges
+        raise ValueError(f"{parent}: the pod would hold {pod_gpus(pod)} GPUs, not {gpus}")
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -29,9 +29,9 @@ class BudgetLimits(WireModel):
         ),
     )
 
-    hourly: float | None = Field(default=None, gt=0)
+    hourly: float | None = Field(default=None, gt=0, le=1e7)
     """Most the namespace may spend per hour on spot and on-demand capacity."""
-    monthly: float | None = Field(default=None, gt=0)
+    monthly: float | None = Field(default=None, gt=0, le=1e10)
     """Most the namespace may spend per calendar month (UTC)."""
 
 
@@ -46,6 +46,16 @@ class CostBudgetSpec(WireModel):
     """Hard: no plan exceeds a limit. Soft: plans may, and warnings are raised."""
     alert_thresholds: list[Fraction] = Field(default_factory=lambda: [0.8, 1.0], max_length=8)
     """Shares of a limit at which a warning Event and condition are raised."""
+    priority: int = Field(default=100, ge=0, le=1000000)
+    """The namespace's priority across namespaces, set by the platform team: when pools run
+    short, every deployment of a higher-priority namespace keeps capacity before any of a
+    lower one. An InferenceDeployment's own priority only orders it within its namespace.
+    Namespaces without a CostBudget get the platform's default (operator setting)."""
+    reserved_weight: float = Field(default=1.0, ge=0, le=1000)
+    """The namespace's weight when reserved capacity is contended: each reserved pool's GPUs
+    are shared among the namespaces that want them in proportion to their weights (a
+    namespace wanting less than its share leaves the rest to the others). 0: no guaranteed
+    share, only what nobody else wants."""
 
 
 class CostBudgetStatus(StatusModel):

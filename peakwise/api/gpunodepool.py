@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from peakwise.api.common import (
     CapacityType,
     Condition,
-    Duration,
+    DurationRange,
     ObjectMeta,
     Rule,
     StatusModel,
     WireModel,
 )
+
+ProvisioningTime = Annotated[
+    timedelta, DurationRange("provisioningTime", at_most=timedelta(hours=6))
+]
+LabelValue = Annotated[str, Field(max_length=63)]
+MAX_PRICE_PER_NODE_HOUR = 10000.0
 
 
 class Taint(WireModel):
@@ -90,6 +96,11 @@ class GPUNodePoolSpec(WireModel):
             "reservedNodes may only be set when capacityType is reserved",
             lambda s: s.capacity_type == "reserved" or s.reserved_nodes == 0,
         ),
+        Rule(
+            "!has(self.nodeLabels) || self.nodeLabels.all(k, k.size() <= 316)",
+            "nodeLabels keys must be at most 316 characters",
+            lambda s: all(len(k) <= 316 for k in s.node_labels),
+        ),
     )
 
     gpu_type: str = Field(min_length=1, max_length=63)
@@ -98,19 +109,20 @@ class GPUNodePoolSpec(WireModel):
     """GPUs on each node (nvidia.com/gpu capacity)."""
     capacity_type: CapacityType
     """reserved (already paid for), spot (cheap, interruptible) or onDemand."""
-    price_per_node_hour: float = Field(gt=0)
-    """Price of one node for one hour, in the budgets' currency. For reserved pools it is the
-    effective price, used for reporting; reserved nodes cost nothing extra to use."""
+    price_per_node_hour: float = Field(gt=0, le=MAX_PRICE_PER_NODE_HOUR)
+    """Price of one node for one hour, in the budgets' currency (at most 10,000). For reserved
+    pools it is the effective price, used for reporting; reserved nodes cost nothing extra to
+    use."""
     reserved_nodes: int = Field(default=0, ge=0, le=100000)
     """Nodes already paid for (reserved pools only)."""
     min_nodes: int = Field(default=0, ge=0, le=100000)
     """Fewest nodes the pool keeps."""
     max_nodes: int = Field(ge=1, le=100000)
     """Most nodes the pool may have."""
-    provisioning_time: Duration = timedelta(minutes=5)
-    """Time from asking for a node to it being Ready."""
-    node_labels: dict[str, str] = Field(default_factory=dict)
-    """Labels that mark the pool's nodes; replicas select them."""
+    provisioning_time: ProvisioningTime = timedelta(minutes=5)
+    """Time from asking for a node to it being Ready (at most 6h)."""
+    node_labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
+    """Labels that mark the pool's nodes; replicas select them (at most 32)."""
     node_taints: list[Taint] = Field(default_factory=list, max_length=16)
     """Taints on the pool's nodes; replicas tolerate them."""
     provider: ProviderSpec

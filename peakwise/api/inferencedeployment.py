@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from peakwise.api.common import (
     CapacityType,
     Condition,
-    Duration,
+    DurationRange,
     ObjectMeta,
     Rule,
     StatusModel,
@@ -48,25 +48,66 @@ PodTemplate = Annotated[
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
 
+# Every duration a tenant writes is bounded, so no value the API server accepts can overflow
+# date arithmetic or make one object's round cost more than its share (docs/tenancy.md).
+MAX_HISTORY = timedelta(days=35)
+"""Five weeks: four weekly cycles and one to check the model on; at one-minute steps a
+series of 50,400 points, fetched in five range queries."""
+History = Annotated[
+    timedelta, DurationRange("forecast.history", at_least=timedelta(hours=1), at_most=MAX_HISTORY)
+]
+Horizon = Annotated[
+    timedelta,
+    DurationRange("forecast.horizon", at_least=timedelta(minutes=1), at_most=timedelta(days=7)),
+]
+LeadTime = Annotated[timedelta, DurationRange("forecast.leadTime", at_most=timedelta(hours=6))]
+ModelLoadTime = Annotated[timedelta, DurationRange("modelLoadTime", at_most=timedelta(hours=2))]
+StabilizationWindow = Annotated[
+    timedelta, DurationRange("scaleDown.stabilizationWindow", at_most=timedelta(hours=24))
+]
+MAX_THROUGHPUT_PER_REPLICA = 1e9
+"""Demand units per second one replica can claim to serve: with replicas.max it bounds the
+demand one InferenceDeployment can ask capacity for (the planner clamps its target there)."""
+
 
 class GPUProfile(WireModel):
     """One acceptable hardware shape for a replica and the demand it sustains on it."""
+
+    # A fractional lower bound is a CEL rule, not the schema's minimum: the API server
+    # compares an integer value (0) with the bound truncated to an integer (0) and accepts it.
+    cel_rules = (
+        Rule(
+            "self.throughputPerReplica >= 0.001",
+            "throughputPerReplica must be at least 0.001",
+            lambda s: s.throughput_per_replica >= 1e-3,
+        ),
+    )
 
     gpu_type: str = Field(min_length=1, max_length=63)
     """GPU type, matching a GPUNodePool's gpuType (e.g. nvidia-h100-80gb)."""
     gpus_per_replica: int = Field(default=1, ge=1, le=64)
     """GPUs one replica requests (nvidia.com/gpu)."""
-    throughput_per_replica: float = Field(gt=0)
-    """Demand units per second one replica serves at full utilisation on this GPU type."""
+    throughput_per_replica: float = Field(gt=0, le=MAX_THROUGHPUT_PER_REPLICA)
+    """Demand units per second one replica serves at full utilisation on this GPU type
+    (0.001 to 1e9)."""
 
 
 class DemandSpec(WireModel):
     """Where the service's demand comes from and how hard replicas may be driven."""
 
-    query: str = Field(min_length=1)
+    cel_rules = (
+        Rule(
+            "self.targetUtilization >= 0.05",
+            "targetUtilization must be at least 0.05",
+            lambda s: s.target_utilization >= 0.05,
+        ),
+    )
+
+    query: str = Field(min_length=1, max_length=4096)
     """PromQL returning one series: the service's demand in units per second."""
     target_utilization: float = Field(default=0.8, gt=0, le=1)
-    """Share of a replica's throughput to plan for; the rest is headroom for bursts."""
+    """Share of a replica's throughput to plan for (0.05 to 1); the rest is headroom for
+    bursts."""
 
 
 class ReplicaBounds(WireModel):
@@ -117,16 +158,16 @@ class SLOSpec(WireModel):
 class ForecastSpec(WireModel):
     """How demand is forecast."""
 
-    history: Duration = timedelta(days=14)
-    """How much history to learn from."""
-    horizon: Duration = timedelta(hours=1)
-    """How far ahead the forecast reaches."""
+    history: History = timedelta(days=14)
+    """How much history to learn from: 1h to 35d."""
+    horizon: Horizon = timedelta(hours=1)
+    """How far ahead the forecast reaches: 1m to 7d."""
     quantile: float | None = Field(default=None, gt=0, lt=1)
     """Expert override, unset by default: provision for this fixed quantile of the demand
     peak (higher is safer and dearer). When set it wins over slo.shortfallMinutes: the margin
     is not calibrated to the target (status still shows the shortfall it achieves)."""
-    lead_time: Duration | None = None
-    """How early capacity must be asked for. Default: the slowest usable pool's
+    lead_time: LeadTime | None = None
+    """How early capacity must be asked for, at most 6h. Default: the slowest usable pool's
     provisioningTime plus modelLoadTime."""
 
 
@@ -156,8 +197,9 @@ class CapacityPolicy(WireModel):
 class ScaleDownPolicy(WireModel):
     """How capacity is released."""
 
-    stabilization_window: Duration = timedelta(minutes=15)
-    """Capacity is only released after the plan has wanted less for this long."""
+    stabilization_window: StabilizationWindow = timedelta(minutes=15)
+    """Capacity is only released after the plan has wanted less for this long (at most
+    24h)."""
 
 
 class InferenceDeploymentSpec(WireModel):
@@ -183,7 +225,8 @@ class InferenceDeploymentSpec(WireModel):
     mode: Literal["Recommend", "Enforce"] = "Recommend"
     """Recommend writes status and events only; Enforce scales child Deployments and pools."""
     priority: int = Field(default=100, ge=0, le=1000000)
-    """Who keeps capacity when the namespace budget binds: higher keeps it longer."""
+    """Order within this namespace: when its budget binds or pools run short, higher keeps
+    capacity longer. Across namespaces the platform's CostBudget priority decides."""
     template: PodTemplate
     """Pod template of the model server; one child Deployment per pool runs it."""
     gpu_profiles: list[GPUProfile] = Field(min_length=1, max_length=16)
@@ -196,8 +239,10 @@ class InferenceDeploymentSpec(WireModel):
     """The shortfall target the forecast margin is calibrated to."""
     forecast: ForecastSpec = ForecastSpec()
     """Forecast settings."""
-    model_load_time: Duration = timedelta(minutes=2)
-    """Time from a pod starting on a ready node to serving (image pull, weights load)."""
+    model_load_time: ModelLoadTime = timedelta(minutes=2)
+    """Time from a pod starting on a ready node to serving (image pull, weights load), at most
+    2h. It also prices this service's spot risk: spot capacity lost within it is not
+    replaced in time."""
     capacity: CapacityPolicy = CapacityPolicy()
     """Spread over capacity tiers."""
     scale_down: ScaleDownPolicy = ScaleDownPolicy()

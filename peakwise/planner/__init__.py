@@ -9,6 +9,7 @@ from peakwise.planner.types import (
     Plan,
     PlanInput,
     PoolState,
+    TenancyPolicy,
 )
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "Plan",
     "PlanInput",
     "PoolState",
+    "TenancyPolicy",
     "plan",
 ]

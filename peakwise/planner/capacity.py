@@ -4,13 +4,15 @@ A *slice* is capacity with one marginal price: a spot or on-demand pool is one s
 reserved pool is a free slice of its reserved nodes plus, if it may grow past them, an
 overflow slice billed at the pool's price. An *option* is one way to run a replica of one
 deployment on one slice: how many GPUs it takes, how many fit on a node, what demand it
-serves and what it costs per hour.
+serves and what it costs per hour. Spot risk is priced per option: what a spot node lost
+costs a deployment depends on how long *its* replacement takes (the pool's provisioning
+plus its own model load), not on another tenant's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,8 +37,10 @@ class Slice:
     list_price: float
     """The pool's price per node-hour, for reporting the share of reserved capacity used."""
     min_nodes: int
-    expected_loss: float
-    """Share of spot nodes expected to be interrupted before a replacement is ready."""
+    interruption_rate: float = 0.0
+    """Spot interruptions per node-hour observed on the pool (0 for other tiers)."""
+    provisioning_time: timedelta = timedelta(0)
+    """Time for a replacement node to be Ready."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class Option:
     list_price: float
     """Attributed $/h of one replica at the pool's list price (reserved share reporting)."""
     is_spot: bool
+    expected_loss: float = 0.0
+    """Share of this deployment's spot replicas expected to be lost before a replacement node
+    is ready and its model loaded (0 off spot)."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,35 @@ class Demand:
     key: DeploymentKey
     priority: int
     target: float
+    """Demand (units/s) to cover, at most what replicas.max replicas can serve."""
     lo: int
     hi: int
     spot_fraction: float
     on_demand_min: int
     options: tuple[Option, ...]
+    level: int = 0
+    """Cross-namespace priority level, 0 the highest: the platform's, not the tenant's."""
+    rank: int = 0
+    """Position of `priority` among its namespace's priorities, 0 the highest."""
+    factor: float = 1.0
+    """Weight of its shortfall in the exact solver: 1 for the namespace's top priority, less
+    for lower ones, so a tenant's priorities can only order its own deployments."""
+    reachable: float = math.inf
+    """Demand (units/s) all the capacity it could ever get would serve: the solvers cover
+    at most this, so a demand no pool can meet adds no constant to the objective."""
+
+    @property
+    def namespace(self) -> str:
+        return self.key[0]
+
+    @property
+    def reference(self) -> float:
+        """Demand one replica of its best option serves: the unit of its shortfall."""
+        return max((o.effective for o in self.options), default=1.0) or 1.0
+
+    @property
+    def solve_target(self) -> float:
+        return min(self.target, self.reachable)
 
 
 def spot_loss(interruption_rate: float, lead: timedelta) -> float:
@@ -75,10 +106,10 @@ def spot_loss(interruption_rate: float, lead: timedelta) -> float:
     return 1.0 - math.exp(-max(0.0, interruption_rate) * lead.total_seconds() / 3600.0)
 
 
-def build_slices(pools: Iterable[PoolState], lead: timedelta) -> list[Slice]:
+def build_slices(pools: Iterable[PoolState]) -> list[Slice]:
     slices: list[Slice] = []
 
-    def add(pool: PoolState, tier: CapacityType, max_nodes: int, price: float, loss: float) -> None:
+    def add(pool: PoolState, tier: CapacityType, max_nodes: int, price: float) -> None:
         spec = pool.spec
         slices.append(
             Slice(
@@ -91,28 +122,32 @@ def build_slices(pools: Iterable[PoolState], lead: timedelta) -> list[Slice]:
                 node_price=price,
                 list_price=spec.price_per_node_hour,
                 min_nodes=spec.min_nodes,
-                expected_loss=loss,
+                interruption_rate=pool.interruption_rate if tier == "spot" else 0.0,
+                provisioning_time=spec.provisioning_time,
             )
         )
 
     for pool in sorted(pools, key=lambda p: p.name):
         spec = pool.spec
         if spec.capacity_type == "reserved":
-            add(pool, "reserved", spec.reserved_nodes, 0.0, 0.0)
+            add(pool, "reserved", spec.reserved_nodes, 0.0)
             if spec.max_nodes > spec.reserved_nodes:
                 extra = spec.max_nodes - spec.reserved_nodes
-                add(pool, "onDemand", extra, spec.price_per_node_hour, 0.0)
+                add(pool, "onDemand", extra, spec.price_per_node_hour)
         elif spec.capacity_type == "spot":
-            loss = spot_loss(pool.interruption_rate, spec.provisioning_time + lead)
             limit = min(spec.max_nodes, pool.nodes) if pool.recovering else spec.max_nodes
-            add(pool, "spot", limit, spec.price_per_node_hour, loss)
+            add(pool, "spot", limit, spec.price_per_node_hour)
         else:
-            add(pool, "onDemand", spec.max_nodes, spec.price_per_node_hour, 0.0)
+            add(pool, "onDemand", spec.max_nodes, spec.price_per_node_hour)
     return slices
 
 
 def options_for(spec: InferenceDeploymentSpec, slices: Iterable[Slice]) -> tuple[Option, ...]:
-    """The ways to run a replica: per slice, the profile with the most throughput per GPU."""
+    """The ways to run a replica: per slice, the profile with the most throughput per GPU.
+
+    A spot replica is counted at its expected survival over the time a lost one takes to
+    come back: the pool's provisioning time plus this deployment's model load.
+    """
     options = []
     for s in slices:
         profiles = [
@@ -122,16 +157,17 @@ def options_for(spec: InferenceDeploymentSpec, slices: Iterable[Slice]) -> tuple
         ]
         if not profiles or s.max_nodes <= 0:
             continue
-        if s.tier == "spot" and (
-            s.expected_loss > MAX_SPOT_LOSS or spec.capacity.spot.max_fraction == 0
-        ):
-            continue
+        loss = 0.0
+        if s.tier == "spot":
+            loss = spot_loss(s.interruption_rate, s.provisioning_time + spec.model_load_time)
+            if loss > MAX_SPOT_LOSS or spec.capacity.spot.max_fraction == 0:
+                continue
         best = max(
             profiles,
             key=lambda p: (p.throughput_per_replica / p.gpus_per_replica, -p.gpus_per_replica),
         )
         slots = s.gpus_per_node // best.gpus_per_replica
-        survival = 1.0 - s.expected_loss
+        survival = 1.0 - loss
         options.append(
             Option(
                 slice=s.index,
@@ -142,9 +178,25 @@ def options_for(spec: InferenceDeploymentSpec, slices: Iterable[Slice]) -> tuple
                 price=s.node_price / slots,
                 list_price=s.list_price / slots,
                 is_spot=s.tier == "spot",
+                expected_loss=loss,
             )
         )
     return tuple(options)
+
+
+def claimable(spec: InferenceDeploymentSpec, options: Iterable[Option]) -> float:
+    """The most demand (units/s) a deployment can claim: replicas.max of its best option.
+    A larger target (a query returning 1e9) is clamped here before anything is solved."""
+    return spec.replicas.max * max((o.effective for o in options), default=0.0)
+
+
+def reachable(options: Iterable[Option], slices: Sequence[Slice]) -> float:
+    """Demand (units/s) the deployment would serve with every slice it can use to itself."""
+    best: dict[int, float] = {}
+    for o in options:
+        s = slices[o.slice]
+        best[o.slice] = max(best.get(o.slice, 0.0), s.max_nodes * o.slots * o.effective)
+    return sum(best.values())
 
 
 def nodes_needed(counts_by_gpus: Mapping[int, int], gpus_per_node: int) -> int:

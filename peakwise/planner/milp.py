@@ -1,20 +1,44 @@
 """Exact allocation as a mixed-integer program, solved by HiGHS (scipy.optimize.milp).
 
-Minimises what the nodes cost, with heavy penalties for demand left unserved, for falling
-below a minimum and for missing an on-demand floor, so the program is always feasible and
-the penalties only bite when pools run out. Whole nodes are counted per replica size.
+Minimises what the nodes cost, with penalties for demand left unserved, for falling below a
+minimum and for missing an on-demand floor, so the program is always feasible and the
+penalties only bite when pools run out. Whole nodes are counted per replica size.
+
+What keeps one tenant from hurting another:
+
+* Shortfall is counted in replicas of the deployment's own best option (its target was
+  clamped to what replicas.max can use), and through a concave scale: a deployment's first
+  replicas weigh more than a large one's hundredth, so under contention small services are
+  served before one huge claim takes the rest.
+* Falling below a minimum is penalised far above any shortfall, a small minimum more than a
+  large one (hard constraints instead leave HiGHS without a good solution within its time
+  limit at fleet scale; the planner repairs what a time-limited solve leaves below).
+* The gap is absolute: HiGHS may stop only within a cent-scale amount of the optimum, so
+  a huge term in the objective cannot hide another deployment's loss inside a relative gap.
+* Reserved slices are shared: a namespace uses its guaranteed GPUs plus what is left of the
+  unguaranteed part.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from peakwise.planner.capacity import Demand, Slice
-from peakwise.planner.greedy import Allocation
+from peakwise.planner.capacity import Demand, Slice, nodes_needed
+from peakwise.planner.greedy import Allocation, Packing
+
+BANDS = ((4.0, 4.0), (16.0, 3.0), (64.0, 2.0), (256.0, 1.5), (math.inf, 1.0))
+"""(upper end in replicas, weight): the concave scale of a shortfall. Replica 3 of a target
+weighs 4, replica 100 weighs 1.5."""
+SHORTFALL_WEIGHT = 10.0
+"""A replica short costs this many of the dearest node-hours: serving beats saving."""
+BELOW_MINIMUM_WEIGHT = 100.0
+BELOW_FLOOR_WEIGHT = 50.0
 
 
 class _Rows:
@@ -37,10 +61,28 @@ class _Rows:
         self.ub.append(ub)
 
 
+def _bands(total: float) -> list[tuple[float, float]]:
+    """(width, weight) of each band below `total` replicas."""
+    out, start = [], 0.0
+    for end, weight in BANDS:
+        width = min(end, total) - start
+        if width > 1e-9:
+            out.append((width, weight))
+        start = end
+        if start >= total:
+            break
+    return out
+
+
 def allocate(
-    demands: Sequence[Demand], slices: Sequence[Slice], time_limit: float
+    demands: Sequence[Demand],
+    members: Sequence[int],
+    slices: Sequence[Slice],
+    packing: Packing,
+    time_limit: float,
 ) -> dict[int, Allocation] | None:
-    """Optimal allocation per demand index, or None if HiGHS found no solution in time."""
+    """Optimal allocation per member, on top of what `packing` already holds (other
+    namespaces' replicas), or None if HiGHS found no solution in time."""
     cost: list[float] = []
     integer: list[int] = []
     upper: list[float] = []
@@ -52,60 +94,101 @@ def allocate(
         return len(cost) - 1
 
     top_price = max((s.node_price for s in slices), default=1.0) or 1.0
-    top_priority = max((d.priority for d in demands), default=0) + 1
     rows = _Rows()
-    x_index: list[list[int]] = []
+    x_index: dict[int, list[int]] = {}
     on_slice: dict[tuple[int, int], list[int]] = {}
-    for d in demands:
-        # Higher priority pays more for a shortfall, so it keeps contended capacity.
-        weight = 10.0 * top_price * (1.0 + d.priority / top_priority)
-        xs = [var(1e-6, True, float(d.hi)) for _ in d.options]
-        x_index.append(xs)
-        for x, o in zip(xs, d.options, strict=True):
+    reserved_use: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for d in members:
+        demand = demands[d]
+        weight = SHORTFALL_WEIGHT * top_price * demand.factor
+        xs = [var(1e-6, True, float(demand.hi)) for _ in demand.options]
+        x_index[d] = xs
+        for x, o in zip(xs, demand.options, strict=True):
             on_slice.setdefault((o.slice, o.gpus), []).append(x)
-        reference = max((o.effective for o in d.options), default=1.0)
-        short = var(weight / reference, False)
-        rows.add(
-            [*((x, o.effective) for x, o in zip(xs, d.options, strict=True)), (short, 1.0)],
-            d.target,
-            np.inf,
-        )
-        rows.add([(x, 1.0) for x in xs], -np.inf, d.hi)
-        below_min = var(100.0 * weight, False)
-        rows.add([*((x, 1.0) for x in xs), (below_min, 1.0)], d.lo, np.inf)
+            if o.slice in packing.shares:
+                reserved_use.setdefault((o.slice, demand.namespace), []).append((x, o.gpus))
+        reference = demand.reference
+        served = [(x, o.effective / reference) for x, o in zip(xs, demand.options, strict=True)]
+        target = demand.solve_target / reference
+        short = [var(weight * w, False, width) for width, w in _bands(target)]
+        rows.add([*served, *((s, 1.0) for s in short)], target, np.inf)
+        rows.add([(x, 1.0) for x in xs], -np.inf, demand.hi)
+        if demand.lo > 0:
+            # Smaller minimums first, as the greedy places them, so a huge minimum is served
+            # after the others', not tied with them; priorities (the tenant's, within its
+            # namespace) do not order minimums.
+            small_first = SHORTFALL_WEIGHT * top_price * (1.0 + 1.0 / demand.lo)
+            below = [
+                var(BELOW_MINIMUM_WEIGHT * small_first * w, False, width)
+                for width, w in _bands(demand.lo)
+            ]
+            rows.add([*((x, 1.0) for x in xs), *((b, 1.0) for b in below)], demand.lo, np.inf)
         spot_terms = [
-            (x, (1.0 - d.spot_fraction) if o.is_spot else -d.spot_fraction)
-            for x, o in zip(xs, d.options, strict=True)
+            (x, (1.0 - demand.spot_fraction) if o.is_spot else -demand.spot_fraction)
+            for x, o in zip(xs, demand.options, strict=True)
         ]
         rows.add(spot_terms, -np.inf, 0.0)
-        if d.on_demand_min > 0:
-            below_floor = var(50.0 * weight, False)
-            non_spot = [(x, 1.0) for x, o in zip(xs, d.options, strict=True) if not o.is_spot]
-            rows.add([*non_spot, (below_floor, 1.0)], d.on_demand_min, np.inf)
+        if demand.on_demand_min > 0:
+            below_floor = var(BELOW_FLOOR_WEIGHT * weight, False)
+            non_spot = [(x, 1.0) for x, o in zip(xs, demand.options, strict=True) if not o.is_spot]
+            rows.add([*non_spot, (below_floor, 1.0)], demand.on_demand_min, np.inf)
 
-    nodes_of_slice: dict[int, list[int]] = {}
-    for (s, gpus), xs in sorted(on_slice.items()):
+    # Whole nodes per slice and replica size, on top of what others already placed there.
+    sizes_of_slice: dict[int, set[int]] = {}
+    for s, gpus in on_slice:
+        sizes_of_slice.setdefault(s, set()).add(gpus)
+    for s, sizes in sorted(sizes_of_slice.items()):
         sl = slices[s]
-        n = var(sl.node_price, True, float(sl.max_nodes))
-        nodes_of_slice.setdefault(s, []).append(n)
-        rows.add([*((x, 1.0) for x in xs), (n, -float(sl.gpus_per_node // gpus))], -np.inf, 0.0)
-    for s, ns in nodes_of_slice.items():
-        rows.add([(n, 1.0) for n in ns], -np.inf, float(slices[s].max_nodes))
+        held = packing.use[s].by_gpus
+        fixed = {g: n for g, n in held.items() if g not in sizes}
+        free_nodes = sl.max_nodes - nodes_needed(fixed, sl.gpus_per_node)
+        nodes = []
+        for gpus in sorted(sizes):
+            n = var(sl.node_price, True, float(max(0, free_nodes)))
+            nodes.append(n)
+            xs = on_slice[(s, gpus)]
+            slots = float(sl.gpus_per_node // gpus)
+            rows.add([*((x, 1.0) for x in xs), (n, -slots)], -np.inf, -float(held.get(gpus, 0)))
+        rows.add([(n, 1.0) for n in nodes], -np.inf, float(max(0, free_nodes)))
+
+    # Reserved slices: beyond its guarantee a namespace draws on the unguaranteed part.
+    excess_of_slice: dict[int, list[int]] = {}
+    for (s, ns), terms in sorted(reserved_use.items()):
+        share = packing.shares[s]
+        excess = var(0.0, False)
+        excess_of_slice.setdefault(s, []).append(excess)
+        used = [(x, float(g)) for x, g in terms]
+        rows.add([*used, (excess, -1.0)], -np.inf, float(share.guaranteed.get(ns, 0)))
+    for s, excesses in excess_of_slice.items():
+        left = packing.shares[s].leftover - packing.leftover_used(s)
+        rows.add([(e, 1.0) for e in excesses], -np.inf, float(max(0, left)))
 
     if not cost:
         return {}
-    matrix = coo_array((rows.vals, (rows.rows, rows.cols)), shape=(len(rows.lb), len(cost))).tocsr()
-    result = milp(
-        c=np.array(cost),
-        integrality=np.array(integer),
-        bounds=Bounds(np.zeros(len(cost)), np.array(upper)),
-        constraints=LinearConstraint(matrix, np.array(rows.lb), np.array(rows.ub)),
-        options={"time_limit": time_limit, "disp": False, "mip_rel_gap": 1e-3},
-    )
+    shape = (len(rows.lb), len(cost))
+    matrix = coo_array((rows.vals, (rows.rows, rows.cols)), shape=shape).tocsr()
+    prices = [o.price for d in members for o in demands[d].options if o.price > 0]
+    # A hundredth of the cheapest replica-hour: finer than any choice that matters.
+    abs_gap = max(1e-6, 0.01 * min(prices, default=1e-4))
+    with warnings.catch_warnings():
+        # scipy passes options it does not know to HiGHS verbatim, and says so.
+        warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
+        result = milp(
+            c=np.array(cost),
+            integrality=np.array(integer),
+            bounds=Bounds(np.zeros(len(cost)), np.array(upper)),
+            constraints=LinearConstraint(matrix, np.array(rows.lb), np.array(rows.ub)),
+            options={
+                "time_limit": time_limit,
+                "disp": False,
+                "mip_rel_gap": 1e-9,
+                "mip_abs_gap": abs_gap,
+            },
+        )
     if result.x is None:
         return None
     values = np.rint(result.x).astype(int)
     return {
         d: {i: int(values[x]) for i, x in enumerate(xs) if values[x] > 0}
-        for d, xs in enumerate(x_index)
+        for d, xs in x_index.items()
     }

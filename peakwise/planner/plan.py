@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from peakwise.api.common import CAPACITY_TYPES
@@ -19,13 +20,26 @@ from peakwise.planner.capacity import (
     Demand,
     Slice,
     build_slices,
+    claimable,
     lead_time,
     nodes_needed,
     options_for,
+    reachable,
 )
-from peakwise.planner.greedy import Allocation
+from peakwise.planner.greedy import Allocation, Packing
+from peakwise.planner.repair import reoffer, repair_minimums
+from peakwise.planner.tenancy import (
+    ReservedShare,
+    levels,
+    namespace_priority,
+    planning_budgets,
+    ranks,
+    reserved_weight,
+    share_reserved,
+)
 from peakwise.planner.types import (
     DEFAULT_FORECAST_WINDOW,
+    BudgetState,
     DemandForecast,
     DeploymentPlan,
     DeploymentState,
@@ -76,9 +90,14 @@ def _current_capacity(
 
 
 def _demands(
-    request: PlanInput, slices: Sequence[Slice]
+    request: PlanInput, slices: Sequence[Slice], budgets: Mapping[str, BudgetState]
 ) -> tuple[list[Demand], list[tuple[tuple[datetime, float], ...]], list[list[str]]]:
     demands, histories, reasons = [], [], []
+    priorities = {
+        s.namespace: namespace_priority(budgets.get(s.namespace), request.policy)
+        for s in request.deployments
+    }
+    level_of = levels(priorities)
     for state in request.deployments:
         spec = state.spec
         hi = spec.replicas.max
@@ -108,11 +127,23 @@ def _demands(
             raw = forecast.peak
             model = f", {forecast.model}" if forecast.model else ""
             why.append(
-                f"forecast peak {forecast.peak:,.1f}/s (q{forecast.quantile:g}{model}); "
+                f"forecast peak {forecast.peak:,.4g}/s (q{forecast.quantile:g}{model}); "
                 f"planning at {spec.demand.target_utilization:.0%} target utilisation"
             )
+        # One deployment can claim at most what its replicas.max replicas serve: a query
+        # returning 1e9 is worth replicas.max replicas, no more, to the solver and to others.
+        most = claimable(spec, options)
+        clamped = raw > most + 1e-9
+        if clamped:
+            why.append(
+                f"demand {raw:,.4g}/s is more than replicas.max ({hi}) replicas serve: "
+                f"planning for {most:,.1f}/s"
+            )
+            raw = most
         window = hold_window(spec, request.pools, forecast)
         target, history = stabilized_target(raw, state.demand_history, request.now, window)
+        if target > most:  # an older, larger target (from before a bound changed)
+            target, history = most, tuple((t, min(v, most)) for t, v in history)
         if target > raw + 1e-9:
             why.append(
                 f"holding capacity for {target:,.1f}/s: targets in the last {_fmt(window)} "
@@ -129,10 +160,14 @@ def _demands(
                 spot_fraction=spec.capacity.spot.max_fraction,
                 on_demand_min=min(spec.capacity.on_demand.min_replicas, hi),
                 options=options,
+                level=level_of[state.namespace],
+                reachable=reachable(options, slices),
             )
         )
         histories.append(history)
         reasons.append(why)
+    ranked = zip(demands, ranks(demands), strict=True)
+    demands = [replace(d, rank=rank, factor=factor) for d, (rank, factor) in ranked]
     return demands, histories, reasons
 
 
@@ -146,72 +181,151 @@ def _fmt(d: timedelta) -> str:
 
 
 def _solve(
-    request: PlanInput, demands: Sequence[Demand], slices: Sequence[Slice]
-) -> tuple[dict[int, Allocation], str]:
+    request: PlanInput,
+    demands: Sequence[Demand],
+    slices: Sequence[Slice],
+    shares: Mapping[int, ReservedShare],
+) -> tuple[dict[int, Allocation], dict[int, int], str]:
+    """Allocate level by level (the platform's namespace priority, highest first); within a
+    level, minimums before anyone's target."""
+    packing = Packing(slices, shares)
+    allocations: dict[int, Allocation] = {}
+    guaranteed: dict[int, int] = {}
+    fallback = False
+    unrepaired = 0
+    total_limit = request.time_limit.total_seconds()
+    for level in sorted({d.level for d in demands}):
+        members = [d for d, demand in enumerate(demands) if demand.level == level]
+        held = greedy.place_minimums(demands, members, packing)
+        # What the placement of minimums (smaller first) gives each holds whatever the
+        # others ask for.
+        placed = {d: sum(a.values()) for d, a in held.items()}
+        guaranteed.update(placed)
+        solved: dict[int, Allocation] | None = None
+        if request.solver != "greedy":
+            for d, a in held.items():
+                packing.place(demands[d], a, sign=-1)
+            limit = max(0.2, total_limit * len(members) / len(demands))
+            solved = milp.allocate(demands, members, slices, packing, limit)
+            if solved is None:
+                fallback = True
+                for d, a in held.items():
+                    packing.place(demands[d], a)
+            else:
+                solved = {d: solved.get(d, {}) for d in members}
+                for d, a in solved.items():
+                    packing.place(demands[d], a)
+                repair_minimums(demands, solved, packing, placed)
+                if any(sum(solved[d].values()) < n for d, n in placed.items()):
+                    # A minimum the repair could not put back (it would take moving others
+                    # around): the greedy plan keeps every one of them.
+                    unrepaired += 1
+                    for d, a in solved.items():
+                        packing.place(demands[d], a, sign=-1)
+                    for d, a in held.items():
+                        packing.place(demands[d], a)
+                    solved = None
+        if solved is None:
+            # The exact solver found nothing within the time limit: the heuristic always answers.
+            solved = greedy.allocate(demands, members, packing, held=held)
+        allocations.update(solved)
     if request.solver == "greedy":
-        return greedy.allocate(demands, slices), "greedy"
-    limit = request.time_limit.total_seconds()
-    solved = milp.allocate(demands, slices, limit)
-    if solved is None:
-        # The exact solver found nothing within the time limit: the heuristic always answers.
-        return greedy.allocate(demands, slices), "greedy (exact solver found nothing in time)"
-    return solved, "milp"
+        return allocations, guaranteed, "greedy"
+    used = "greedy (exact solver found nothing in time)" if fallback else "milp"
+    if unrepaired:
+        used += f" (greedy for {unrepaired} level(s) whose minimums the exact plan missed)"
+    return allocations, guaranteed, used
 
 
 def plan(request: PlanInput) -> Plan:
     """Plan replicas per pool and nodes per pool for every deployment, jointly."""
-    load = max((d.spec.model_load_time for d in request.deployments), default=timedelta(0))
-    slices = build_slices(request.pools, load)
-    demands, histories, reasons = _demands(request, slices)
-    allocations, solver = _solve(request, demands, slices)
+    policy = request.policy
+    budgets = planning_budgets(request.budgets, {s.namespace for s in request.deployments}, policy)
+    slices = build_slices(request.pools)
+    demands, histories, reasons = _demands(request, slices, budgets)
+    weights = {d.namespace: reserved_weight(budgets.get(d.namespace), policy) for d in demands}
+    shares = share_reserved(demands, slices, weights)
+    allocations, guaranteed, solver = _solve(request, demands, slices, shares)
     for d in range(len(demands)):
         allocations.setdefault(d, {})
 
-    # Budgets bind after the cheapest allocation: lowest priority gives way first.
-    budgets = {b.namespace: b for b in request.budgets}
+    # Hard budgets bind after the joint allocation: lowest priority gives way first.
     by_namespace: dict[str, list[int]] = defaultdict(list)
     for d, demand in enumerate(demands):
-        by_namespace[demand.key[0]].append(d)
-    namespaces: dict[str, NamespacePlan] = {}
+        by_namespace[demand.namespace].append(d)
     limited: set[int] = set()
+    forced_below: set[int] = set()
+    caps: dict[str, float | None] = {}
+    left: dict[str, float] = {}
+    ns_reasons: dict[str, list[str]] = defaultdict(list)
     for ns, members in sorted(by_namespace.items()):
         budget = budgets.get(ns)
         cap = hourly_cap(budget) if budget else None
-        ns_reasons: list[str] = []
-        names: list[str] = []
-        if budget is not None and cap is not None:
-            wanted = sum(allocation_cost(demands[d], allocations[d]) for d in members)
-            if wanted > cap + 1e-9:
-                if budget.spec.enforcement == "Hard":
-                    trim = trim_to_cap(demands, allocations, members, cap)
-                    limited |= set(trim.removed)
-                    names = sorted(demands[d].key[1] for d in trim.removed)
-                    ns_reasons.append(_budget_reason(wanted, cap, budget.spec.currency, trim))
-                    for d, n in trim.removed.items():
-                        reasons[d].append(
-                            f"gave up {n} replica(s) to the namespace's Hard budget "
-                            f"({cap:,.2f} {budget.spec.currency}/h; priority {demands[d].priority})"
-                            + ("; even the minimums do not fit" if trim.below_minimum else "")
-                        )
-                else:
-                    ns_reasons.append(
-                        f"plan costs {wanted:,.2f} {budget.spec.currency}/h, over the Soft "
-                        f"budget of {cap:,.2f}/h: warning only"
+        caps[ns] = cap
+        if budget is None or cap is None:
+            continue
+        wanted = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+        if wanted > cap + 1e-9:
+            if budget.spec.enforcement == "Hard":
+                trim = trim_to_cap(demands, allocations, members, cap)
+                limited |= set(trim.removed)
+                ns_reasons[ns].append(_budget_reason(wanted, cap, budget.spec.currency, trim))
+                for d, n in trim.removed.items():
+                    reasons[d].append(
+                        f"gave up {n} replica(s) to the namespace's Hard budget "
+                        f"({cap:,.2f} {budget.spec.currency}/h; priority {demands[d].priority})"
+                        + ("; even the minimums do not fit" if trim.below_minimum else "")
                     )
-        cost = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+                    if trim.below_minimum:
+                        forced_below.add(d)
+            else:
+                ns_reasons[ns].append(
+                    f"plan costs {wanted:,.2f} {budget.spec.currency}/h, over the Soft "
+                    f"budget of {cap:,.2f}/h: warning only"
+                )
+        if budget.spec.enforcement == "Hard":
+            spent = sum(allocation_cost(demands[d], allocations[d]) for d in members)
+            left[ns] = max(0.0, cap - spent)
+
+    # What a budget trimmed goes to whoever is still short, in the same round; so does room
+    # the greedy left behind holds it released. The exact plan is otherwise left as solved:
+    # it may leave a sliver of demand uncovered rather than pay for a node, and topping that
+    # up with a whole replica would flip the plan between rounds.
+    if limited or solver.startswith("greedy"):
+        reoffer(demands, allocations, slices, shares, left)
+
+    namespaces: dict[str, NamespacePlan] = {}
+    for ns, members in sorted(by_namespace.items()):
+        budget = budgets.get(ns)
+        reserved_gpus: dict[str, int] = {}
+        for i, share in shares.items():
+            gpus = share.guaranteed.get(ns, 0)
+            if gpus:
+                reserved_gpus[slices[i].pool] = reserved_gpus.get(slices[i].pool, 0) + gpus
         namespaces[ns] = NamespacePlan(
             namespace=ns,
-            hourly_cost=cost,
-            hourly_cap=cap,
+            hourly_cost=sum(allocation_cost(demands[d], allocations[d]) for d in members),
+            hourly_cap=caps[ns],
             enforcement=budget.spec.enforcement if budget else None,
-            limited=tuple(names),
-            reasons=tuple(ns_reasons),
+            limited=tuple(sorted(demands[d].key[1] for d in members if d in limited)),
+            reasons=tuple(ns_reasons[ns]),
+            priority=namespace_priority(budget, policy),
+            reserved_gpus=reserved_gpus,
         )
 
     deployment_plans = {}
     for d, (demand, state) in enumerate(zip(demands, request.deployments, strict=True)):
         deployment_plans[demand.key] = _deployment_plan(
-            demand, state, allocations[d], slices, histories[d], reasons[d], d in limited
+            demand,
+            state,
+            allocations[d],
+            slices,
+            histories[d],
+            reasons[d],
+            d in limited,
+            d in forced_below,
+            caps.get(demand.namespace),
+            guaranteed.get(d, 0),
         )
     return Plan(
         deployments=deployment_plans,
@@ -239,6 +353,9 @@ def _deployment_plan(
     history: tuple[tuple[datetime, float], ...],
     why: list[str],
     budget_limited: bool,
+    budget_forced_below: bool,
+    cap: float | None,
+    guaranteed: int,
 ) -> DeploymentPlan:
     replicas: dict[str, int] = defaultdict(int)
     tiers: dict[str, int] = dict.fromkeys(CAPACITY_TYPES, 0)
@@ -269,8 +386,18 @@ def _deployment_plan(
         reasons.append(
             f"short of the target by {demand.target - capacity:,.1f}/s: limited by {bound}"
         )
-    if total < demand.lo and not budget_limited:
-        reasons.append(f"below replicas.min ({demand.lo}): the pools have no room left")
+    below = ""
+    if total < demand.lo:
+        # The post-solve check: minimums come first, so only the namespace's own Hard budget
+        # or pools with no room left (the fill found none) put a deployment below its minimum.
+        if budget_forced_below:
+            below = (
+                f"below replicas.min ({demand.lo}): the namespace's Hard budget "
+                f"({cap or 0:,.2f}/h) cannot pay even for the minimums"
+            )
+        else:
+            below = f"below replicas.min ({demand.lo}): the pools have no room left"
+        reasons.append(below)
     return DeploymentPlan(
         namespace=demand.key[0],
         name=demand.key[1],
@@ -283,6 +410,9 @@ def _deployment_plan(
         budget_limited=budget_limited,
         reasons=tuple(reasons),
         demand_history=history,
+        below_minimum=below,
+        clamped=any(r.startswith("demand ") and "replicas.max" in r for r in why),
+        guaranteed=guaranteed,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from peakwise.api.costbudget import CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePoolSpec
@@ -78,6 +79,30 @@ class BudgetState:
     hours_left_in_period: float | None = None
 
 
+UnbudgetedRule = Literal["RecommendOnly", "DefaultBudget"]
+
+
+@dataclass(frozen=True)
+class TenancyPolicy:
+    """The platform's settings for every namespace (chart values, passed as operator flags)."""
+
+    unbudgeted: UnbudgetedRule = "RecommendOnly"
+    """What a namespace without a valid CostBudget gets: RecommendOnly (plans in status,
+    nothing scaled) or DefaultBudget (`default_budget` applies)."""
+    default_budget: CostBudgetSpec | None = None
+    """The cap of a namespace without a CostBudget when `unbudgeted` is DefaultBudget. Only
+    its hourly limit binds: there is no object to accrue a monthly spend in."""
+    default_priority: int = 0
+    """Cross-namespace priority of a namespace without a CostBudget."""
+    default_reserved_weight: float = 0.0
+    """Reserved-capacity weight of a namespace without a CostBudget: 0 (fail closed), so it
+    only gets reserved capacity the namespaces with a budget leave unused."""
+
+    def __post_init__(self) -> None:
+        if self.unbudgeted == "DefaultBudget" and self.default_budget is None:
+            raise ValueError("unbudgeted=DefaultBudget needs a default_budget")
+
+
 @dataclass(frozen=True)
 class PlanInput:
     now: datetime
@@ -87,6 +112,9 @@ class PlanInput:
     solver: str = "milp"
     """milp (exact within the time limit, greedy if it finds nothing) or greedy (fast)."""
     time_limit: timedelta = timedelta(seconds=1.2)
+    policy: TenancyPolicy = TenancyPolicy()
+    """The platform's defaults for namespaces without a budget (priority, reserved weight,
+    default cap)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +135,15 @@ class DeploymentPlan:
     budget_limited: bool
     reasons: tuple[str, ...]
     demand_history: tuple[tuple[datetime, float], ...]
+    below_minimum: str = ""
+    """Why the plan is below replicas.min, when it is: only its own namespace's Hard budget
+    or pools with no room left may do that (empty otherwise)."""
+    clamped: bool = False
+    """The demand asked for more than replicas.max replicas can serve and was clamped."""
+    guaranteed: int = 0
+    """Replicas the placement of minimums (its level's, smaller minimums first) gave it this
+    round: the plan is never below this unless its own namespace's Hard budget forces it,
+    whatever other deployments ask for."""
 
     @property
     def key(self) -> DeploymentKey:
@@ -134,6 +171,11 @@ class NamespacePlan:
     enforcement: str | None
     limited: tuple[str, ...]
     reasons: tuple[str, ...]
+    priority: int = 0
+    """The namespace's cross-namespace priority (its CostBudget's, or the platform default)."""
+    reserved_gpus: Mapping[str, int] = field(default_factory=dict)
+    """GPUs of each reserved pool guaranteed to the namespace this round (its weighted share
+    of what it wants); it may use more when others leave some unused."""
 
 
 @dataclass(frozen=True)

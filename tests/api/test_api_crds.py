@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from peakwise.api.common import DURATION_PATTERN
 from peakwise.api.crdgen import KINDS, check_crds, crd_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,9 @@ def test_schemas_are_structural(name: str) -> None:
 def test_cel_messages_name_a_field_of_their_object(name: str) -> None:
     for path, node in _nodes(_schema(CRDS[name])):
         for validation in node.get("x-kubernetes-validations", []):
-            fields = set(node.get("properties", {}))
+            # A rule on an object names one of its fields; a rule on a scalar (a duration's
+            # range) names the scalar itself.
+            fields = set(node.get("properties", {})) or {path.rsplit(".", 1)[-1]}
             assert any(field in validation["message"] for field in fields), (path, validation)
             assert validation["rule"].strip()
 
@@ -126,3 +129,34 @@ def test_scale_subresource_drives_the_manual_floor() -> None:
         assert scale[key].lstrip(".") in known
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"Mode", "Replicas", "Peak", "$/h", "Budget", "Age"} <= columns
+
+
+# Patterns that bound a string's length by themselves.
+LENGTH_BOUNDING_PATTERNS = {"^[A-Z]{3}$"}
+
+
+@pytest.mark.parametrize("name", CRD_IDS)
+def test_every_size_a_spec_accepts_is_bounded(name: str) -> None:
+    """What a tenant (or a typo) writes cannot be arbitrarily large: no value the API server
+    accepts can overflow the planner or cost more than its share of a round."""
+    unbounded = []
+    for path, node in _nodes(_schema(CRDS[name])["properties"]["spec"], "spec"):
+        kind = node.get("type")
+        if kind == "string" and "maxLength" not in node and "enum" not in node:
+            if node.get("pattern") not in LENGTH_BOUNDING_PATTERNS:
+                unbounded.append(f"{path}: string without maxLength")
+        elif kind in ("number", "integer") and "maximum" not in node:
+            unbounded.append(f"{path}: number without maximum")
+        elif kind == "array" and "maxItems" not in node:
+            unbounded.append(f"{path}: list without maxItems")
+        elif kind == "object" and "additionalProperties" in node and "maxProperties" not in node:
+            unbounded.append(f"{path}: map without maxProperties")
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("name", CRD_IDS)
+def test_every_duration_has_a_range_the_api_server_checks(name: str) -> None:
+    for path, node in _nodes(_schema(CRDS[name])["properties"]["spec"], "spec"):
+        if node.get("pattern") == DURATION_PATTERN:
+            rules = node.get("x-kubernetes-validations", [])
+            assert any("findAll" in r["rule"] for r in rules), f"{path}: duration without a range"

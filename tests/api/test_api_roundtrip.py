@@ -31,8 +31,15 @@ from peakwise.api.inferencedeployment import (
 )
 
 names = st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True)
-# Durations travel as text in whole milliseconds (format_duration).
-durations = st.integers(min_value=1, max_value=30 * 86400).map(lambda s: timedelta(seconds=s))
+
+
+def durations(low: timedelta, high: timedelta) -> st.SearchStrategy[timedelta]:
+    """Durations within a field's range; they travel as text in whole seconds here."""
+    seconds = st.integers(int(low.total_seconds()), int(high.total_seconds()))
+    return seconds.map(lambda s: timedelta(seconds=s))
+
+
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 fractions = st.floats(min_value=0, max_value=1)
 positive = st.floats(min_value=1e-3, max_value=1e6)
 gpu_types = st.sampled_from(["nvidia-h100-80gb", "nvidia-l40s-48gb", "nvidia-a100-40gb"])
@@ -62,21 +69,21 @@ def inference_specs(draw: st.DrawFn) -> InferenceDeploymentSpec:
         ],
         demand=DemandSpec(
             query=draw(st.text(min_size=1, max_size=40)),
-            target_utilization=draw(st.floats(min_value=0.01, max_value=1)),
+            target_utilization=draw(st.floats(min_value=0.05, max_value=1)),
         ),
         replicas=bounds,
         forecast=ForecastSpec(
-            history=draw(durations),
-            horizon=draw(durations),
+            history=draw(durations(HOUR, 35 * DAY)),
+            horizon=draw(durations(timedelta(minutes=1), 7 * DAY)),
             quantile=draw(st.floats(min_value=0.01, max_value=0.99)),
-            lead_time=draw(st.none() | durations),
+            lead_time=draw(st.none() | durations(timedelta(0), 6 * HOUR)),
         ),
-        model_load_time=draw(durations),
+        model_load_time=draw(durations(timedelta(0), 2 * HOUR)),
         capacity=CapacityPolicy(
             spot=SpotPolicy(max_fraction=draw(fractions)),
             on_demand=OnDemandPolicy(min_replicas=draw(st.integers(0, bounds.max))),
         ),
-        scale_down=ScaleDownPolicy(stabilization_window=draw(durations)),
+        scale_down=ScaleDownPolicy(stabilization_window=draw(durations(timedelta(0), DAY))),
     )
 
 
@@ -101,11 +108,11 @@ def pool_specs(draw: st.DrawFn) -> GPUNodePoolSpec:
         gpu_type=draw(gpu_types),
         gpus_per_node=draw(st.integers(1, 16)),
         capacity_type=tier,
-        price_per_node_hour=draw(positive),
+        price_per_node_hour=draw(st.floats(min_value=1e-3, max_value=1e4)),
         reserved_nodes=draw(st.integers(0, most)) if tier == "reserved" else 0,
         min_nodes=draw(st.integers(0, most)),
         max_nodes=most,
-        provisioning_time=draw(durations),
+        provisioning_time=draw(durations(timedelta(0), 6 * HOUR)),
         node_labels=draw(st.dictionaries(names, names, max_size=3)),
         node_taints=[
             Taint(key=k, value=v, effect=e)
@@ -131,6 +138,8 @@ def budget_specs(draw: st.DrawFn) -> CostBudgetSpec:
     )
     return CostBudgetSpec(
         limits=BudgetLimits(hourly=hourly, monthly=monthly),
+        priority=draw(st.integers(0, 1000000)),
+        reserved_weight=draw(st.floats(min_value=0, max_value=1000)),
         currency=draw(st.from_regex(r"[A-Z]{3}", fullmatch=True)),
         enforcement=draw(st.sampled_from(["Hard", "Soft"])),
         alert_thresholds=draw(

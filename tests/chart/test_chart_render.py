@@ -263,7 +263,16 @@ def test_metrics_service_selects_every_operator_pod(full: list[Manifest]) -> Non
 
 def test_optional_objects_are_off_by_default(default: list[Manifest]) -> None:
     kinds = {m["kind"] for m in default}
-    assert kinds == {"Deployment", "ServiceAccount", "Service", "ClusterRole", "ClusterRoleBinding"}
+    assert kinds == {
+        "Deployment",
+        "ServiceAccount",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        # The template policy is on by default (tests/chart/test_chart_admission_policy.py).
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
 
 
 def test_peering_crds_and_objects(full: list[Manifest]) -> None:

@@ -2,9 +2,9 @@
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from planner_factories import NOW, budget, deployment, pool
+from planner_factories import NOW, assert_plan_keeps_the_rules, budget, deployment, pool
 
-from peakwise.planner import Plan, PlanInput, plan
+from peakwise.planner import PlanInput, plan
 
 GPU_TYPES = ["h100", "l40s"]
 
@@ -65,40 +65,11 @@ def problems(draw: st.DrawFn) -> tuple[PlanInput, dict[str, int]]:
     return request, {d.name: d.spec.replicas.min for d in deployments}
 
 
-def _check(request: PlanInput, result: Plan) -> None:
-    caps = {b.namespace: b for b in request.budgets}
-    for ns, planned in result.namespaces.items():
-        b = caps.get(ns)
-        if b is not None and b.spec.enforcement == "Hard" and b.spec.limits.hourly is not None:
-            assert planned.hourly_cost <= b.spec.limits.hourly + 1e-6, (ns, planned)
-    pools = {p.name: p for p in request.pools}
-    gpus_on = dict.fromkeys(pools, 0)
-    for state in request.deployments:
-        d = result.deployments[state.key]
-        assert d.total <= state.spec.replicas.max
-        if d.total < state.spec.replicas.min:
-            # Only a Hard budget or full pools may push a deployment below its minimum.
-            assert d.budget_limited or any("no room" in r for r in d.reasons), d.reasons
-        for pool_name, n in d.replicas.items():
-            profile_gpus = {
-                p.gpus_per_replica
-                for p in state.spec.gpu_profiles
-                if p.gpu_type == pools[pool_name].spec.gpu_type
-            }
-            assert profile_gpus, "replicas placed on a pool of a GPU type the service cannot use"
-            gpus_on[pool_name] += n * min(profile_gpus)
-    for name, planned in result.pools.items():
-        spec = pools[name].spec
-        assert planned.nodes <= spec.max_nodes
-        assert planned.nodes * spec.gpus_per_node >= gpus_on[name]
-        assert planned.gpus_requested <= planned.nodes * spec.gpus_per_node
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_plans_keep_every_rule(problem: tuple[PlanInput, dict[str, int]]) -> None:
     request, _ = problem
-    _check(request, plan(request))
+    assert_plan_keeps_the_rules(request, plan(request))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
