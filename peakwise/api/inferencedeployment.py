@@ -56,10 +56,6 @@ series of 50,400 points, fetched in five range queries."""
 History = Annotated[
     timedelta, DurationRange("forecast.history", at_least=timedelta(hours=1), at_most=MAX_HISTORY)
 ]
-Horizon = Annotated[
-    timedelta,
-    DurationRange("forecast.horizon", at_least=timedelta(minutes=1), at_most=timedelta(days=7)),
-]
 LeadTime = Annotated[timedelta, DurationRange("forecast.leadTime", at_most=timedelta(hours=6))]
 ModelLoadTime = Annotated[timedelta, DurationRange("modelLoadTime", at_most=timedelta(hours=2))]
 StabilizationWindow = Annotated[
@@ -160,8 +156,6 @@ class ForecastSpec(WireModel):
 
     history: History = timedelta(days=14)
     """How much history to learn from: 1h to 35d."""
-    horizon: Horizon = timedelta(hours=1)
-    """How far ahead the forecast reaches: 1m to 7d."""
     quantile: float | None = Field(default=None, gt=0, lt=1)
     """Expert override, unset by default: provision for this fixed quantile of the demand
     peak (higher is safer and dearer). When set it wins over slo.shortfallMinutes: the margin

@@ -22,7 +22,6 @@ SPEC: dict[str, Any] = {
 }
 DURATION_FIELDS = {
     ("forecast", "history"): "forecast.history",
-    ("forecast", "horizon"): "forecast.horizon",
     ("forecast", "leadTime"): "forecast.leadTime",
     ("modelLoadTime",): "modelLoadTime",
     ("scaleDown", "stabilizationWindow"): "scaleDown.stabilizationWindow",

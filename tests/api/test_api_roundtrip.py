@@ -74,7 +74,6 @@ def inference_specs(draw: st.DrawFn) -> InferenceDeploymentSpec:
         replicas=bounds,
         forecast=ForecastSpec(
             history=draw(durations(HOUR, 35 * DAY)),
-            horizon=draw(durations(timedelta(minutes=1), 7 * DAY)),
             quantile=draw(st.floats(min_value=0.01, max_value=0.99)),
             lead_time=draw(st.none() | durations(timedelta(0), 6 * HOUR)),
         ),

@@ -178,7 +178,7 @@ def test_spot_risk_is_priced_per_deployment(solver: str) -> None:
 
 def test_the_longest_durations_the_api_accepts_plan_without_overflow() -> None:
     spec_extra = {
-        "forecast": {"leadTime": "6h", "history": "35d", "horizon": "7d"},
+        "forecast": {"leadTime": "6h", "history": "35d"},
         "modelLoadTime": "2h",
         "scaleDown": {"stabilizationWindow": "1d"},
     }
