@@ -33,6 +33,7 @@ from peakwise.operator.providers import (
     provider_for,
 )
 from peakwise.operator.status import PoolObservation, PoolScaling
+from peakwise.operator.template_policy import TemplatePolicy, TemplateRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Actuator:
 
     kube: KubeAdapter
     api_client: Any
+    template_policy: TemplatePolicy = field(default_factory=TemplatePolicy)
+    """What a tenant's pod template may ask for: children are only built under it."""
     interruptions: InterruptionTracker = field(default_factory=InterruptionTracker)
     applied: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     """(template hash, generation) of each child after this process last applied it."""
@@ -70,7 +73,13 @@ class Actuator:
             pool = pools.get(pool_name)
             if pool is None or n <= 0:
                 continue
-            manifest = with_template_hash(child_deployment(infd, uid, pool, n))
+            try:
+                manifest = with_template_hash(
+                    child_deployment(infd, uid, pool, n, self.template_policy)
+                )
+            except TemplateRejectedError as rejected:  # never a child the team could not make
+                problems.append(rejected)
+                break
             name = manifest["metadata"]["name"]
             child = existing.get(pool_name)
             why = needs_apply(

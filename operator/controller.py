@@ -45,9 +45,14 @@ from peakwise.operator.planning import (
     enforced_pool_nodes,
     plan_enforce_first,
     plan_input,
+    pool_usage,
 )
-from peakwise.planner import Plan, PoolState
+from peakwise.operator.template_policy import TemplatePolicy, check_template
+from peakwise.planner import Plan, PoolState, TenancyPolicy
+from peakwise.planner.billing import Spend, namespace_spend
+from peakwise.planner.budget import hours_left_in_month
 from peakwise.planner.capacity import lead_time
+from peakwise.planner.tenancy import EffectiveBudget, ObservedBudget, effective_budgets
 
 log = logging.getLogger(__name__)
 History = tuple[tuple[datetime, float], ...]
@@ -60,11 +65,14 @@ class Round:
     plan: Plan
     deployments: dict[Key, InferenceDeployment]
     pools: dict[str, GPUNodePool]
-    budgets: dict[str, CostBudget]
     forecasts: dict[Key, ForecastResult]
     leads: dict[Key, timedelta]
     pool_targets: dict[str, int]
     invalid: dict[str, str] = field(default_factory=dict)
+    effective: dict[str, EffectiveBudget] = field(default_factory=dict)
+    """The budget in force in each namespace, and why (tenancy.effective_budgets)."""
+    spend: Spend | None = None
+    """What each namespace is billed now (billing.namespace_spend)."""
     """Objects left out of the round ("InferenceDeployment ns/name" ...), with the reason."""
     started: float = 0.0
     """time.monotonic() when the round started, for the full-round metric."""
@@ -91,7 +99,7 @@ def _parse(model: type[Parsed], body: Mapping[str, Any]) -> Parsed | str:
 def parse_all(
     snapshot: Snapshot,
 ) -> tuple[
-    dict[Key, InferenceDeployment], dict[str, GPUNodePool], dict[str, CostBudget], dict[str, str]
+    dict[Key, InferenceDeployment], dict[str, GPUNodePool], list[ObservedBudget], dict[str, str]
 ]:
     """Every object that validates, and why the others do not."""
     invalid: dict[str, str] = {}
@@ -109,19 +117,23 @@ def parse_all(
             invalid[object_name("GPUNodePool", name)] = pool
         else:
             pools[name] = pool
-    budgets: dict[str, CostBudget] = {}
+    budgets: list[ObservedBudget] = []
     for ns, bodies in snapshot.budgets.items():
-        valid = []
         for body in bodies:
-            name = f"{ns}/{(body.get('metadata') or {}).get('name', '')}"
+            name = str((body.get("metadata") or {}).get("name", ""))
             budget = _parse(CostBudget, body)
             if isinstance(budget, str):
-                invalid[f"CostBudget {name}"] = budget
+                invalid[f"CostBudget {ns}/{name}"] = budget
+                budgets.append(ObservedBudget(ns, name, None, budget))
             else:
-                valid.append(budget)
-        if valid:
-            budgets[ns] = min(valid, key=lambda b: b.metadata.name)
+                spend = budget.status.spend if budget.status else 0.0
+                budgets.append(ObservedBudget(ns, name, budget.spec, spend=spend))
     return deployments, pools, budgets, invalid
+
+
+def _recommend_only(infd: InferenceDeployment) -> InferenceDeployment:
+    """The deployment as the planner sees it when its namespace has no budget in force."""
+    return infd.model_copy(update={"spec": infd.spec.model_copy(update={"mode": "Recommend"})})
 
 
 def restarted_history(infd: InferenceDeployment, now: datetime, heartbeat: timedelta) -> History:
@@ -149,8 +161,14 @@ class Controller:
         fit_wait: timedelta = timedelta(seconds=15),
         status_heartbeat: timedelta = timedelta(minutes=5),
         forecast_deadline: timedelta | None = None,
+        tenancy: TenancyPolicy | None = None,
+        template_policy: TemplatePolicy | None = None,
     ) -> None:
         self.forecasts = forecasts
+        self.tenancy = tenancy or TenancyPolicy()
+        """The platform's rules for every namespace (budgets, priorities, reserved shares)."""
+        self.template_policy = template_policy or TemplatePolicy()
+        """What a tenant's pod template may ask for (the platform's allowlists)."""
         self.status_heartbeat = status_heartbeat
         """Longest a deployment's status goes unwritten (bounds what a restart can miss)."""
         self.interval = interval
@@ -321,7 +339,17 @@ class Controller:
 
     async def _compute(self, snapshot: Snapshot, now: datetime, number: int) -> Round:
         started = time.monotonic()
-        deployments, pools, budgets, invalid = parse_all(snapshot)
+        deployments, pools, observed_budgets, invalid = parse_all(snapshot)
+        for key, infd in list(deployments.items()):
+            review = check_template(infd.spec.template, self.template_policy)
+            if not review.allowed:
+                invalid[object_name("InferenceDeployment", key)] = (
+                    f"template rejected: {review.message()}"
+                )
+                del deployments[key]
+        effective = effective_budgets(
+            {ns for ns, _ in deployments}, observed_budgets, self.tenancy, hours_left_in_month(now)
+        )
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
         leads: dict[Key, timedelta] = {}
         for key, infd in list(deployments.items()):
@@ -367,11 +395,20 @@ class Controller:
             else restarted_history(d, now, self.status_heartbeat)
             for key, d in deployments.items()
         }
+        # A namespace without a budget in force is planned but not scaled (fail closed): its
+        # Enforce-mode deployments are planned as recommendations and what runs is held.
+        held = {
+            key: snapshot.children.get(key, {})
+            for key, d in deployments.items()
+            if d.spec.mode == "Enforce" and not effective[key[0]].enforce
+        }
+        as_planned = [_recommend_only(d) if key in held else d for key, d in deployments.items()]
         observed = Observed(
             now=now,
-            deployments=list(deployments.values()),
+            deployments=as_planned,
             pools=list(pools.values()),
-            budgets=list(budgets.values()),
+            budgets=[e.budget for e in effective.values() if e.budget is not None],
+            tenancy=self.tenancy,
             children=snapshot.children,
             forecasts=results,
             pool_nodes=snapshot.pool_nodes,
@@ -395,7 +432,10 @@ class Controller:
             self.histories[key] = d.demand_history
         for key in set(self.histories) - set(deployments):
             del self.histories[key]
-        targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
+        targets = enforced_pool_nodes(planned, as_planned, pools, held)
+        spend = namespace_spend(
+            pool_usage(pools, snapshot, planned, as_planned),
+        )
         self._export(planned, pools, results)
         for kind in ("InferenceDeployment", "GPUNodePool", "CostBudget"):
             left_out = sum(1 for name in invalid if name.startswith(f"{kind} "))
@@ -406,11 +446,12 @@ class Controller:
             plan=planned,
             deployments=deployments,
             pools=pools,
-            budgets=budgets,
             forecasts=results,
             leads=leads,
             pool_targets=targets,
             invalid=invalid,
+            effective=effective,
+            spend=spend,
             started=started,
         )
 

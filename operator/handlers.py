@@ -33,7 +33,6 @@ from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller, Round, object_name
 from peakwise.operator.kube import ForbiddenError
 from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
-from peakwise.operator.spend import namespace_spend_rate
 from peakwise.operator.status import (
     MESSAGE_LIMIT,
     changed_fields,
@@ -240,7 +239,12 @@ def _report_left_out(
     generation: int | None,
 ) -> None:
     reason_text = round_.invalid.get(object_name("InferenceDeployment", key), "not indexed yet")
-    reason = "InvalidSpec" if "cannot be planned" not in reason_text else "Unplannable"
+    if reason_text.startswith("template rejected"):
+        reason = "TemplateRejected"
+    elif "cannot be planned" in reason_text:
+        reason = "Unplannable"
+    else:
+        reason = "InvalidSpec"
     status = invalid_status(_conditions(body), reason, reason_text, round_.at, generation)
     if write_status(patch, body, wire(status), "InferenceDeployment", round_.at, None) and _newly(
         body, "Degraded", reason, reason_text
@@ -263,13 +267,16 @@ async def _reconcile_planned(
     children = indexes.children_of(index_kwargs["child_index"], namespace, uid)
     ready = {c["pool"]: c["ready"] for c in children}
     problems: list[Exception] = []
-    if infd.spec.mode == "Enforce":
+    effective = round_.effective.get(namespace)
+    # Fail closed: without a budget in force the plan is shown, and what runs is left alone.
+    unbudgeted = effective.reason if effective is not None and not effective.enforce else ""
+    if infd.spec.mode == "Enforce" and not unbudgeted:
         # Children of a pool that is missing or invalid keep their size: no drain, no loss.
         hold = [c["pool"] for c in children if c["pool"] not in round_.pools]
         problems = await runtime.actuator.follow_plan(
             infd, uid, planned.replicas, round_.pools, children, hold
         )
-    budget = round_.budgets.get(namespace)
+    budget = effective.budget if effective is not None else None
     status = deployment_status(
         infd,
         planned,
@@ -280,6 +287,7 @@ async def _reconcile_planned(
         round_.at,
         budget.spec.currency if budget else "USD",
         round_.leads.get(key),
+        unbudgeted=unbudgeted,
     )
     if problems:
         _report_actuation(body, infd, status.conditions, problems, round_.at)
@@ -414,10 +422,11 @@ async def accrue_budget(
         lambda: _snapshot(index_kwargs), follower=("CostBudget", namespace, budget.metadata.name)
     )
     now = _now()
-    rate = namespace_spend_rate(
-        namespace, round_.deployments, round_.pools, index_kwargs["child_index"]
+    # Billed, not Ready: the namespace's share of the nodes that exist (planner/billing.py).
+    rate = round_.spend.billed.get(namespace, 0.0) if round_.spend is not None else 0.0
+    status = build_budget_status(
+        budget, rate, now, round_.plan.namespaces.get(namespace), round_.effective.get(namespace)
     )
-    status = build_budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
     changed = budget.status is None or budget.status.state != status.state
     if changed and status.state != "Within":
         kopf.warn(body, reason=f"Budget{status.state}", message=status.conditions[-1].message)
@@ -447,6 +456,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
     kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, id="node_index", **on)(
         indexes.node_index
     )
+    kopf.index("", "v1", "pods", id="pod_index", **on)(indexes.pod_index)
 
     deployments = (GROUP, VERSION, "inferencedeployments")
     rolled_out = kopf.on.create(*deployments, **on)(check_and_roll_out)

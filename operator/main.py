@@ -17,6 +17,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from peakwise.api.common import parse_duration
+from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import memory, metrics
 from peakwise.operator.actuation import Actuator
@@ -25,6 +26,8 @@ from peakwise.operator.forecasts import ForecastService, HistorySource
 from peakwise.operator.handlers import Runtime, register
 from peakwise.operator.kube import KubeAdapter, api_client
 from peakwise.operator.processes import exit_with_parent
+from peakwise.operator.template_policy import TemplatePolicy
+from peakwise.planner import TenancyPolicy
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,6 +97,46 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=64,
         help="most connections to the API server; watches hold one each (64)",
     )
+    tenancy = run.add_argument_group(
+        "tenancy", "the platform's rules for every namespace (docs/tenancy.md)"
+    )
+    tenancy.add_argument(
+        "--unbudgeted",
+        choices=("RecommendOnly", "DefaultBudget"),
+        default="RecommendOnly",
+        help="what a namespace without a valid CostBudget gets: RecommendOnly (planned, "
+        "nothing scaled: fail closed; the default) or DefaultBudget (--default-budget-hourly)",
+    )
+    tenancy.add_argument(
+        "--default-budget-hourly",
+        type=float,
+        help="the hourly cap of a namespace without a CostBudget, with --unbudgeted DefaultBudget",
+    )
+    tenancy.add_argument(
+        "--default-namespace-priority",
+        type=int,
+        default=0,
+        help="cross-namespace priority of a namespace without a CostBudget (0)",
+    )
+    tenancy.add_argument(
+        "--default-reserved-weight",
+        type=float,
+        default=0.0,
+        help="reserved-capacity weight of a namespace without a CostBudget (0: only what "
+        "budgeted namespaces leave unused)",
+    )
+    for flag, default, what in (
+        ("--allowed-service-account", ["default"], "a ServiceAccount templates may run as"),
+        ("--allowed-priority-class", [], "a PriorityClass templates may name"),
+        ("--allowed-toleration-key", [], "a taint key templates may tolerate themselves"),
+        ("--allowed-capability", ["NET_BIND_SERVICE"], "a capability containers may add"),
+    ):
+        tenancy.add_argument(
+            flag,
+            action="append",
+            default=None,
+            help=f"{what} (repeatable; default: {', '.join(default) or 'none'})",
+        )
     run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     run.add_argument(
@@ -105,6 +148,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--verbose", action="store_true", help="debug logging (--log-level DEBUG)")
     run.set_defaults(run=run_operator)
+
+
+def tenancy_policy(args: argparse.Namespace) -> TenancyPolicy:
+    """The platform's rules from the flags; a clear error when they do not fit together."""
+    default = None
+    if args.default_budget_hourly is not None:
+        default = CostBudgetSpec(limits=BudgetLimits(hourly=args.default_budget_hourly))
+    try:
+        return TenancyPolicy(
+            unbudgeted=args.unbudgeted,
+            default_budget=default,
+            default_priority=args.default_namespace_priority,
+            default_reserved_weight=args.default_reserved_weight,
+        )
+    except ValueError as error:
+        raise SystemExit(f"peakwise operator run: {error} (--default-budget-hourly)") from None
+
+
+def template_policy(args: argparse.Namespace) -> TemplatePolicy:
+    def listed(values: list[str] | None, default: list[str]) -> list[str]:
+        return default if values is None else [v for v in values if v]
+
+    return TemplatePolicy.from_lists(
+        service_accounts=listed(args.allowed_service_account, ["default"]),
+        priority_classes=listed(args.allowed_priority_class, []),
+        toleration_keys=listed(args.allowed_toleration_key, []),
+        capabilities=listed(args.allowed_capability, ["NET_BIND_SERVICE"]),
+    )
 
 
 def history_source(url: str) -> HistorySource:
@@ -147,6 +218,7 @@ def run_operator(args: argparse.Namespace) -> int:
     if level != "DEBUG":
         # kopf logs every handler success per object at INFO: thousands of lines a minute.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    tenancy, templates = tenancy_policy(args), template_policy(args)
     memory.limit_arenas()  # before any thread starts: see memory.py
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()
@@ -178,8 +250,10 @@ def run_operator(args: argparse.Namespace) -> int:
             lambda: datetime.now(UTC),
             fit_wait=parse_duration(args.fit_wait),
             status_heartbeat=parse_duration(args.status_heartbeat),
+            tenancy=tenancy,
+            template_policy=templates,
         ),
-        actuator=Actuator(kube=KubeAdapter(client), api_client=client),
+        actuator=Actuator(kube=KubeAdapter(client), api_client=client, template_policy=templates),
         interval=interval,
         status_heartbeat=parse_duration(args.status_heartbeat),
     )
