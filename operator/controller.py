@@ -343,9 +343,7 @@ class Controller:
         for key, infd in list(deployments.items()):
             review = check_template(infd.spec.template, self.template_policy)
             if not review.allowed:
-                invalid[object_name("InferenceDeployment", key)] = (
-                    f"template rejected: {review.message()}"
-                )
+                invalid[object_name("InferenceDeployment", key)] = review.message()
                 del deployments[key]
         effective = effective_budgets(
             {ns for ns, _ in deployments}, observed_budgets, self.tenancy, hours_left_in_month(now)

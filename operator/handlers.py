@@ -239,7 +239,7 @@ def _report_left_out(
     generation: int | None,
 ) -> None:
     reason_text = round_.invalid.get(object_name("InferenceDeployment", key), "not indexed yet")
-    if reason_text.startswith("template rejected"):
+    if reason_text.startswith("pod template rejected"):
         reason = "TemplateRejected"
     elif "cannot be planned" in reason_text:
         reason = "Unplannable"

@@ -264,6 +264,6 @@ def test_a_template_asking_for_the_host_network_is_left_out() -> None:
         {("team", "good"): _deployment("good"), ("team", "hostile"): hostile},
         {"team": (_budget("team"),)},
     )
-    assert round_.invalid["InferenceDeployment team/hostile"].startswith("template rejected")
+    assert round_.invalid["InferenceDeployment team/hostile"].startswith("pod template rejected")
     assert "hostNetwork" in round_.invalid["InferenceDeployment team/hostile"]
     assert ("team", "good") in round_.plan.deployments
