@@ -9,7 +9,7 @@ Deployment a team labels like a child is not taken for one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peakwise.operator.children import owned_view
@@ -99,6 +99,8 @@ class Snapshot:
     children: Mapping[Key, Mapping[str, int]]
     """Replicas per pool asked of each deployment's children (their spec.replicas)."""
     pool_nodes: Mapping[str, PoolObservation]
+    pool_node_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The names of each pool's nodes (OpenCost prices are per node)."""
 
 
 def _first(store: Any) -> Any:
@@ -137,4 +139,7 @@ def snapshot(indexes: Mapping[str, Mapping[Any, Any]]) -> Snapshot:
         budgets={k: tuple(v) for k, v in indexes["budget_index"].items()},
         children=children,
         pool_nodes={pool: pool_observation(node_store, pool) for pool in node_store},
+        pool_node_names={
+            pool: tuple(sorted(n["name"] for n in node_store.get(pool, []))) for pool in node_store
+        },
     )
