@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,8 +39,10 @@ class PriceReading:
 
 
 def opencost_query(metric: str, nodes: Sequence[str]) -> str:
-    """PromQL for the mean of `metric` over these nodes."""
-    pattern = "|".join(re.escape(n) for n in sorted(nodes))
+    """PromQL for the mean of `metric` over these nodes. Node names are DNS names: only the
+    dot is a regex metacharacter, escaped for RE2 and then for the PromQL string (Go escapes,
+    where a backslash before a dash would be an error)."""
+    pattern = "|".join(n.replace(".", "\\\\.") for n in sorted(nodes))
     return f'avg({metric}{{node=~"{pattern}"}})'
 
 

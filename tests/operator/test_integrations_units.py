@@ -227,7 +227,7 @@ def test_opencost_price_with_the_spec_price_as_fallback() -> None:
     source = _Prices([7.25])
     reading = read_price(pool, ["p-1", "p-0"], source)
     assert (reading.price, reading.live) == (7.25, True)
-    assert source.queries == ['avg(node_gpu_hourly_cost{node=~"p\\-0|p\\-1"})']
+    assert source.queries == ['avg(node_gpu_hourly_cost{node=~"p-0|p-1"})']
     assert read_price(pool, [], source).price == 10.0
     assert read_price(pool, ["p-0"], _Prices([])).problem.startswith("no node_gpu_hourly_cost")
     assert read_price(pool, ["p-0"], _Prices(RuntimeError("down"))).price == 10.0
@@ -245,7 +245,7 @@ def test_opencost_price_with_the_spec_price_as_fallback() -> None:
     assert read_price(seen, [], source).price == 7.0
     assert (
         opencost_query("node_total_hourly_cost", ["a.b"])
-        == 'avg(node_total_hourly_cost{node=~"a\\.b"})'
+        == 'avg(node_total_hourly_cost{node=~"a\\\\.b"})'
     )
 
 
