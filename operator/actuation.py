@@ -32,6 +32,7 @@ from peakwise.operator.providers import (
     ProviderForbiddenError,
     provider_for,
 )
+from peakwise.operator.scale_target import TargetObservation
 from peakwise.operator.status import PoolObservation, PoolScaling
 from peakwise.operator.template_policy import TemplatePolicy, TemplateRejectedError
 
@@ -129,6 +130,35 @@ class Actuator:
                 problems.append(error)
             self.applied.pop((namespace, child["name"]), None)
         return problems
+
+    async def scale_target(
+        self, infd: InferenceDeployment, observed: TargetObservation, replicas: int
+    ) -> list[Exception]:
+        """Write a targetRef's replicas through /scale when they differ; the failures."""
+        if observed.replicas == replicas:
+            return []
+        namespace = infd.metadata.namespace or "default"
+        log.info(
+            "scaling %s %s/%s from %s to %d",
+            observed.kind,
+            namespace,
+            observed.name,
+            observed.replicas,
+            replicas,
+        )
+        try:
+            await asyncio.to_thread(
+                self.kube.scale_workload,
+                namespace,
+                observed.kind,
+                observed.name,
+                replicas,
+                infd.metadata.name,
+            )
+        except Exception as error:
+            metrics.reconcile_errors.labels("actuate").inc()
+            return [error]
+        return []
 
     async def scale_pool(
         self, pool: GPUNodePool, observed: PoolObservation, desired: int, now: datetime

@@ -113,6 +113,8 @@ class Snapshot:
     pool_nodes: Mapping[str, PoolObservation]
     scheduled_gpus: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Per pool, per namespace: GPUs its pods hold on the pool's nodes (for billing)."""
+    pool_node_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The names of each pool's nodes (OpenCost prices are per node)."""
 
 
 def _first(store: Any) -> Any:
@@ -152,6 +154,9 @@ def snapshot(indexes: Mapping[str, Mapping[Any, Any]]) -> Snapshot:
         children=children,
         pool_nodes={pool: pool_observation(node_store, pool) for pool in node_store},
         scheduled_gpus=scheduled_gpus(node_store, indexes.get("pod_index", {})),
+        pool_node_names={
+            pool: tuple(sorted(n["name"] for n in node_store.get(pool, []))) for pool in node_store
+        },
     )
 
 

@@ -16,14 +16,16 @@ import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
+from peakwise.adapters.prometheus import PrometheusHistory
 from peakwise.api.common import parse_duration
 from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import memory, metrics
 from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller
-from peakwise.operator.forecasts import ForecastService, HistorySource
+from peakwise.operator.forecasts import ForecastService
 from peakwise.operator.handlers import Runtime, register
+from peakwise.operator.integrations import CachedRetention, RoundEdges
 from peakwise.operator.kube import KubeAdapter, api_client
 from peakwise.operator.processes import exit_with_parent
 from peakwise.operator.template_policy import TemplatePolicy
@@ -55,6 +57,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=os.environ.get("PEAKWISE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
         help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL, else "
         "http://127.0.0.1:9090, a Prometheus on this machine; logged at start)",
+    )
+    run.add_argument(
+        "--prometheus-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra HTTP header on every Prometheus request (repeatable), e.g. "
+        "X-Scope-OrgID=team-a for Mimir, Cortex or a Thanos tenancy proxy",
+    )
+    run.add_argument(
+        "--prometheus-headers-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_HEADERS_FILE"),
+        help="file of 'Name: value' lines, more headers (a mounted Secret; default "
+        "$PEAKWISE_PROMETHEUS_HEADERS_FILE)",
+    )
+    run.add_argument(
+        "--prometheus-bearer-token-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_BEARER_TOKEN_FILE"),
+        help="send 'Authorization: Bearer <its content>', read again when the file changes "
+        "(default $PEAKWISE_PROMETHEUS_BEARER_TOKEN_FILE)",
+    )
+    run.add_argument(
+        "--prometheus-ca-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_CA_FILE"),
+        help="CA bundle that signs Prometheus' TLS certificate (default "
+        "$PEAKWISE_PROMETHEUS_CA_FILE)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
     run.add_argument(
@@ -178,10 +206,30 @@ def template_policy(args: argparse.Namespace) -> TemplatePolicy:
     )
 
 
-def history_source(url: str) -> HistorySource:
-    from peakwise.adapters.prometheus import PrometheusHistory
+def prometheus_headers(pairs: list[str], headers_file: str | None) -> dict[str, str]:
+    """Headers from `NAME=VALUE` arguments and a file of `Name: value` lines."""
+    headers: dict[str, str] = {}
+    lines = [(p, "=") for p in pairs]
+    if headers_file:
+        with open(headers_file, encoding="utf-8") as handle:
+            lines += [(line, ":") for line in handle.read().splitlines() if line.strip()]
+    for text, sep in lines:
+        name, found, value = text.partition(sep)
+        if not found or not name.strip():
+            raise SystemExit(f"a Prometheus header must be NAME{sep}VALUE, not {text!r}")
+        headers[name.strip()] = value.strip()
+    return headers
 
-    return PrometheusHistory(url)
+
+def history_source(
+    url: str,
+    headers: dict[str, str] | None = None,
+    bearer_token_file: str | None = None,
+    ca_file: str | None = None,
+) -> PrometheusHistory:
+    return PrometheusHistory(
+        url, headers=headers, bearer_token_file=bearer_token_file, ca_file=ca_file
+    )
 
 
 def pooled_session(info: kopf.ConnectionInfo, connections: int) -> kopf.AiohttpSession:
@@ -224,8 +272,15 @@ def run_operator(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     register(registry, interval)
     client = api_client()
+    history = history_source(
+        args.prometheus_url,
+        prometheus_headers(args.prometheus_header, args.prometheus_headers_file),
+        args.prometheus_bearer_token_file,
+        args.prometheus_ca_file,
+    )
+    kube = KubeAdapter(client)
     forecasts = ForecastService(
-        history_source(args.prometheus_url),
+        history,
         default_forecaster,
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
@@ -252,8 +307,9 @@ def run_operator(args: argparse.Namespace) -> int:
             status_heartbeat=parse_duration(args.status_heartbeat),
             tenancy=tenancy,
             template_policy=templates,
+            edges=RoundEdges(workloads=kube, prices=history, retention=CachedRetention(history)),
         ),
-        actuator=Actuator(kube=KubeAdapter(client), api_client=client, template_policy=templates),
+        actuator=Actuator(kube=kube, api_client=client, template_policy=templates),
         interval=interval,
         status_heartbeat=parse_duration(args.status_heartbeat),
     )
