@@ -169,6 +169,9 @@ class ForecastService:
         self._fitted: dict[_ModelKey, _Fitted] = {}
         self._model_of: dict[tuple[str, str], _ModelKey] = {}
         self._jobs: dict[_ModelKey, Future[None]] = {}
+        self._failures: dict[_ModelKey, tuple[int, datetime]] = {}
+        """Failed fits in a row per model and when the next may start (a fit that fails on
+        this history fails again next round: retrying every round only loads Prometheus)."""
         self._memo: dict[_ModelKey, tuple[datetime, _Fitted | None, ForecastResult]] = {}
         self._memo_locks: dict[_ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -197,6 +200,7 @@ class ForecastService:
                 self._fitted.pop(model_key, None)
                 self._memo.pop(model_key, None)
                 self._memo_locks.pop(model_key, None)
+                self._failures.pop(model_key, None)
                 job = self._jobs.pop(model_key, None)
                 if job is not None:
                     job.cancel()
@@ -293,6 +297,9 @@ class ForecastService:
             if fitted is not None and now - fitted.fitted_at < self._refit_after(fitted):
                 return model_key, fitted, None
             job = self._jobs.get(model_key)
+            failure = self._failures.get(model_key)
+            if job is not None and job.done() and failure is not None and now < failure[1]:
+                return model_key, fitted, job  # failed: its error is shown until the retry
             if job is None or job.done():
                 end = now.replace(second=0, microsecond=0)
                 job = self._executor.submit(self._fit, model_key, spec, end, now)
@@ -306,6 +313,21 @@ class ForecastService:
 
     # --- fitting, in the background ------------------------------------------------------
     def _fit(
+        self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
+    ) -> None:
+        try:
+            self._fit_once(model_key, spec, end, now)
+        except Exception:
+            with self._lock:
+                failures = self._failures.get(model_key, (0, now))[0] + 1
+                # Back off, doubling from a minute up to the refit interval.
+                delay = min(self.refit_every, timedelta(minutes=2 ** min(failures - 1, 16)))
+                self._failures[model_key] = (failures, now + delay)
+            raise
+        with self._lock:
+            self._failures.pop(model_key, None)
+
+    def _fit_once(
         self, model_key: _ModelKey, spec: InferenceDeploymentSpec, end: datetime, now: datetime
     ) -> None:
         rule = model_key[-1]

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from peakwise.api.costbudget import CostBudget
+from peakwise.api.errors import describe
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.forecasting.series import Series
@@ -29,12 +30,6 @@ class BacktestConfig:
     pools: tuple[GPUNodePool, ...]
     deployment: InferenceDeployment
     budget: CostBudget | None
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "object"
-    return f"{where}: {first['msg']}"
 
 
 def parse_config(
@@ -60,7 +55,7 @@ def parse_config(
             elif kind == "CostBudget":
                 budgets.append(CostBudget.model_validate(doc))
         except ValidationError as e:
-            raise ConfigError(f"{source}: {kind} {name}: {_describe(e)}") from None
+            raise ConfigError(f"{source}: {kind} {name}: {describe(e)}") from None
     if not pools:
         raise ConfigError(f"{source}: no GPUNodePool; a backtest needs the pools to place on")
     if deployment is not None:

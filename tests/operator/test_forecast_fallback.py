@@ -197,6 +197,29 @@ def test_a_failed_fit_sizes_reactively_and_says_why() -> None:
     assert "could not be fitted (singular matrix)" in result.fallback
 
 
+def test_a_failed_fit_keeps_saying_why_and_is_retried_with_backoff() -> None:
+    source = Ramp()
+    forecasts = service(source, level=float("nan"))
+    forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
+    fetches = len(source.ranges)
+    # Rounds within the minute after the failure: the error stays in view, nothing refetched
+    # for a fit that would fail the same way.
+    for seconds in (20, 40, 59):
+        later = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(seconds=seconds))
+        assert "could not be fitted (singular matrix)" in later.fallback
+        assert later.forecast is not None and later.forecast.provisional
+    assert forecasts.pending_fits() == 0
+    history_reads = [r for r in source.ranges[fetches:] if r == timedelta(days=1)]
+    assert history_reads == []
+    # A minute on it is tried again (and fails again: the next wait is two minutes).
+    forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=1))
+    assert timedelta(days=1) in source.ranges[fetches:]
+    fetches = len(source.ranges)
+    again = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=2, seconds=30))
+    assert "could not be fitted" in again.fallback
+    assert timedelta(days=1) not in source.ranges[fetches:]
+
+
 def test_no_history_means_no_forecast_never_zero() -> None:
     source = Ramp()
     source.fail = True
