@@ -3,12 +3,15 @@ replicas that happen to be Ready.
 
 A cloud bills nodes, Ready or not, whatever runs on them. So the $/h of a pool is its nodes
 (beyond the reserved ones, which are paid for already) at its price, and that is shared among
-the namespaces whose pods hold its GPUs, in proportion to the GPUs they hold: the GPU requests
-of pods *scheduled* on the pool's nodes (bound to a node, not finished, Ready or not), or
-those the plan wants there when more (nodes provisioned ahead of pods). Every pod counts,
-whoever created it and however it is labelled, so neither a pod that never turns Ready nor a
-Deployment labelled like a child escapes the bill. What no namespace holds (idle minimum
-nodes, nodes draining) is `unattributed`: the platform's.
+the namespaces whose pods hold its GPUs, by the GPUs they hold: the GPU requests of pods
+*scheduled* on the pool's nodes (bound to a node, not finished, Ready or not), or those the
+plan wants there when more (nodes provisioned ahead of pods). Every pod counts, whoever
+created it and however it is labelled, so neither a pod that never turns Ready nor a
+Deployment labelled like a child escapes the bill. A namespace pays for the GPUs it holds, at
+the pool's price per GPU, never for a GPU it does not hold: the free GPUs of a part-used node,
+idle minimum nodes and nodes draining are `unattributed`, the platform's. So what a
+namespace is billed is at most what the planner priced its replicas at, and a Hard budget
+that caps the plan caps the bill (the free slot beside another team's pod is no one's debt).
 
 Pure: counts in, dollars out. The operator gathers the counts (nodes per pool, scheduled
 pods' GPU requests per namespace and pool) and accrues the result per interval.
@@ -55,15 +58,16 @@ class Spend:
         return sum(self.billed.values()) + self.unattributed
 
 
-def _shares(cost: float, holders: Mapping[str, int]) -> dict[str, float]:
-    total = sum(n for n in holders.values() if n > 0)
-    if total <= 0:
+def _split(amount: float, holders: Mapping[str, int]) -> dict[str, float]:
+    held = sum(n for n in holders.values() if n > 0)
+    if held <= 0 or amount <= 0:
         return {}
-    return {ns: cost * n / total for ns, n in sorted(holders.items()) if n > 0}
+    return {ns: amount * n / held for ns, n in sorted(holders.items()) if n > 0}
 
 
 def namespace_spend(pools: Sequence[PoolUsage]) -> Spend:
-    """Each pool's billed $/h split among namespaces by the GPUs they hold on it."""
+    """Each pool's billed $/h split among namespaces by the GPUs they hold on it; the GPUs
+    no one holds are the platform's."""
     billed: dict[str, float] = {}
     reserved: dict[str, float] = {}
     by_pool: dict[str, float] = {}
@@ -78,11 +82,18 @@ def namespace_spend(pools: Sequence[PoolUsage]) -> Spend:
             ns: max(pool.scheduled_gpus.get(ns, 0), pool.planned_gpus.get(ns, 0))
             for ns in {*pool.scheduled_gpus, *pool.planned_gpus}
         }
-        shares = _shares(cost, holders)
-        if not shares:
-            unattributed += cost
+        held = sum(n for n in holders.values() if n > 0)
+        gpus, free_gpus = nodes * spec.gpus_per_node, free * spec.gpus_per_node
+        # Held GPUs fill the paid-for reserved nodes first; past them each is billed at the
+        # price per GPU, and held beyond what exists (pods planned ahead of their nodes) the
+        # nodes that do exist are all theirs.
+        in_use = min(held, gpus)
+        billed_gpus = max(0, in_use - free_gpus)
+        per_gpu = spec.price_per_node_hour / spec.gpus_per_node
+        shares = _split(per_gpu * billed_gpus, holders)
+        unattributed += max(0.0, cost - sum(shares.values()))
         for ns, amount in shares.items():
             billed[ns] = billed.get(ns, 0.0) + amount
-        for ns, amount in _shares(free * spec.price_per_node_hour, holders).items():
+        for ns, amount in _split(per_gpu * min(in_use, free_gpus), holders).items():
             reserved[ns] = reserved.get(ns, 0.0) + amount
     return Spend(billed=billed, reserved=reserved, unattributed=unattributed, by_pool=by_pool)

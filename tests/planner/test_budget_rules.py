@@ -210,6 +210,25 @@ def test_reserved_nodes_are_not_billed_again_but_their_overflow_is() -> None:
     assert spend.reserved == {"chat": pytest.approx(4 * 40.0)}  # reported, already paid
 
 
+def test_a_namespace_pays_for_the_gpus_it_holds_not_for_the_free_ones_beside_them() -> None:
+    # Was: a pool's whole node cost was split among its holders, so one 1-GPU pod on a pool
+    # kept at 4 nodes (32 GPUs) by its minimum paid for all four: more than any plan priced.
+    usage = _usage("od", "onDemand", 4, scheduled_gpus={"chat": 1})
+    spend = namespace_spend([usage])
+    assert spend.billed == {"chat": pytest.approx(40.0 / 8)}
+    assert spend.unattributed == pytest.approx(4 * 40.0 - 5.0)
+
+
+def test_reserved_nodes_are_filled_first_whoever_holds_them() -> None:
+    # Two of six reserved-pool nodes are overflow; holders using only 2 nodes' GPUs fit in
+    # the reserved ones and are billed nothing, the idle overflow is the platform's.
+    reserved = _usage("res", "reserved", 6, scheduled_gpus={"chat": 10, "search": 6})
+    spend = namespace_spend([reserved])
+    assert spend.billed == {}
+    assert spend.reserved == {"chat": pytest.approx(50.0), "search": pytest.approx(30.0)}
+    assert spend.unattributed == pytest.approx(80.0)
+
+
 def test_idle_nodes_nobody_holds_are_the_platforms() -> None:
     spend = namespace_spend([_usage("spot", "spot", 2)])
     assert spend.billed == {}
@@ -238,5 +257,14 @@ def test_every_billed_dollar_is_attributed_once(
     ]
     spend = namespace_spend(usages)
     assert spend.total == pytest.approx(sum(spend.by_pool.values()))
+    # Nobody is billed above the price of the GPUs it holds (what the planner priced).
+    for ns in spend.billed:
+        held_cost = sum(
+            max(u.scheduled_gpus.get(ns, 0), u.planned_gpus.get(ns, 0))
+            * u.spec.price_per_node_hour
+            / u.spec.gpus_per_node
+            for u in usages
+        )
+        assert spend.billed[ns] <= held_cost + 1e-9
     for value in (*spend.billed.values(), *spend.reserved.values(), spend.unattributed):
         assert value >= 0
