@@ -458,7 +458,7 @@ class Controller:
             _held(planned, deployments, snapshot.children), as_planned, pools, held
         )
         spend = namespace_spend(pool_usage(pools, snapshot, planned, as_planned))
-        self._export(planned, pools, results)
+        self._export(planned, pools, results, now)
         for kind in ("InferenceDeployment", "GPUNodePool", "CostBudget"):
             left_out = sum(1 for name in invalid if name.startswith(f"{kind} "))
             metrics.objects_left_out.labels(kind).set(left_out)
@@ -485,6 +485,7 @@ class Controller:
         planned: Plan,
         pools: Mapping[str, GPUNodePool],
         results: Mapping[Key, ForecastResult],
+        now: datetime,
     ) -> None:
         for key, d in planned.deployments.items():
             result = results.get(key)
@@ -499,6 +500,9 @@ class Controller:
                     metrics.shortfall_achieved.labels(*key).set(calibration.achieved_shortfall)
             if result and result.observed is not None:
                 metrics.demand_actual.labels(*key).set(result.observed)
+            if result and result.model_fitted_at is not None:
+                age = (now - result.model_fitted_at).total_seconds()
+                metrics.model_age.labels(*key).set(age)
             if result and result.info:
                 if result.info.backtest_loss is not None and math.isfinite(
                     result.info.backtest_loss

@@ -47,8 +47,8 @@ import copy
 import math
 import threading
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import BrokenExecutor, Executor, Future
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from time import monotonic
 from typing import Protocol
@@ -67,6 +67,7 @@ from peakwise.forecasting.target import (
     service_forecaster,
 )
 from peakwise.operator import metrics
+from peakwise.operator.fitqueue import FairExecutor
 from peakwise.planner import DemandForecast
 
 STEP_SECONDS = 60
@@ -91,6 +92,10 @@ class ForecastResult:
     """Why there is no forecast, for the Forecasting condition."""
     fallback: str = ""
     """Why the model's forecast alone does not size the service (provisional or reactive)."""
+    model_fitted_at: datetime | None = None
+    """When the model that forecast was fitted (None before the first fit)."""
+    stale: str = ""
+    """Why the model is older than its refits should let it be (they fail or hang)."""
 
     @property
     def calibration(self) -> CalibrationInfo | None:
@@ -145,6 +150,22 @@ _ModelKey = tuple[str, timedelta, float | None, float, HoldRule]
 depends on (the hold rule holds the lead and window steps and the replica size)."""
 
 
+class FitTimeoutError(RuntimeError):
+    """A fit ran past its time limit; its worker was stopped and replaced."""
+
+
+def _terminate(pool: Executor) -> None:
+    """Stop a process pool's workers now, a hung fit among them."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
+    if terminate is not None:
+        terminate()
+        return
+    # Before 3.14 ProcessPoolExecutor has no public way to stop a running worker.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 class ForecastService:
     def __init__(
         self,
@@ -158,6 +179,7 @@ class ForecastService:
         coverage_tolerance: float = 0.1,
         fit_workers: int = 1,
         fit_pool: Callable[[], Executor] | None = None,
+        fit_timeout: timedelta = timedelta(minutes=5),
     ) -> None:
         self.source = source
         self.factory = factory
@@ -176,7 +198,9 @@ class ForecastService:
         self._memo_locks: dict[_ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()
         # One worker by default: on a small node the fits must leave a core to the event loop.
-        self._executor = ThreadPoolExecutor(fit_workers, thread_name_prefix="peakwise-fit")
+        self._executor = FairExecutor(fit_workers, "peakwise-fit")
+        self.fit_timeout = fit_timeout
+        """A fit in a worker process running longer is stopped, its worker replaced."""
         self._workers = fit_workers
         # Where the CPU part of a fit runs: a process pool keeps fits off this process' GIL
         # (the event loop and the round's fetches would otherwise wait behind them).
@@ -189,7 +213,7 @@ class ForecastService:
 
     def close(self) -> None:
         """Stop the fit worker (queued fits are dropped, a running one finishes)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
         if self._fit_pool is not None:
             self._fit_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -267,6 +291,14 @@ class ForecastService:
                 self._memo[model_key] = (end, fitted, result)
             else:
                 self._memo.pop(model_key, None)
+        if fitted is not None:
+            # Refits are due every _refit_after; twice that without one means they fail or hang.
+            age = now - fitted.fitted_at
+            if age > 2 * self._refit_after(fitted):
+                hours = age.total_seconds() / 3600
+                failed = job is not None and job.done() and not job.cancelled() and job.exception()
+                why = f"refits fail ({job.exception()})" if failed and job else "a refit is pending"
+                result = replace(result, stale=f"the model was fitted {hours:.1f}h ago: {why}")
         return result
 
     def _steps(self, d: timedelta) -> int:
@@ -302,7 +334,8 @@ class ForecastService:
                 return model_key, fitted, job  # failed: its error is shown until the retry
             if job is None or job.done():
                 end = now.replace(second=0, microsecond=0)
-                job = self._executor.submit(self._fit, model_key, spec, end, now)
+                # Queued per namespace: one team's many fits do not hold another's.
+                job = self._executor.submit(key[0], self._fit, model_key, spec, end, now)
                 self._jobs[model_key] = job
             return model_key, fitted, job
 
@@ -345,7 +378,16 @@ class ForecastService:
         else:
             try:
                 fitting = pool.submit(fit_model, *fit)
-                model = fitting.result()
+                model = fitting.result(timeout=self.fit_timeout.total_seconds())
+            except TimeoutError:
+                _terminate(pool)
+                with self._lock:
+                    if self._fit_pool is pool and self._new_fit_pool is not None:
+                        self._fit_pool = self._new_fit_pool()
+                limit = self.fit_timeout.total_seconds()
+                raise FitTimeoutError(
+                    f"the fit ran past its {limit:g}s limit; its worker was replaced"
+                ) from None
             except BrokenExecutor:
                 # A worker died (killed, out of memory): the pool is unusable; start another.
                 with self._lock:
@@ -435,7 +477,9 @@ class ForecastService:
                     peak, model = reactive, f"reactive (model {info.model} not trusted)"
         window = self._window_span()
         forecast = DemandForecast(peak, quantile, end + lead, model, window)
-        return ForecastResult(forecast, info, observed, fallback=fallback)
+        return ForecastResult(
+            forecast, info, observed, fallback=fallback, model_fitted_at=fitted.fitted_at
+        )
 
     def _poor_backtest(self, info: ForecastInfo, quantile: float) -> str:
         """Why the model's own rolling-origin backtest disqualifies it, or ''."""

@@ -114,6 +114,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--fit-workers", type=int, default=1, help="models fitted at once, in the background (1)"
     )
     run.add_argument(
+        "--fit-timeout",
+        default="5m",
+        help="a fit in a worker process running longer is stopped and its worker replaced; "
+        "the service keeps its current model meanwhile (5m)",
+    )
+    run.add_argument(
         "--fit-in",
         choices=("process", "thread"),
         default="process",
@@ -285,6 +291,7 @@ def run_operator(args: argparse.Namespace) -> int:
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
         fit_workers=args.fit_workers,
+        fit_timeout=parse_duration(args.fit_timeout),
         fit_pool=(
             partial(
                 ProcessPoolExecutor,

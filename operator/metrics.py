@@ -88,6 +88,12 @@ forecast_reactive = Gauge(
     _DEPLOYMENT,
     registry=REGISTRY,
 )
+model_age = Gauge(
+    "peakwise_model_age_seconds",
+    "Age of the model that forecast the service (refits are due every few hours)",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
 fits_pending = Gauge(
     "peakwise_model_fits_pending", "Model fits queued or running", registry=REGISTRY
 )
@@ -129,6 +135,7 @@ objects_left_out = Gauge(
 )
 
 PER_DEPLOYMENT = (
+    model_age,
     shortfall_target,
     shortfall_achieved,
     demand_forecast,

@@ -239,6 +239,8 @@ def forecasting_condition(
         )
     if info and info.short_history:
         message += "; short history: sized from the recent level until seasonality is learnt"
+    if result.stale:  # the old model still sizes the service, but say it is old
+        return condition(previous, "Forecasting", True, "ModelStale", result.stale, now, generation)
     return condition(previous, "Forecasting", True, "Forecasting", message, now, generation)
 
 

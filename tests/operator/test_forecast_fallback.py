@@ -288,3 +288,72 @@ def test_a_failed_fetch_is_tried_again_within_the_minute() -> None:
     back = forecasts.forecast(("ns", "a"), spec(), LEAD, later + timedelta(seconds=20))
     assert back.forecast is not None
     forecasts.close()
+
+
+def _hang(lead: int, width: int, quantile: float) -> Any:
+    """A forecaster factory whose fit never ends (in a worker process)."""
+    time.sleep(3600)
+
+
+def test_a_hung_fit_is_stopped_and_its_worker_replaced() -> None:
+    pool = partial(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
+    forecasts = ForecastService(Daily(), _hang, fit_pool=pool, fit_timeout=timedelta(seconds=3))
+    try:
+        hung = forecasts._fit_pool
+        assert isinstance(hung, ProcessPoolExecutor)
+        result = forecasts.forecast(("ns", "a"), spec("a", "2d"), LEAD, NOW)
+        assert result.forecast is not None and result.forecast.provisional
+        assert "ran past its 3s limit; its worker was replaced" in result.fallback
+        assert forecasts._fit_pool is not hung
+        # The stopped worker is gone, not left running beside its replacement.
+        assert all(not p.is_alive() for p in list((hung._processes or {}).values()))
+        # The queue is free again: a later fit of another service is not stuck behind it.
+        forecasts.factory = default_forecaster
+        forecasts.fit_timeout = timedelta(minutes=2)  # a real fit in a fresh worker
+        later = forecasts.forecast(("ns", "b"), spec("b", "8d"), LEAD, NOW)
+        assert later.info is not None and not later.fallback
+    finally:
+        forecasts.close()
+
+
+class Breakable(Model):
+    """A model whose refits fail while `broken` is set."""
+
+    broken = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Breakable:
+        return Breakable(self.level, self.info_.coverage, self.gate)
+
+    def fit(self, series: Series) -> Model:
+        if Breakable.broken:
+            raise RuntimeError("worker out of memory")
+        return super().fit(series)
+
+
+def test_a_model_whose_refits_fail_is_reported_stale() -> None:
+    forecasts = ForecastService(
+        Ramp(), lambda lead, w, q: Breakable(5000.0, 0.95, None), refit_every=timedelta(hours=1)
+    )
+    Breakable.broken = False
+    try:
+        first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)
+        assert first.model_fitted_at == NOW and not first.stale
+        assert forecasting_condition([], first, NOW, 1).reason == "Forecasting"
+        Breakable.broken = True
+        # The refit due after an hour fails: the old model serves, not yet stale.
+        hour = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW + timedelta(minutes=61))
+        assert hour.forecast is not None and hour.forecast.peak == 5000.0 and not hour.stale
+        # Two refit intervals on, still failing: stale, and the condition says why.
+        later = NOW + timedelta(hours=2, minutes=5)
+        old = forecasts.forecast(("ns", "a"), spec(), LEAD, later)
+        assert old.forecast is not None and old.forecast.peak == 5000.0
+        assert "fitted 2.1h ago: refits fail (worker out of memory)" in old.stale
+        cond = forecasting_condition([], old, later, 1)
+        assert (cond.status, cond.reason) == ("True", "ModelStale")
+        # A refit that lands clears it.
+        Breakable.broken = False
+        back = forecasts.forecast(("ns", "a"), spec(), LEAD, later + timedelta(minutes=10))
+        assert back.model_fitted_at == later + timedelta(minutes=10) and not back.stale
+    finally:
+        Breakable.broken = False
+        forecasts.close()
