@@ -301,7 +301,6 @@ def share_reserved(
                 users[o.slice].append((d, o))
     for s in reserved:
         wants: dict[str, int] = defaultdict(int)
-        minimums: dict[str, int] = defaultdict(int)
         needs: dict[int, tuple[int, int]] = {}  # demand -> (replicas, gpus each)
         options: dict[int, Option] = {}
         for d, option in users[s.index]:
@@ -314,13 +313,12 @@ def share_reserved(
                 needs[d] = (n, option.gpus)
                 options[d] = option
                 wants[demand.namespace] += n * option.gpus
-                minimums[demand.namespace] += min(minimum_left[d], n) * option.gpus
         share = ReservedShare(capacity=s.max_nodes * s.gpus_per_node)
-        # Minimums first, as everywhere: shares of what the minimums need, then of the rest.
-        first = water_fill(share.capacity, minimums, weights)
-        rest = {ns: wants[ns] - first.get(ns, 0) for ns in wants}
-        second = water_fill(share.capacity - sum(first.values()), rest, weights)
-        share.guaranteed = {ns: first.get(ns, 0) + second.get(ns, 0) for ns in wants}
+        # One weighted max-min share of everything each namespace wants. Not minimums first:
+        # a namespace would then gain reserved GPUs by raising its minimums (or adding
+        # deployments with one each) at its neighbours' cost. Minimums beyond a namespace's
+        # share run on the tiers with a price, which the joint plan keeps for minimums first.
+        share.guaranteed = water_fill(share.capacity, wants, weights)
         share.leftover = share.capacity - sum(share.guaranteed.values())
         shares[s.index] = share
         # Hand each namespace's guarantee to its deployments, highest priority first, so

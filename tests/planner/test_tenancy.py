@@ -72,6 +72,33 @@ def test_an_inflated_query_with_a_tiny_budget_gets_only_its_share_of_reserved(so
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
+def test_more_minimums_or_more_deployments_gain_no_reserved_share(solver: str) -> None:
+    # Was: reserved shares were cut for minimums first, so a namespace that added deployments
+    # with a minimum each (or raised its minimums) took reserved GPUs from its neighbours.
+    pools = (
+        pool("res", "reserved", 30.0, reserved=2, max_nodes=2),
+        pool("od", "onDemand", 40.0, max_nodes=10),
+    )
+    victim = deployment("victim", 1000.0, namespace="search", max_replicas=20)
+    honest = deployment("honest", 1000.0, namespace="evil", max_replicas=20)
+    budgets = (budget("evil", 1000.0), budget("search", 1000.0))
+    alone = plan(PlanInput(NOW, (victim, honest), pools, budgets, solver=solver))
+    grabbers = tuple(
+        deployment(f"grab{i}", 100.0, namespace="evil", min_replicas=3, max_replicas=3)
+        for i in range(4)
+    )
+    grabbed = plan(PlanInput(NOW, (victim, honest, *grabbers), pools, budgets, solver=solver))
+    assert alone.namespaces["search"].reserved_gpus == {"res": 8}
+    assert grabbed.namespaces["search"].reserved_gpus == {"res": 8}
+    assert (
+        grabbed.deployments[("search", "victim")].replicas
+        == alone.deployments[("search", "victim")].replicas
+    )
+    # The grabbers' minimums run, on what the evil namespace pays for.
+    assert all(grabbed.deployments[("evil", f"grab{i}")].total == 3 for i in range(4))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
 def test_reserved_weights_set_the_shares_and_unwanted_share_goes_to_others(solver: str) -> None:
     pools = (pool("res", "reserved", 30.0, reserved=2, max_nodes=2), pool("od", "onDemand"))
     big = deployment("big", 2000.0, namespace="a", max_replicas=20)

@@ -113,10 +113,11 @@ def _both(
 
 @st.composite
 def contended(draw: st.DrawFn) -> tuple[Any, ...]:
-    """Any pools, small enough to run out. Reserved capacity is shared by weight, minimums
-    with minimums first, so an attacker with a huge minimum meets only pools with a price."""
+    """Any pools, small enough to run out, reserved ones among them: reserved capacity is
+    shared by weight over what each namespace wants, so an attacker's huge minimum gains it
+    no reserved GPUs."""
     huge_minimum = draw(st.booleans())
-    tiers = ["spot", "onDemand"] if huge_minimum else ["reserved", "spot", "onDemand"]
+    tiers = ["reserved", "spot", "onDemand"]
     pools = []
     for i in range(draw(st.integers(1, 3))):
         tier = draw(st.sampled_from(tiers))
