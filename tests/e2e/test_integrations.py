@@ -229,7 +229,20 @@ def operator(
     cluster.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(lws_crd)
     )
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    # By name: `crd --all` also waits on CRDs other modules create meanwhile, and fails on one
+    # whose status the API server has not written yet.
+    crd_names = [
+        f"crd/{plural}.peakwise.dev"
+        for plural in ("inferencedeployments", "gpunodepools", "costbudgets")
+    ]
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        *crd_names,
+        f"crd/{lws_crd['metadata']['name']}",
+        "--timeout=60s",
+        timeout=90,
+    )
     for namespace in (NS, RELEASE_NS):
         cluster.kubectl("create", "namespace", namespace, check=False)
     rbac = chart_rbac(cluster, RELEASE, RELEASE_NS, (NS,))
@@ -238,6 +251,8 @@ def operator(
         RELEASE_NS, f"{RELEASE}-peakwise", work / "sa.kubeconfig"
     )
     _apply(cluster, _pool("e2e-int-od", GPU, 40.0), _pool("e2e-int-lws", LWS_GPU, LWS_PRICE))
+    # Budgets fail closed: without one the namespace's services are planned, not scaled.
+    _apply(cluster, manifests.budget(NS, hourly=10_000.0, enforcement="Soft"))
     _apply(
         cluster,
         _workload("web", 1),
@@ -270,12 +285,16 @@ def operator(
     finally:
         process.timeline.stop.set()
         sampler.join(timeout=10)
-        # Deleted while the operator runs: kopf removes its finalizers.
-        cluster.kubectl("delete", "inferencedeployments", "--all", "-n", NS, "--timeout=60s")
-        cluster.kubectl(
-            "delete", "gpunodepool", "e2e-int-od", "e2e-int-lws", "--timeout=60s", check=False
-        )
-        process.stop()
+        try:
+            # Deleted while the operator runs: kopf removes its finalizers.
+            cluster.kubectl(
+                "delete", "inferencedeployments", "--all", "-n", NS, "--timeout=60s", timeout=90
+            )
+            cluster.kubectl(
+                "delete", "gpunodepool", "e2e-int-od", "e2e-int-lws", "--timeout=60s", timeout=90
+            )
+        finally:
+            process.stop()
         cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
         cluster.kubectl("delete", "crd", lws_crd["metadata"]["name"], "--wait=false", check=False)
         lines = [x for x in process.log.read_text().splitlines() if '"DEBUG"' not in x]
