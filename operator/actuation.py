@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from peakwise.api.gpunodepool import GPUNodePool
@@ -21,6 +21,7 @@ from peakwise.operator import metrics
 from peakwise.operator.children import (
     TEMPLATE_HASH,
     child_deployment,
+    children_to_remove,
     needs_apply,
     with_template_hash,
 )
@@ -50,6 +51,10 @@ class Actuator:
     interruptions: InterruptionTracker = field(default_factory=InterruptionTracker)
     applied: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     """(template hash, generation) of each child after this process last applied it."""
+    drain_timeout: timedelta = timedelta(minutes=10)
+    """How long a child the plan dropped waits for its replacement to be Ready."""
+    unplanned_since: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """When the plan first dropped each child still waiting for its replacement."""
 
     def provider(self, pool: GPUNodePool) -> NodePoolProvider:
         return provider_for(pool, self.api_client)
@@ -110,17 +115,32 @@ class Actuator:
         replicas: Mapping[str, int],
         pools: Mapping[str, GPUNodePool],
         children: Sequence[Mapping[str, Any]],
-        hold: Sequence[str] = (),
+        hold: Sequence[str],
+        now: datetime,
     ) -> list[Exception]:
         """Make the children match the plan: apply what differs, delete the children of pools
-        the plan no longer uses, except those of pools in `hold` (missing or invalid pools:
-        their children keep their size until the pool is back or removed for good).
+        the plan no longer uses once their replacements are Ready (children_to_remove), except
+        those of pools in `hold` (missing or invalid pools: their children keep their size
+        until the pool is back or removed for good).
         Returns what failed (403s included); the rest is done regardless."""
         problems = await self.apply_children(infd, uid, replicas, pools, children)
         namespace, parent = infd.metadata.namespace or "default", infd.metadata.name
+        unused = {
+            c["name"] for c in children if replicas.get(c["pool"], 0) <= 0 and c["pool"] not in hold
+        }
+        since = {}
+        for name in unused:
+            since[name] = self.unplanned_since.setdefault((namespace, name), now)
+        for c in children:  # planned again: its wait starts afresh next time
+            if c["name"] not in unused:
+                self.unplanned_since.pop((namespace, c["name"]), None)
+        removable = set(
+            children_to_remove(children, replicas, hold, since, now, self.drain_timeout)
+        )
         for child in children:
-            if replicas.get(child["pool"], 0) > 0 or child["pool"] in hold:
+            if child["name"] not in removable:
                 continue
+            self.unplanned_since.pop((namespace, child["name"]), None)
             try:
                 await asyncio.to_thread(
                     self.kube.delete_deployment, namespace, child["name"], parent

@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from peakwise.api.gpunodepool import GPUNodePool
@@ -240,3 +241,27 @@ def needs_apply(
     if spec_only and unchanged:
         return ""
     return "differs at " + ", ".join(paths[:5])
+
+
+def children_to_remove(
+    children: Sequence[Mapping[str, Any]],
+    replicas: Mapping[str, int],
+    hold: Collection[str],
+    unplanned_since: Mapping[str, datetime],
+    now: datetime,
+    drain_timeout: timedelta,
+) -> list[str]:
+    """The children the plan no longer uses that may go now: make before break.
+
+    A child whose pool the plan dropped (the pool is being deleted, changed its GPU type, or
+    another tier is cheaper) is removed once the children the plan uses have as many Ready
+    replicas as it asks of them, so moving between pools loses no serving capacity; or once
+    it has waited `drain_timeout` (the new pool may never come up). Children of pools in
+    `hold` (missing or invalid) are never removed here.
+    """
+    unused = [c for c in children if replicas.get(c["pool"], 0) <= 0 and c["pool"] not in hold]
+    planned = sum(n for n in replicas.values() if n > 0)
+    ready = sum(int(c.get("ready") or 0) for c in children if replicas.get(c["pool"], 0) > 0)
+    if ready >= planned:
+        return [c["name"] for c in unused]
+    return [c["name"] for c in unused if now - unplanned_since.get(c["name"], now) >= drain_timeout]

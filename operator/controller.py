@@ -72,11 +72,11 @@ class Round:
     leads: dict[Key, timedelta]
     pool_targets: dict[str, int]
     invalid: dict[str, str] = field(default_factory=dict)
+    """Objects left out of the round ("InferenceDeployment ns/name" ...), with the reason."""
     effective: dict[str, EffectiveBudget] = field(default_factory=dict)
     """The budget in force in each namespace, and why (tenancy.effective_budgets)."""
     spend: Spend | None = None
     """What each namespace is billed now (billing.namespace_spend)."""
-    """Objects left out of the round ("InferenceDeployment ns/name" ...), with the reason."""
     started: float = 0.0
     """time.monotonic() when the round started, for the full-round metric."""
     targets: dict[Key, TargetObservation] = field(default_factory=dict)
@@ -138,6 +138,17 @@ def parse_all(
                 spend = budget.status.spend if budget.status else 0.0
                 budgets.append(ObservedBudget(ns, name, budget.spec, spend=spend))
     return deployments, pools, budgets, invalid
+
+
+def deleting(pools: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The pools marked for deletion (their finalizer holds them while they drain)."""
+    return {n for n, body in pools.items() if (body.get("metadata") or {}).get("deletionTimestamp")}
+
+
+def closed(pool: GPUNodePool) -> GPUNodePool:
+    """The pool as the planner sees it while it drains: no room for any replica."""
+    spec = pool.spec.model_copy(update={"max_nodes": 0, "min_nodes": 0})
+    return pool.model_copy(update={"spec": spec})
 
 
 def _recommend_only(infd: InferenceDeployment) -> InferenceDeployment:
@@ -368,6 +379,10 @@ class Controller:
             targets = await asyncio.to_thread(read_targets, edges.workloads, deployments)
         prices = await asyncio.to_thread(read_prices, pools, snapshot.pool_node_names, edges.prices)
         pools = {name: priced(pool, prices[name]) for name, pool in pools.items()}
+        # A pool being deleted takes no new replicas: the plan moves its replicas elsewhere,
+        # and its children go once their replacements are Ready (its finalizer waits).
+        for name in deleting(snapshot.pools) & pools.keys():
+            pools[name] = closed(pools[name])
         retention = await asyncio.to_thread(edges.retention) if edges.retention else None
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
         leads: dict[Key, timedelta] = {}

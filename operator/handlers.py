@@ -306,7 +306,7 @@ async def _reconcile_planned(
         # Children of a pool that is missing or invalid keep their size: no drain, no loss.
         hold = [c["pool"] for c in children if c["pool"] not in round_.pools]
         problems = await runtime.actuator.follow_plan(
-            infd, uid, planned.replicas, round_.pools, children, hold
+            infd, uid, planned.replicas, round_.pools, children, hold, round_.at
         )
     budget = effective.budget if effective is not None else None
     status = deployment_status(
@@ -533,6 +533,45 @@ async def _pool_integrations(
             kopf.warn(body, reason="MappingInvalid", message=mapping.message)
 
 
+async def drain_pool(
+    body: kopf.Body, name: str, meta: kopf.Meta, memo: kopf.Memo, **index_kwargs: Any
+) -> None:
+    """A pool being deleted: its finalizer holds it until no child runs on it (the rounds
+    move its replicas elsewhere, make before break), then scales it to zero nodes."""
+    runtime: Runtime = memo.runtime
+    on_pool = sorted(
+        child["name"]
+        for children in index_kwargs["child_index"].values()
+        for child in children
+        if child["pool"] == name
+    )
+    since = datetime.fromisoformat(str(meta.get("deletionTimestamp") or _now().isoformat()))
+    waited = _now() - since
+    if on_pool and waited < runtime.actuator.drain_timeout:
+        raise kopf.TemporaryError(
+            f"draining: {len(on_pool)} child Deployment(s) still on the pool "
+            f"({', '.join(on_pool[:5])}); their replicas move once the replacements are Ready",
+            delay=runtime.interval.total_seconds(),
+        )
+    if on_pool:
+        kopf.warn(
+            body,
+            reason="DrainTimeout",
+            message=f"scaled to zero after {waited} with {len(on_pool)} child(ren) still on it",
+        )
+    try:
+        pool = GPUNodePool.model_validate(dict(body))
+    except ValidationError:
+        log.warning("GPUNodePool %s is invalid: deleted without scaling its nodes", name)
+        return
+    observed = indexes.pool_observation(index_kwargs["node_index"], name)
+    scaling = await runtime.actuator.scale_pool(pool, observed, 0, _now())
+    if scaling.error:
+        raise kopf.TemporaryError(
+            f"scaling to zero: {scaling.error}", delay=runtime.interval.total_seconds()
+        )
+
+
 def watch_nodes(
     event: Mapping[str, Any], name: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
 ) -> None:
@@ -612,6 +651,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
     kopf.timer(GROUP, VERSION, "gpunodepools", interval=every, initial_delay=2.0, **on)(
         reconcile_pool
     )
+    kopf.on.delete(GROUP, VERSION, "gpunodepools", **on)(drain_pool)
     kopf.on.event("", "v1", "nodes", labels={POOL: kopf.PRESENT}, **on)(watch_nodes)
     kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, **on)(
         accrue_budget

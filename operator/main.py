@@ -114,6 +114,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--fit-workers", type=int, default=1, help="models fitted at once, in the background (1)"
     )
     run.add_argument(
+        "--drain-timeout",
+        default="10m",
+        help="how long a child the plan moved off a pool (one being deleted, say) waits for "
+        "its replacement to be Ready before it goes anyway (10m)",
+    )
+    run.add_argument(
         "--fit-timeout",
         default="5m",
         help="a fit in a worker process running longer is stopped and its worker replaced; "
@@ -316,7 +322,12 @@ def run_operator(args: argparse.Namespace) -> int:
             template_policy=templates,
             edges=RoundEdges(workloads=kube, prices=history, retention=CachedRetention(history)),
         ),
-        actuator=Actuator(kube=kube, api_client=client, template_policy=templates),
+        actuator=Actuator(
+            kube=kube,
+            api_client=client,
+            template_policy=templates,
+            drain_timeout=parse_duration(args.drain_timeout),
+        ),
         interval=interval,
         status_heartbeat=parse_duration(args.status_heartbeat),
     )

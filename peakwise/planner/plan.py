@@ -289,6 +289,28 @@ def plan(request: PlanInput) -> Plan:
             spent = sum(allocation_cost(demands[d], allocations[d]) for d in members)
             left[ns] = max(0.0, cap - spent)
 
+    if limited and not solver.startswith("greedy"):
+        # The joint plan was made with the trimmed replicas in it, and the others placed
+        # around them (say, beside them on a node the trim then emptied). Solved again with
+        # each trimmed deployment at what its budget kept, no one else's plan carries the
+        # shape of a claim that was never served; kept only if every Hard budget still holds.
+        kept = [
+            _kept(demand, allocations[d]) if d in limited else demand
+            for d, demand in enumerate(demands)
+        ]
+        kept_shares = share_reserved(kept, slices, weights)
+        again, _, _ = _solve(request, kept, slices, kept_shares)
+        resolved = {d: again.get(d, {}) for d in range(len(demands))}
+        if all(
+            sum(allocation_cost(demands[d], resolved[d]) for d in members) <= left_cap + 1e-9
+            for ns, members in by_namespace.items()
+            if (left_cap := _hard_cap(budgets.get(ns), caps[ns])) is not None
+        ):
+            allocations, shares = resolved, kept_shares
+            for ns in left:
+                spent = sum(allocation_cost(demands[d], allocations[d]) for d in by_namespace[ns])
+                left[ns] = max(0.0, (caps[ns] or 0.0) - spent)
+
     # What a budget trimmed goes to whoever is still short, in the same round; so does room
     # the greedy left behind holds it released. The exact plan is otherwise left as solved:
     # it may leave a sliver of demand uncovered rather than pay for a node, and topping that
@@ -335,6 +357,23 @@ def plan(request: PlanInput) -> Plan:
         namespaces=namespaces,
         solver=solver,
     )
+
+
+def _kept(demand: Demand, allocation: Allocation) -> Demand:
+    """The deployment as its Hard budget left it: at most the replicas it kept."""
+    n = sum(allocation.values())
+    served = sum(demand.options[i].effective * k for i, k in allocation.items())
+    return replace(
+        demand,
+        hi=n,
+        lo=min(demand.lo, n),
+        on_demand_min=min(demand.on_demand_min, n),
+        target=min(demand.target, served),
+    )
+
+
+def _hard_cap(budget: BudgetState | None, cap: float | None) -> float | None:
+    return cap if budget is not None and budget.spec.enforcement == "Hard" else None
 
 
 def _budget_reason(wanted: float, cap: float, currency: str, trim: TrimResult) -> str:

@@ -769,3 +769,66 @@ def test_restart_loses_no_spend(cluster: LocalCluster, operator: ModuleOperator)
     after = wait_for("spend accrued after the restart", accrued_again, timeout=60)
     assert after["spend"] >= before["spend"]
     assert after["periodStart"] == before["periodStart"]
+
+
+def test_deleting_a_pool_moves_its_replicas_first_then_removes_its_nodes(
+    cluster: LocalCluster, operator: ModuleOperator
+) -> None:
+    """The platform deletes the pool a service runs on: the pool's finalizer holds it while
+    the service's replicas move to another pool, the old child goes only once the new one is
+    Ready (no moment with less Ready capacity than the plan), then the pool's nodes go."""
+    gpu = "e2e-drain-gpu"
+    cheap, dear = (
+        _pool("e2e-drain-a", "onDemand", 20.0, gpu=gpu),
+        _pool("e2e-drain-b", "onDemand", 40.0, gpu=gpu),
+    )
+    doc = _deployment("drainer", "Enforce", gpu=gpu, capacity={"spot": {"maxFraction": 0}})
+    doc["spec"]["demand"] = {"query": "vector(8)", "targetUtilization": 1.0}
+    _apply(cluster, cheap, dear, doc)
+
+    def ready_by_pool() -> dict[str, int]:
+        return {
+            c["metadata"]["labels"]["peakwise.dev/pool"]: int(
+                (c.get("status") or {}).get("readyReplicas") or 0
+            )
+            for c in _children(cluster, "drainer")
+        }
+
+    def on_cheap() -> dict[str, int] | None:
+        ready = ready_by_pool()
+        return ready if ready.get("e2e-drain-a", 0) >= 2 else None
+
+    wait_for("drainer Ready on the cheap pool", on_cheap, timeout=120)
+    try:
+        cluster.kubectl("delete", "gpunodepool", "e2e-drain-a", "--wait=false")
+        lowest, seen_terminating = 99, False
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            ready = ready_by_pool()
+            lowest = min(lowest, sum(ready.values()))
+            pool = cluster.kubectl("get", "gpunodepool", "e2e-drain-a", "-o", "json", check=False)
+            if pool.returncode != 0:
+                break  # the finalizer let it go
+            seen_terminating = True
+            # The pool is only let go once no child of it is left.
+            assert "deletionTimestamp" in json.loads(pool.stdout)["metadata"]
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"e2e-drain-a not deleted within 180 s; children {ready}")
+        assert seen_terminating
+        assert lowest >= 2, f"Ready replicas fell to {lowest} during the drain"
+        after = ready_by_pool()
+        assert "e2e-drain-a" not in after and after.get("e2e-drain-b", 0) >= 2, after
+        nodes = cluster.kubectl_json("get", "nodes", "-l", "peakwise.dev/pool=e2e-drain-a")
+        assert nodes["items"] == [], "the deleted pool's nodes are left"
+    finally:
+        cluster.kubectl("delete", "inferencedeployment", "drainer", "-n", NS, "--timeout=60s")
+        cluster.kubectl(
+            "delete",
+            "gpunodepool",
+            "e2e-drain-a",
+            "e2e-drain-b",
+            "--ignore-not-found",
+            "--timeout=90s",
+            timeout=120,
+        )

@@ -297,8 +297,9 @@ def _accrued(cluster: LocalCluster, namespace: str) -> tuple[float, float] | Non
 
 
 def _billed_rate(cluster: LocalCluster, namespace: str) -> float:
-    """$/h the namespace is billed for, from the cluster alone: each pool's nodes beyond its
-    reserved ones at its price, split by the GPUs the namespaces' pods hold on the pool."""
+    """$/h the namespace is billed for, from the cluster alone: on each pool, the GPUs its pods
+    hold at the pool's price per GPU, past the reserved nodes' GPUs (which the pool's holders
+    fill first, in proportion)."""
     listed = cluster.kubectl_json("get", "gpunodepools")["items"]
     pools = {p["metadata"]["name"]: p["spec"] for p in listed}
     nodes = cluster.kubectl_json("get", "nodes", "-l", "peakwise.dev/pool")["items"]
@@ -318,14 +319,13 @@ def _billed_rate(cluster: LocalCluster, namespace: str) -> float:
     for name, spec in pools.items():
         count = sum(1 for pool in pool_of.values() if pool == name)
         free = min(count, spec.get("reservedNodes", 0)) if spec["capacityType"] == "reserved" else 0
+        per_node = spec["gpusPerNode"]
         share = held.get(name, {})
-        if sum(share.values()):
-            rate += (
-                (count - free)
-                * spec["pricePerNodeHour"]
-                * share.get(namespace, 0)
-                / sum(share.values())
-            )
+        total = sum(share.values())
+        if total:
+            billed_gpus = max(0, min(total, count * per_node) - free * per_node)
+            per_gpu = spec["pricePerNodeHour"] / per_node
+            rate += per_gpu * billed_gpus * share.get(namespace, 0) / total
     return rate
 
 

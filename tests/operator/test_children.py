@@ -146,3 +146,30 @@ def test_server_normalisation_is_not_re_applied_while_the_generation_stays() -> 
     assert needs_apply(desired, live, 4, None)  # after a restart: applied once more
     assert needs_apply(desired, live, 4, (digest, 4)) == ""  # then left alone
     assert needs_apply(desired, live, 5, (digest, 4))  # someone changed the spec since
+
+
+# --- make before break -----------------------------------------------------------------
+
+
+def _child(name: str, pool: str, ready: int) -> dict[str, object]:
+    return {"name": name, "pool": pool, "replicas": ready, "ready": ready}
+
+
+def test_a_child_the_plan_moved_away_from_goes_once_its_replacement_is_ready() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from peakwise.operator.children import children_to_remove
+
+    now, timeout = datetime(2026, 1, 1, tzinfo=UTC), timedelta(minutes=10)
+    since = {"a-spot": now}
+    moving = [_child("a-spot", "spot", 4), _child("a-od", "od", 1)]
+    # The plan wants 4 on od; 1 is Ready: the spot child keeps serving meanwhile.
+    assert children_to_remove(moving, {"od": 4}, (), since, now, timeout) == []
+    ready = [_child("a-spot", "spot", 4), _child("a-od", "od", 4)]
+    assert children_to_remove(ready, {"od": 4}, (), since, now, timeout) == ["a-spot"]
+    # A replacement that never comes: the old child goes after the drain timeout.
+    later = now + timeout
+    assert children_to_remove(moving, {"od": 4}, (), since, later, timeout) == ["a-spot"]
+    # Held pools (missing or invalid) are never drained here; a plan of zero removes at once.
+    assert children_to_remove(moving, {"od": 4}, ("spot",), since, later, timeout) == []
+    assert children_to_remove(moving, {}, (), since, now, timeout) == ["a-spot", "a-od"]

@@ -286,3 +286,51 @@ def test_the_exact_plan_is_not_topped_up_between_rounds() -> None:
         for peak in (399.9, 400.1)
     }
     assert plans == {399.9: {"od": 4}, 400.1: {"od": 4}}
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("peak", [1e6, 1e9])
+def test_a_claim_its_budget_trims_leaves_no_mark_on_the_others_plans(
+    solver: str, peak: float
+) -> None:
+    # Was: the joint plan was solved with the attacker's 10 replicas on on-demand, so another
+    # team's spot replicas were moved beside them (the slot was free there); the attacker's
+    # $1/h Hard budget then trimmed all 10, and the other team kept the dearer plan:
+    # $16/h -> $30/h.
+    pools = (
+        pool("res", "reserved", 30.0, gpus_per_node=4, max_nodes=2, reserved=2),
+        pool("spot", "spot", 12.0, gpus_per_node=4, max_nodes=6),
+        pool("od", "onDemand", 40.0, gpus_per_node=4, max_nodes=8, minNodes=4),
+    )
+
+    def service(
+        name: str, ns: str, demand: float, lo: int, hi: int, spot: float
+    ) -> DeploymentState:
+        return deployment(
+            name,
+            demand,
+            namespace=ns,
+            throughput=2,
+            min_replicas=lo,
+            max_replicas=hi,
+            spot_fraction=spot,
+        )
+
+    tenants = (
+        service("chat", "a", 14, 2, 8, 0),
+        service("search", "b", 10, 2, 6, 0.5),
+        service("batch", "c", 6, 1, 4, 0),
+        # The attacker's own honest service already wants more than its reserved share.
+        service("honest", "x", 6, 1, 4, 0),
+    )
+    budgets = (*(budget(ns, 1000.0, "Soft") for ns in "abc"), budget("x", 1.0))
+    alone = plan(PlanInput(NOW, tenants, pools, budgets, solver=solver))
+    evil = service("evil", "x", peak, 1, 10, 0)
+    attacked = plan(PlanInput(NOW, (*tenants, evil), pools, budgets, solver=solver))
+    for key, before in alone.deployments.items():
+        if key[0] == "x":
+            continue
+        after = attacked.deployments[key]
+        assert after.total == before.total, key
+        assert after.hourly_cost == pytest.approx(before.hourly_cost), (key, after.replicas)
+    assert attacked.namespaces["x"].hourly_cost <= 1.0  # its share of reserved, no more
