@@ -439,8 +439,12 @@ def forget_deployment(namespace: str, name: str, uid: str, memo: kopf.Memo, **_:
     children go with it: they are owned by it.)"""
     runtime: Runtime = memo.runtime
     runtime.controller.forget((namespace, name))
-    runtime.actuator.applied = {
-        k: v for k, v in runtime.actuator.applied.items() if not _child_of(k, namespace, name)
+    actuator = runtime.actuator
+    actuator.applied = {
+        k: v for k, v in actuator.applied.items() if not _child_of(k, namespace, name)
+    }
+    actuator.unplanned_since = {
+        k: v for k, v in actuator.unplanned_since.items() if not _child_of(k, namespace, name)
     }
     metrics.forget_deployment(namespace, name)
 
