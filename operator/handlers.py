@@ -543,9 +543,18 @@ async def drain_pool(
     """A pool being deleted: its finalizer holds it until no child runs on it (the rounds
     move its replicas elsewhere, make before break), then scales it to zero nodes."""
     runtime: Runtime = memo.runtime
+    # Children of an InferenceDeployment that is itself going (deleted, or its namespace is)
+    # go with it: only those whose owner stays are waited for.
+    staying = {
+        (key[0], indexes.uid_of(body))
+        for key, store in index_kwargs["infd_index"].items()
+        for body in store
+        if not (body.get("metadata") or {}).get("deletionTimestamp")
+    }
     on_pool = sorted(
         child["name"]
-        for children in index_kwargs["child_index"].values()
+        for owner, children in index_kwargs["child_index"].items()
+        if owner in staying
         for child in children
         if child["pool"] == name
     )
