@@ -1206,6 +1206,15 @@ def summarize_service_shortfall(demand: FloatArray, capacity: FloatArray, warmup
 # --- commitment advice for the fleet -----------------------------------------------------------
 
 
+def _home_gpu_type(infd: InferenceDeployment, pools: Sequence[GPUNodePool]) -> str:
+    """The GPU type a service counts on for advice: its cheapest on-demand one, else its
+    first profile's."""
+    try:
+        return pools[_baseline_pool(infd, pools)].spec.gpu_type
+    except ConfigError:
+        return infd.spec.gpu_profiles[0].gpu_type
+
+
 def fleet_needs(
     fleet: Fleet, demand: Mapping[Key, FloatArray], gpu_type: str, gpus_per_node: int
 ) -> list[ServiceNeed]:
@@ -1215,11 +1224,7 @@ def fleet_needs(
     needs = []
     for infd in fleet.deployments:
         key = key_of(infd)
-        try:
-            home = fleet.pools[_baseline_pool(infd, fleet.pools)].spec.gpu_type
-        except ConfigError:
-            home = infd.spec.gpu_profiles[0].gpu_type
-        if home != gpu_type:
+        if _home_gpu_type(infd, fleet.pools) != gpu_type:
             continue
         needs.append(
             service_need(f"{key[0]}/{key[1]}", infd.spec, demand[key], gpu_type, gpus_per_node)
@@ -1232,9 +1237,7 @@ def fleet_advice(
 ) -> tuple[list[Advice], list[str]]:
     """Commitment advice for each GPU type the fleet runs on (or `options.advice_gpu_types`)."""
     types = options.advice_gpu_types or tuple(
-        sorted(
-            {fleet.pools[_baseline_pool(d, fleet.pools)].spec.gpu_type for d in fleet.deployments}
-        )
+        sorted({_home_gpu_type(d, fleet.pools) for d in fleet.deployments})
     )
     out, problems = [], []
     for gpu_type in types:
