@@ -11,11 +11,11 @@ The model, per minute of history, for one GPU type:
    may run on spot. Summed over services: GPUs needed ``N(t)``, of which spot may hold
    ``S(t)``.
 2. **What it costs with R reserved nodes.** The reserved GPUs ``R × g`` are paid every hour
-   and cover demand first. What is left over, ``X = max(0, N - R g)``, goes to spot up to
-   ``S`` when spot is cheaper, and to on-demand otherwise. Spot is priced at its expected
-   survival, as the planner hedges it: a spot GPU that is interrupted must be replaced, and
-   ``1 - exp(-rate × replacement time)`` of them are lost before the replacement is ready,
-   so an effective spot GPU costs ``price / survival``.
+   and cover demand first. What is left over, ``X = max(0, N - R g)``, is bought as whole
+   nodes: on-demand, or spot for up to ``S`` of it with the rest on demand, whichever costs
+   less that minute. Spot is hedged as the planner hedges it: ``1 - exp(-rate × replacement
+   time)`` of spot capacity is expected to be lost before a replacement is ready, so it
+   takes ``1 / survival`` as many spot nodes.
 3. **The optimum.** The expected monthly cost (730 hours) is convex in R: each more node
    saves the flexible capacity it displaces in the minutes it is busy, less than the node
    before it. So it is evaluated for every R from 0 to the peak and the cheapest is taken,
@@ -23,9 +23,9 @@ The model, per minute of history, for one GPU type:
 
 **Break-even utilisation** of a committed node: the share of hours it must be busy to cost
 less than the flexible capacity it replaces, ``reserved price / on-demand price`` (and
-against effective spot). Fractional nodes are an approximation of the model; the fleet
-backtest checks it against a brute force with the real planner
-(``fleet.brute_force_commitment``).
+against effective spot). The model sums the fleet's GPUs before rounding to nodes (replicas
+of several services share nodes) and leaves out how the planner shares reserved capacity and
+places each service; ``fleet.brute_force_commitment`` checks it against the real planner.
 
 Pure: arrays and models in, numbers out; nothing is bought.
 """
@@ -241,16 +241,33 @@ def _forward_fill(values: FloatArray) -> FloatArray:
 def flexible_cost_per_minute(
     need: FloatArray, spot_room: FloatArray, reserved_gpus: FloatArray, market: GPUTypeMarket
 ) -> FloatArray:
-    """$ per minute of the spot and on-demand capacity left to buy, for each reserved GPU
-    count in `reserved_gpus` (columns) and minute (rows)."""
-    per_gpu_od = market.on_demand / market.gpus_per_node / 60.0
+    """$ per minute of the spot and on-demand nodes left to buy, for each reserved GPU count
+    in `reserved_gpus` (columns) and minute (rows).
+
+    Nodes are whole: what is left over is bought as whole on-demand nodes, or partly as whole
+    spot nodes (at most the spot room, each counted at its expected survival, so more of them)
+    with the rest on demand, whichever costs less that minute, as the planner would choose.
+    """
+    g = market.gpus_per_node
     left = np.maximum(need[:, None] - reserved_gpus[None, :], 0.0)
+    od_only = np.ceil(left / g - 1e-9) * market.on_demand
     spot = market.spot_effective
-    if spot is None or spot >= market.on_demand:
-        return left * per_gpu_od
-    per_gpu_spot = spot / market.gpus_per_node / 60.0
+    if spot is None or market.spot is None or spot >= market.on_demand:
+        cost: FloatArray = od_only / 60.0
+        return cost
+    survival = market.spot_survival
     on_spot = np.minimum(left, spot_room[:, None])
-    return on_spot * per_gpu_spot + (left - on_spot) * per_gpu_od
+    # The spot part rounded up (hedged at survival) with the rest on demand, or the spot part
+    # rounded down to whole nodes so that no spot node is left part-empty.
+    spot_nodes = np.ceil(on_spot / survival / g - 1e-9)
+    split_up = spot_nodes * market.spot + np.ceil((left - on_spot) / g - 1e-9) * market.on_demand
+    whole = np.floor(on_spot / g + 1e-9)
+    split_down = (
+        np.ceil(whole / survival - 1e-9) * market.spot
+        + np.ceil((left - whole * g) / g - 1e-9) * market.on_demand
+    )
+    best: FloatArray = np.minimum(np.minimum(od_only, split_up), split_down) / 60.0
+    return best
 
 
 def fleet_need(needs: Sequence[ServiceNeed]) -> tuple[FloatArray, FloatArray]:

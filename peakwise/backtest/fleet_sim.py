@@ -14,7 +14,6 @@ Pure: numbers in, arrays out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -74,7 +73,10 @@ Decide = Callable[[int, IntArray], IntArray]
 
 
 class FleetSimulator:
-    """Pools shared by services; ``step`` applies one minute of desired replicas."""
+    """Pools shared by services; ``step`` applies one minute of desired replicas.
+
+    Kept incrementally, so that a minute in which nothing changes costs next to nothing:
+    each placement's ready and starting replicas, and each pool's nodes."""
 
     def __init__(
         self, pools: Sequence[FleetPool], placements: Sequence[Placement], seed: int = 0
@@ -84,27 +86,30 @@ class FleetSimulator:
         self.rng = np.random.default_rng(seed)
         count = len(self.placements)
         self.ready = [0] * count
+        self.starting = [0] * count
+        """Replicas asked for and not ready yet, per placement."""
         self.pending: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         self.by_pool: list[list[int]] = [[] for _ in self.pools]
         for k, placement in enumerate(self.placements):
             self.by_pool[placement.pool].append(k)
+        self._slots = [
+            max(1, self.pools[pl.pool].gpus_per_node // pl.gpus) for pl in self.placements
+        ]
+        self._nodes = [self._floor(p) for p in range(len(self.pools))]
         self.interruptions = 0
 
     def requested(self) -> IntArray:
-        return np.array(
-            [r + sum(n for _, n in p) for r, p in zip(self.ready, self.pending, strict=True)],
-            dtype=np.int64,
-        )
+        return np.add(self.ready, self.starting, dtype=np.int64)
 
     def _held_nodes(self, pool: int, counts: Sequence[int]) -> int:
         """Nodes the replicas of `pool` need, each replica size packed on nodes of its own."""
-        spec = self.pools[pool]
         by_size: dict[int, int] = {}
         for k, n in zip(self.by_pool[pool], counts, strict=True):
             if n:
                 g = self.placements[k].gpus
                 by_size[g] = by_size.get(g, 0) + n
-        return sum(math.ceil(n / max(1, spec.gpus_per_node // g)) for g, n in by_size.items())
+        gpus = self.pools[pool].gpus_per_node
+        return sum(-(-n // max(1, gpus // g)) for g, n in by_size.items())
 
     def _floor(self, pool: int) -> int:
         spec = self.pools[pool]
@@ -114,55 +119,70 @@ class FleetSimulator:
         return min(floor, spec.max_nodes)
 
     def nodes(self, pool: int) -> int:
-        counts = [self.ready[k] + sum(n for _, n in self.pending[k]) for k in self.by_pool[pool]]
-        return max(self._held_nodes(pool, counts), self._floor(pool))
+        return self._nodes[pool]
 
     def step(self, minute: int, desired: IntArray) -> None:
         """Apply desired replicas per placement at the start of `minute`."""
+        ready, starting = self.ready, self.starting
         for p, members in enumerate(self.by_pool):
             if not members:
                 continue
-            spec = self.pools[p]
-            self._interrupt(p)
-            counts = [self.ready[k] + sum(n for _, n in self.pending[k]) for k in members]
+            interrupted = self._interrupt(p)
             wants = [max(0, int(desired[k])) for k in members]
-            # Scale-downs first: the room they free is there for this minute's scale-ups.
-            for i, k in enumerate(members):
-                if wants[i] < counts[i]:
-                    self._remove(k, counts[i] - wants[i])
-                    counts[i] = wants[i]
-            for i, k in enumerate(members):
-                if wants[i] <= counts[i]:
-                    continue
-                placement = self.placements[k]
-                slots = max(1, spec.gpus_per_node // placement.gpus)
-                held = self._held_nodes(p, counts)
-                nodes_now = max(held, self._floor(p))
-                # The pool never grows past maxNodes: what does not fit is not started.
-                room_nodes = spec.max_nodes - held
-                same_size = sum(
-                    counts[j]
-                    for j, m in enumerate(members)
-                    if self.placements[m].gpus == placement.gpus
-                )
-                free_in_size_nodes = math.ceil(same_size / slots) * slots - same_size
-                free = free_in_size_nodes + (nodes_now - held) * slots
-                most = free_in_size_nodes + room_nodes * slots
-                add = min(wants[i] - counts[i], max(0, most))
-                on_existing = min(add, max(0, free))
-                if on_existing:
-                    self.pending[k].append((minute + placement.load_minutes, on_existing))
-                rest = add - on_existing
-                if rest:
-                    ready_at = minute + spec.provisioning_minutes + placement.load_minutes
-                    self.pending[k].append((ready_at, rest))
-                counts[i] += add
+            counts = [ready[k] + starting[k] for k in members]
+            changed = wants != counts
+            if changed:
+                self._resize(p, minute, members, wants, counts)
+            arrived = False
             for k in members:
-                if self.pending[k]:
-                    arrived = sum(n for t, n in self.pending[k] if t <= minute)
-                    if arrived:
-                        self.ready[k] += arrived
-                        self.pending[k] = [(t, n) for t, n in self.pending[k] if t > minute]
+                if starting[k]:
+                    pending = self.pending[k]
+                    came = sum(n for t, n in pending if t <= minute)
+                    if came:
+                        ready[k] += came
+                        starting[k] -= came
+                        self.pending[k] = [(t, n) for t, n in pending if t > minute]
+                        arrived = True
+            if changed or interrupted or arrived:
+                held = self._held_nodes(p, [ready[k] + starting[k] for k in members])
+                self._nodes[p] = max(held, self._floor(p))
+
+    def _resize(
+        self, p: int, minute: int, members: Sequence[int], wants: list[int], counts: list[int]
+    ) -> None:
+        spec = self.pools[p]
+        # Scale-downs first: the room they free is there for this minute's scale-ups.
+        for i, k in enumerate(members):
+            if wants[i] < counts[i]:
+                self._remove(k, counts[i] - wants[i])
+                counts[i] = wants[i]
+        for i, k in enumerate(members):
+            if wants[i] <= counts[i]:
+                continue
+            placement = self.placements[k]
+            slots = self._slots[k]
+            held = self._held_nodes(p, counts)
+            nodes_now = max(held, self._floor(p))
+            # The pool never grows past maxNodes: what does not fit is not started.
+            room_nodes = spec.max_nodes - held
+            same_size = sum(
+                counts[j]
+                for j, m in enumerate(members)
+                if self.placements[m].gpus == placement.gpus
+            )
+            free_in_size_nodes = -(-same_size // slots) * slots - same_size
+            free = free_in_size_nodes + (nodes_now - held) * slots
+            most = free_in_size_nodes + room_nodes * slots
+            add = min(wants[i] - counts[i], max(0, most))
+            on_existing = min(add, max(0, free))
+            if on_existing:
+                self.pending[k].append((minute + placement.load_minutes, on_existing))
+            rest = add - on_existing
+            if rest:
+                ready_at = minute + spec.provisioning_minutes + placement.load_minutes
+                self.pending[k].append((ready_at, rest))
+            self.starting[k] += add
+            counts[i] += add
 
     def _remove(self, k: int, count: int) -> None:
         # Starting replicas go first (newest first), then ready ones.
@@ -171,27 +191,29 @@ class FleetSimulator:
             t, n = pending.pop()
             taken = min(n, count)
             count -= taken
+            self.starting[k] -= taken
             if n > taken:
                 pending.append((t, n - taken))
         self.ready[k] -= min(count, self.ready[k])
 
-    def _interrupt(self, p: int) -> None:
+    def _interrupt(self, p: int) -> bool:
         spec = self.pools[p]
         if spec.tier != "spot" or spec.interruptions_per_node_hour <= 0:
-            return
+            return False
         members = self.by_pool[p]
         ready = [self.ready[k] for k in members]
         if not any(ready):
-            return
+            return False
         ready_nodes = self._held_nodes(p, ready)
         lost = int(self.rng.binomial(ready_nodes, min(1.0, spec.interruptions_per_node_hour / 60)))
         if not lost:
-            return
+            return False
         self.interruptions += lost
         share = lost / ready_nodes
         for k, n in zip(members, ready, strict=True):
             if n:
                 self.ready[k] -= min(n, int(self.rng.binomial(n, share)))
+        return True
 
 
 def simulate_fleet(
@@ -208,14 +230,12 @@ def simulate_fleet(
     ready = np.zeros((minutes, count), dtype=np.int64)
     requested = np.zeros((minutes, count), dtype=np.int64)
     nodes = np.zeros((minutes, len(pools)), dtype=np.int64)
-    used = [p for p in range(len(pools)) if sim.by_pool[p]]
     for t in range(minutes):
         desired = decide(t, sim.requested())
         sim.step(t, desired)
         ready[t] = sim.ready
         requested[t] = sim.requested()
-        for p in used:
-            nodes[t, p] = sim.nodes(p)
+        nodes[t] = sim._nodes
         if progress is not None and t % 720 == 0:
             progress(t / minutes)
     return FleetRecord(ready, requested, nodes, sim.interruptions)
