@@ -32,7 +32,9 @@ from peakwise.operator.providers import (
     ProviderForbiddenError,
     provider_for,
 )
+from peakwise.operator.scale_target import TargetObservation
 from peakwise.operator.status import PoolObservation, PoolScaling
+from peakwise.operator.template_policy import TemplatePolicy, TemplateRejectedError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Actuator:
 
     kube: KubeAdapter
     api_client: Any
+    template_policy: TemplatePolicy = field(default_factory=TemplatePolicy)
+    """What a tenant's pod template may ask for: children are only built under it."""
     interruptions: InterruptionTracker = field(default_factory=InterruptionTracker)
     applied: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     """(template hash, generation) of each child after this process last applied it."""
@@ -70,7 +74,13 @@ class Actuator:
             pool = pools.get(pool_name)
             if pool is None or n <= 0:
                 continue
-            manifest = with_template_hash(child_deployment(infd, uid, pool, n))
+            try:
+                manifest = with_template_hash(
+                    child_deployment(infd, uid, pool, n, self.template_policy)
+                )
+            except TemplateRejectedError as rejected:  # never a child the team could not make
+                problems.append(rejected)
+                break
             name = manifest["metadata"]["name"]
             child = existing.get(pool_name)
             why = needs_apply(
@@ -120,6 +130,35 @@ class Actuator:
                 problems.append(error)
             self.applied.pop((namespace, child["name"]), None)
         return problems
+
+    async def scale_target(
+        self, infd: InferenceDeployment, observed: TargetObservation, replicas: int
+    ) -> list[Exception]:
+        """Write a targetRef's replicas through /scale when they differ; the failures."""
+        if observed.replicas == replicas:
+            return []
+        namespace = infd.metadata.namespace or "default"
+        log.info(
+            "scaling %s %s/%s from %s to %d",
+            observed.kind,
+            namespace,
+            observed.name,
+            observed.replicas,
+            replicas,
+        )
+        try:
+            await asyncio.to_thread(
+                self.kube.scale_workload,
+                namespace,
+                observed.kind,
+                observed.name,
+                replicas,
+                infd.metadata.name,
+            )
+        except Exception as error:
+            metrics.reconcile_errors.labels("actuate").inc()
+            return [error]
+        return []
 
     async def scale_pool(
         self, pool: GPUNodePool, observed: PoolObservation, desired: int, now: datetime

@@ -96,7 +96,7 @@ def compute_advice(
     source: HistorySource, gpu_type: str, snapshot: indexes.Snapshot, now: datetime
 ) -> CommitmentAdvice:
     """Fetch the fleet's history and advise on `gpu_type` (blocking: network and CPU)."""
-    deployments, pools, budgets, _ = parse_all(snapshot)
+    deployments, pools, _, _ = parse_all(snapshot)
     end = now.replace(second=0, microsecond=0)
     demand: dict[tuple[str, str], Series] = {}
     left_out = []
@@ -112,7 +112,8 @@ def compute_advice(
     if not demand:
         return no_advice(gpu_type, "no service with demand history runs on this GPU type", now)
     kept = tuple(d for d in deployments.values() if key_of(d) in demand)
-    fleet = Fleet(tuple(pools.values()), tuple(sorted(kept, key=key_of)), tuple(budgets.values()))
+    # Budgets do not enter the advice (it prices what the shortfall targets need).
+    fleet = Fleet(tuple(pools.values()), tuple(sorted(kept, key=key_of)))
     _, _, aligned = align(demand)
     found, problems = fleet_advice(fleet, aligned, FleetOptions(advice_gpu_types=(gpu_type,)))
     if not found:

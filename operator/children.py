@@ -73,6 +73,8 @@ def child_deployment(
     Raises TemplateRejectedError when the template asks for what the policy forbids: the
     operator never creates for a team a pod the team could not create itself.
     """
+    if infd.spec.template is None:
+        raise ValueError(f"{infd.metadata.name} has a targetRef: it runs no children")
     review = check_template(infd.spec.template, policy)
     if not review.allowed:
         raise TemplateRejectedError(review)

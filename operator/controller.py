@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -40,14 +40,22 @@ from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator import memory, metrics
 from peakwise.operator.forecasts import ForecastResult, ForecastService
 from peakwise.operator.indexes import Key, Snapshot
+from peakwise.operator.integrations import RoundEdges, read_targets
 from peakwise.operator.planning import (
     Observed,
     enforced_pool_nodes,
     plan_enforce_first,
     plan_input,
+    pool_usage,
 )
-from peakwise.planner import Plan, PoolState
+from peakwise.operator.prices import PriceReading, priced, read_prices
+from peakwise.operator.scale_target import TargetObservation, planning_spec, target_current
+from peakwise.operator.template_policy import TemplatePolicy, check_template
+from peakwise.planner import Plan, PoolState, TenancyPolicy
+from peakwise.planner.billing import Spend, namespace_spend
+from peakwise.planner.budget import hours_left_in_month
 from peakwise.planner.capacity import lead_time
+from peakwise.planner.tenancy import EffectiveBudget, ObservedBudget, effective_budgets
 
 log = logging.getLogger(__name__)
 History = tuple[tuple[datetime, float], ...]
@@ -60,14 +68,23 @@ class Round:
     plan: Plan
     deployments: dict[Key, InferenceDeployment]
     pools: dict[str, GPUNodePool]
-    budgets: dict[str, CostBudget]
     forecasts: dict[Key, ForecastResult]
     leads: dict[Key, timedelta]
     pool_targets: dict[str, int]
     invalid: dict[str, str] = field(default_factory=dict)
+    effective: dict[str, EffectiveBudget] = field(default_factory=dict)
+    """The budget in force in each namespace, and why (tenancy.effective_budgets)."""
+    spend: Spend | None = None
+    """What each namespace is billed now (billing.namespace_spend)."""
     """Objects left out of the round ("InferenceDeployment ns/name" ...), with the reason."""
     started: float = 0.0
     """time.monotonic() when the round started, for the full-round metric."""
+    targets: dict[Key, TargetObservation] = field(default_factory=dict)
+    """The workload each targetRef names, as read this round."""
+    prices: dict[str, PriceReading] = field(default_factory=dict)
+    """The node price each pool was planned with, and its source."""
+    retention: timedelta | None = None
+    """How long Prometheus keeps samples, when it says."""
 
 
 def object_name(kind: str, key: Key | str) -> str:
@@ -91,7 +108,7 @@ def _parse(model: type[Parsed], body: Mapping[str, Any]) -> Parsed | str:
 def parse_all(
     snapshot: Snapshot,
 ) -> tuple[
-    dict[Key, InferenceDeployment], dict[str, GPUNodePool], dict[str, CostBudget], dict[str, str]
+    dict[Key, InferenceDeployment], dict[str, GPUNodePool], list[ObservedBudget], dict[str, str]
 ]:
     """Every object that validates, and why the others do not."""
     invalid: dict[str, str] = {}
@@ -109,19 +126,23 @@ def parse_all(
             invalid[object_name("GPUNodePool", name)] = pool
         else:
             pools[name] = pool
-    budgets: dict[str, CostBudget] = {}
+    budgets: list[ObservedBudget] = []
     for ns, bodies in snapshot.budgets.items():
-        valid = []
         for body in bodies:
-            name = f"{ns}/{(body.get('metadata') or {}).get('name', '')}"
+            name = str((body.get("metadata") or {}).get("name", ""))
             budget = _parse(CostBudget, body)
             if isinstance(budget, str):
-                invalid[f"CostBudget {name}"] = budget
+                invalid[f"CostBudget {ns}/{name}"] = budget
+                budgets.append(ObservedBudget(ns, name, None, budget))
             else:
-                valid.append(budget)
-        if valid:
-            budgets[ns] = min(valid, key=lambda b: b.metadata.name)
+                spend = budget.status.spend if budget.status else 0.0
+                budgets.append(ObservedBudget(ns, name, budget.spec, spend=spend))
     return deployments, pools, budgets, invalid
+
+
+def _recommend_only(infd: InferenceDeployment) -> InferenceDeployment:
+    """The deployment as the planner sees it when its namespace has no budget in force."""
+    return infd.model_copy(update={"spec": infd.spec.model_copy(update={"mode": "Recommend"})})
 
 
 def restarted_history(infd: InferenceDeployment, now: datetime, heartbeat: timedelta) -> History:
@@ -149,8 +170,17 @@ class Controller:
         fit_wait: timedelta = timedelta(seconds=15),
         status_heartbeat: timedelta = timedelta(minutes=5),
         forecast_deadline: timedelta | None = None,
+        tenancy: TenancyPolicy | None = None,
+        template_policy: TemplatePolicy | None = None,
+        edges: RoundEdges | None = None,
     ) -> None:
         self.forecasts = forecasts
+        self.tenancy = tenancy or TenancyPolicy()
+        """The platform's rules for every namespace (budgets, priorities, reserved shares)."""
+        self.template_policy = template_policy or TemplatePolicy()
+        """What a tenant's pod template may ask for (the platform's allowlists)."""
+        self.edges = edges or RoundEdges()
+        """What a round reads besides the indexes (targets, prices, retention)."""
         self.status_heartbeat = status_heartbeat
         """Longest a deployment's status goes unwritten (bounds what a restart can miss)."""
         self.interval = interval
@@ -321,7 +351,24 @@ class Controller:
 
     async def _compute(self, snapshot: Snapshot, now: datetime, number: int) -> Round:
         started = time.monotonic()
-        deployments, pools, budgets, invalid = parse_all(snapshot)
+        deployments, pools, observed_budgets, invalid = parse_all(snapshot)
+        for key, infd in list(deployments.items()):
+            if infd.spec.template is None:
+                continue  # a targetRef: Peakwise builds no pod for it
+            review = check_template(infd.spec.template, self.template_policy)
+            if not review.allowed:
+                invalid[object_name("InferenceDeployment", key)] = review.message()
+                del deployments[key]
+        effective = effective_budgets(
+            {ns for ns, _ in deployments}, observed_budgets, self.tenancy, hours_left_in_month(now)
+        )
+        edges = self.edges
+        targets: dict[Key, TargetObservation] = {}
+        if edges.workloads is not None and any(d.spec.target_ref for d in deployments.values()):
+            targets = await asyncio.to_thread(read_targets, edges.workloads, deployments)
+        prices = await asyncio.to_thread(read_prices, pools, snapshot.pool_node_names, edges.prices)
+        pools = {name: priced(pool, prices[name]) for name, pool in pools.items()}
+        retention = await asyncio.to_thread(edges.retention) if edges.retention else None
         pool_states = [PoolState(p.metadata.name, p.spec) for p in pools.values()]
         leads: dict[Key, timedelta] = {}
         for key, infd in list(deployments.items()):
@@ -367,12 +414,24 @@ class Controller:
             else restarted_history(d, now, self.status_heartbeat)
             for key, d in deployments.items()
         }
+        # What the planner sees: a LeaderWorkerSet's replica holds its whole group's GPUs; a
+        # suspended service holds its replicas (or is pinned). Forecasts used the user's spec.
+        deployments, children = _planning_view(deployments, targets, snapshot.children, pools)
+        # A namespace without a budget in force is planned but not scaled (fail closed): its
+        # Enforce-mode deployments are planned as recommendations and what runs is held.
+        held = {
+            key: children.get(key, {})
+            for key, d in deployments.items()
+            if d.spec.mode == "Enforce" and not effective[key[0]].enforce
+        }
+        as_planned = [_recommend_only(d) if key in held else d for key, d in deployments.items()]
         observed = Observed(
             now=now,
-            deployments=list(deployments.values()),
+            deployments=as_planned,
             pools=list(pools.values()),
-            budgets=list(budgets.values()),
-            children=snapshot.children,
+            budgets=[e.budget for e in effective.values() if e.budget is not None],
+            tenancy=self.tenancy,
+            children=children,
             forecasts=results,
             pool_nodes=snapshot.pool_nodes,
             interrupted_at=dict(self.interrupted_at),
@@ -395,7 +454,10 @@ class Controller:
             self.histories[key] = d.demand_history
         for key in set(self.histories) - set(deployments):
             del self.histories[key]
-        targets = enforced_pool_nodes(planned, list(deployments.values()), pools)
+        pool_targets = enforced_pool_nodes(
+            _held(planned, deployments, snapshot.children), as_planned, pools, held
+        )
+        spend = namespace_spend(pool_usage(pools, snapshot, planned, as_planned))
         self._export(planned, pools, results)
         for kind in ("InferenceDeployment", "GPUNodePool", "CostBudget"):
             left_out = sum(1 for name in invalid if name.startswith(f"{kind} "))
@@ -406,12 +468,16 @@ class Controller:
             plan=planned,
             deployments=deployments,
             pools=pools,
-            budgets=budgets,
             forecasts=results,
             leads=leads,
-            pool_targets=targets,
+            pool_targets=pool_targets,
             invalid=invalid,
+            effective=effective,
+            spend=spend,
             started=started,
+            targets=targets,
+            prices=prices,
+            retention=retention,
         )
 
     @staticmethod
@@ -440,6 +506,7 @@ class Controller:
                     metrics.forecast_loss.labels(*key).set(result.info.backtest_loss)
                 if result.info.coverage is not None:
                     metrics.forecast_coverage.labels(*key).set(result.info.coverage)
+            metrics.service_desired_replicas.labels(*key).set(d.total)
             for pool_name, n in d.replicas.items():
                 tier = pools[pool_name].spec.capacity_type if pool_name in pools else "unknown"
                 metrics.desired_replicas.labels(*key, pool_name, tier).set(n)
@@ -448,3 +515,50 @@ class Controller:
             if p.hourly_cap is not None:
                 metrics.budget_limit_hourly.labels(ns).set(p.hourly_cap)
                 metrics.budget_headroom_hourly.labels(ns).set(p.hourly_cap - p.hourly_cost)
+
+
+def _planning_view(
+    deployments: Mapping[Key, InferenceDeployment],
+    targets: Mapping[Key, TargetObservation],
+    children: Mapping[Key, Mapping[str, int]],
+    pools: Mapping[str, GPUNodePool],
+) -> tuple[dict[Key, InferenceDeployment], dict[Key, Mapping[str, int]]]:
+    """The deployments as the planner plans them, and the replicas each runs now per pool.
+
+    A targetRef runs no children: what it runs now is its workload's replicas, spread over
+    the pools as the last plan placed them (`target_current`), so a missing forecast holds
+    them instead of planning the minimum."""
+    out: dict[Key, InferenceDeployment] = {}
+    current: dict[Key, Mapping[str, int]] = dict(children)
+    for key, infd in deployments.items():
+        spec = infd.spec
+        target = targets.get(key)
+        if spec.target_ref is not None:
+            current[key] = target_current(infd, target, pools)
+        running = sum(current.get(key, {}).values())
+        hold = None
+        if spec.suspend and spec.mode == "Enforce":
+            hold = spec.suspend_replicas if spec.suspend_replicas is not None else running
+        group = target.group_size if target is not None and target.found else 1
+        planned_spec = planning_spec(spec, group, hold)
+        out[key] = infd if planned_spec is spec else infd.model_copy(update={"spec": planned_spec})
+    return out, current
+
+
+def _held(
+    planned: Plan,
+    deployments: Mapping[Key, InferenceDeployment],
+    children: Mapping[Key, Mapping[str, int]],
+) -> Plan:
+    """The plan as the pools must carry it: a suspended service with children keeps the
+    nodes its children run on, whatever the plan would place."""
+    held = {}
+    for key, infd in deployments.items():
+        spec = infd.spec
+        unpinned = spec.suspend and spec.suspend_replicas is None
+        if unpinned and spec.template is not None and key in planned.deployments:
+            running = {p: n for p, n in children.get(key, {}).items() if n > 0}
+            held[key] = replace(planned.deployments[key], replicas=running)
+    if not held:
+        return planned
+    return replace(planned, deployments={**planned.deployments, **held})

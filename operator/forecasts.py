@@ -257,7 +257,12 @@ class ForecastService:
                 result = self._until_fitted(spec, lead, end, self._why_no_model(job))
             else:
                 result = self._predict(fitted, spec, lead, self._steps(lead), self._width(), end)
-            self._memo[model_key] = (end, fitted, result)
+            # A failure is not shared for the rest of the minute: the next round tries again,
+            # so a Prometheus that is back is used at once.
+            if result.forecast is not None:
+                self._memo[model_key] = (end, fitted, result)
+            else:
+                self._memo.pop(model_key, None)
         return result
 
     def _steps(self, d: timedelta) -> int:

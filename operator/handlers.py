@@ -14,6 +14,7 @@ Forbidden, one Warning Event) and retried by the next timer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +27,31 @@ from pydantic import BaseModel, ValidationError
 from peakwise.api.common import Condition
 from peakwise.api.costbudget import CostBudget
 from peakwise.api.errors import describe
-from peakwise.api.gpunodepool import GPUNodePool
-from peakwise.api.inferencedeployment import InferenceDeployment
+from peakwise.api.gpunodepool import GPUNodePool, GPUNodePoolStatus
+from peakwise.api.inferencedeployment import InferenceDeployment, InferenceDeploymentStatus
 from peakwise.operator import advice, indexes, metrics
 from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller, Round, object_name
+from peakwise.operator.conventions import (
+    apportion,
+    fallback,
+    retention_short,
+    scaling_active,
+    scaling_limited,
+    target_conditions,
+    target_status,
+)
 from peakwise.operator.kube import ForbiddenError
-from peakwise.operator.labels import INFERENCE_DEPLOYMENT, POOL
-from peakwise.operator.spend import namespace_spend_rate
+from peakwise.operator.labels import GPU_RESOURCE, INFERENCE_DEPLOYMENT, POOL
+from peakwise.operator.providers import ProviderError
+from peakwise.operator.providers.karpenter import check_mapping
+from peakwise.operator.scale_target import (
+    TargetObservation,
+    TargetPlan,
+    placement_problems,
+    target_plan,
+    usable_pools,
+)
 from peakwise.operator.status import (
     MESSAGE_LIMIT,
     changed_fields,
@@ -44,6 +62,7 @@ from peakwise.operator.status import (
     wire,
 )
 from peakwise.operator.status import budget_status as build_budget_status
+from peakwise.planner import DeploymentPlan
 
 GROUP, VERSION = "peakwise.dev", "v1alpha1"
 log = logging.getLogger(__name__)
@@ -192,7 +211,7 @@ async def check_and_roll_out(
     every child at its current size now rather than at the next timer (denials are
     reported by the timer, which retries them)."""
     infd = parse(InferenceDeployment, body)
-    if infd.spec.mode != "Enforce":
+    if infd.spec.mode != "Enforce" or infd.spec.template is None or infd.spec.suspend:
         return
     runtime: Runtime = memo.runtime
     pools = {}
@@ -240,7 +259,12 @@ def _report_left_out(
     generation: int | None,
 ) -> None:
     reason_text = round_.invalid.get(object_name("InferenceDeployment", key), "not indexed yet")
-    reason = "InvalidSpec" if "cannot be planned" not in reason_text else "Unplannable"
+    if reason_text.startswith("pod template rejected"):
+        reason = "TemplateRejected"
+    elif "cannot be planned" in reason_text:
+        reason = "Unplannable"
+    else:
+        reason = "InvalidSpec"
     status = invalid_status(_conditions(body), reason, reason_text, round_.at, generation)
     if write_status(patch, body, wire(status), "InferenceDeployment", round_.at, None) and _newly(
         body, "Degraded", reason, reason_text
@@ -263,13 +287,28 @@ async def _reconcile_planned(
     children = indexes.children_of(index_kwargs["child_index"], namespace, uid)
     ready = {c["pool"]: c["ready"] for c in children}
     problems: list[Exception] = []
-    if infd.spec.mode == "Enforce":
+    effective = round_.effective.get(namespace)
+    # Fail closed: without a budget in force the plan is shown, and what runs is left alone.
+    unbudgeted = effective.reason if effective is not None and not effective.enforce else ""
+    observed = round_.targets.get(key)
+    target: TargetPlan | None = None
+    suspended = infd.spec.suspend and infd.spec.suspend_replicas is None
+    if infd.spec.target_ref is not None:
+        target = _target_plan(infd, planned.total, observed)
+        if target.replicas is not None and observed is not None and not unbudgeted:
+            problems = await runtime.actuator.scale_target(infd, observed, target.replicas)
+        ready = apportion(
+            observed.ready_replicas if observed else 0,
+            dict(planned.replicas),
+            usable_pools(infd, round_.pools),
+        )
+    elif infd.spec.mode == "Enforce" and not suspended and not unbudgeted:
         # Children of a pool that is missing or invalid keep their size: no drain, no loss.
         hold = [c["pool"] for c in children if c["pool"] not in round_.pools]
         problems = await runtime.actuator.follow_plan(
             infd, uid, planned.replicas, round_.pools, children, hold
         )
-    budget = round_.budgets.get(namespace)
+    budget = effective.budget if effective is not None else None
     status = deployment_status(
         infd,
         planned,
@@ -280,7 +319,9 @@ async def _reconcile_planned(
         round_.at,
         budget.spec.currency if budget else "USD",
         round_.leads.get(key),
+        unbudgeted=unbudgeted,
     )
+    _add_conventions(body, infd, status, round_, planned, observed, target)
     if problems:
         _report_actuation(body, infd, status.conditions, problems, round_.at)
     previous = infd.status.desired_replicas if infd.status else None
@@ -309,6 +350,69 @@ async def _reconcile_planned(
         raise kopf.TemporaryError(
             f"scaling children failed: {failed[0]}", delay=runtime.interval.total_seconds()
         )
+
+
+def _target_plan(
+    infd: InferenceDeployment, planned_total: int, observed: TargetObservation | None
+) -> TargetPlan:
+    spec = infd.spec
+    if observed is None:
+        return TargetPlan(None, "the target was not read this round", "TargetMissing")
+    return target_plan(spec.mode, spec.suspend, spec.suspend_replicas, planned_total, observed)
+
+
+def _add_conventions(
+    body: kopf.Body,
+    infd: InferenceDeployment,
+    status: InferenceDeploymentStatus,
+    round_: Round,
+    planned: DeploymentPlan,
+    observed: TargetObservation | None,
+    target: TargetPlan | None,
+) -> None:
+    """ScalingActive, Fallback, ScalingLimited (and for a targetRef TargetFound, Placement and
+    `status.target`; RetentionShort when Prometheus says its retention), with a Warning
+    Event when an autoscaler conflict, a placement gap or short retention is new."""
+    key = (infd.metadata.namespace or "default", infd.metadata.name)
+    previous = infd.status.conditions if infd.status else []
+    now, gen = round_.at, infd.metadata.generation
+    added = [
+        scaling_active(previous, infd, target, now),
+        fallback(previous, round_.forecasts.get(key), now, gen),
+        scaling_limited(previous, infd, planned, now),
+    ]
+    if infd.spec.target_ref is not None:
+        placement: list[str] = []
+        if observed is not None and observed.found:
+            pools = [round_.pools[n] for n in usable_pools(infd, round_.pools)]
+            placement = placement_problems(observed.pod_specs, pools)
+            per_pod = observed.group_gpus // max(1, observed.group_size)
+            wanted = {p.gpus_per_replica for p in infd.spec.gpu_profiles}
+            if per_pod and per_pod not in wanted:
+                placement.append(
+                    f"the pods request {per_pod} {GPU_RESOURCE}, gpuProfiles say "
+                    f"{', '.join(str(w) for w in sorted(wanted))} (per pod)"
+                )
+        added += target_conditions(previous, infd, observed, placement, now)
+        status.target = target_status(observed)
+    short = retention_short(previous, infd, round_.retention, now)
+    if short is not None:
+        added.append(short)
+    status.conditions[1:1] = added
+    for c in added:
+        warn = (c.type == "ScalingActive" and c.reason == "AutoscalerConflict") or (
+            c.type in ("Placement", "TargetFound") and c.status == "False"
+        )
+        warn = warn or (c.type == "RetentionShort" and c.status == "True")
+        if warn and _changed(body, c):
+            kopf.warn(body, reason=c.reason, message=c.message)
+
+
+def _changed(body: Mapping[str, Any], new: Condition) -> bool:
+    """The live object's condition of this type has another status or reason (an Event is
+    posted once per change, not every round)."""
+    old = next((c for c in _conditions(body) if c.type == new.type), None)
+    return old is None or old.status != new.status or old.reason != new.reason
 
 
 def _report_actuation(
@@ -379,7 +483,54 @@ async def reconcile_pool(
             body, reason="SpotInterruption", message=f"{seen} node(s) interrupted; re-planning"
         )
     status = pool_status(pool, observed, scaling, seen, runtime.interval, round_.at)
+    await _pool_integrations(runtime, body, pool, status, round_)
     write_status(patch, body, wire(status), "GPUNodePool", round_.at, None)
+
+
+async def _pool_integrations(
+    runtime: Runtime, body: kopf.Body, pool: GPUNodePool, status: GPUNodePoolStatus, round_: Round
+) -> None:
+    """The price the round planned with (PriceSource, with priceSource) and the Karpenter
+    NodePool's mapping (NodePoolMapping), each with a Warning Event when it goes wrong."""
+    previous = pool.status.conditions if pool.status else []
+    gen, now = pool.metadata.generation, round_.at
+    reading = round_.prices.get(pool.metadata.name)
+    if reading is not None:
+        status.price_per_node_hour = reading.price
+        status.price_source = reading.source
+        if pool.spec.price_source is not None:
+            live = condition(
+                previous,
+                "PriceSource",
+                reading.live,
+                "LivePrice" if reading.live else "FallbackPrice",
+                f"{reading.price:g}/node-hour from {reading.source}"
+                + (f": {reading.problem}" if reading.problem else ""),
+                now,
+                gen,
+            )
+            status.conditions.append(live)
+            if not reading.live and _changed(body, live):
+                kopf.warn(body, reason="FallbackPrice", message=live.message)
+    if pool.spec.provider.karpenter is not None:
+        try:
+            problems = await asyncio.to_thread(check_mapping, pool, runtime.actuator.api_client)
+        except ProviderError as error:
+            problems = [str(error)]
+        mapping = condition(
+            previous,
+            "NodePoolMapping",
+            not problems,
+            "Mapped" if not problems else "MappingInvalid",
+            "; ".join(problems)
+            or "the NodePool pins one capacity type and instance type and "
+            "carries the pool's labels and taints",
+            now,
+            gen,
+        )
+        status.conditions.append(mapping)
+        if problems and _changed(body, mapping):
+            kopf.warn(body, reason="MappingInvalid", message=mapping.message)
 
 
 def watch_nodes(
@@ -414,10 +565,11 @@ async def accrue_budget(
         lambda: _snapshot(index_kwargs), follower=("CostBudget", namespace, budget.metadata.name)
     )
     now = _now()
-    rate = namespace_spend_rate(
-        namespace, round_.deployments, round_.pools, index_kwargs["child_index"]
+    # Billed, not Ready: the namespace's share of the nodes that exist (planner/billing.py).
+    rate = round_.spend.billed.get(namespace, 0.0) if round_.spend is not None else 0.0
+    status = build_budget_status(
+        budget, rate, now, round_.plan.namespaces.get(namespace), round_.effective.get(namespace)
     )
-    status = build_budget_status(budget, rate, now, round_.plan.namespaces.get(namespace))
     changed = budget.status is None or budget.status.state != status.state
     if changed and status.state != "Within":
         kopf.warn(body, reason=f"Budget{status.state}", message=status.conditions[-1].message)
@@ -447,6 +599,7 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
     kopf.index("", "v1", "nodes", labels={POOL: kopf.PRESENT}, id="node_index", **on)(
         indexes.node_index
     )
+    kopf.index("", "v1", "pods", id="pod_index", **on)(indexes.pod_index)
 
     deployments = (GROUP, VERSION, "inferencedeployments")
     rolled_out = kopf.on.create(*deployments, **on)(check_and_roll_out)

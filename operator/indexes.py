@@ -9,18 +9,19 @@ Deployment a team labels like a child is not taken for one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peakwise.operator.children import owned_view
 from peakwise.operator.labels import POOL
 from peakwise.operator.status import PoolObservation
+from peakwise.operator.template_policy import pod_gpus
 
 Key = tuple[str, str]
 """(namespace, name) of an InferenceDeployment."""
 Body = Mapping[str, Any]
 
-NAMES = ("infd_index", "pool_index", "budget_index", "child_index", "node_index")
+NAMES = ("infd_index", "pool_index", "budget_index", "child_index", "node_index", "pod_index")
 """The kopf indexes every round reads; kopf passes them to handlers by these names."""
 
 
@@ -86,6 +87,17 @@ def node_index(body: Body, name: str, labels: Mapping[str, str], **_: Any) -> An
     }
 
 
+def pod_index(body: Body, namespace: str, **_: Any) -> Any:
+    """The GPUs a pod holds on its node, for billing: every pod bound to a node and not
+    finished counts, Ready or not, whoever created it."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    node = spec.get("nodeName")
+    if not node or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    gpus = pod_gpus(spec)
+    return {node: (namespace, gpus)} if gpus else None
+
+
 # --- what a round starts from ----------------------------------------------------------------
 
 
@@ -99,6 +111,10 @@ class Snapshot:
     children: Mapping[Key, Mapping[str, int]]
     """Replicas per pool asked of each deployment's children (their spec.replicas)."""
     pool_nodes: Mapping[str, PoolObservation]
+    scheduled_gpus: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Per pool, per namespace: GPUs its pods hold on the pool's nodes (for billing)."""
+    pool_node_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The names of each pool's nodes (OpenCost prices are per node)."""
 
 
 def _first(store: Any) -> Any:
@@ -137,4 +153,24 @@ def snapshot(indexes: Mapping[str, Mapping[Any, Any]]) -> Snapshot:
         budgets={k: tuple(v) for k, v in indexes["budget_index"].items()},
         children=children,
         pool_nodes={pool: pool_observation(node_store, pool) for pool in node_store},
+        scheduled_gpus=scheduled_gpus(node_store, indexes.get("pod_index", {})),
+        pool_node_names={
+            pool: tuple(sorted(n["name"] for n in node_store.get(pool, []))) for pool in node_store
+        },
     )
+
+
+def scheduled_gpus(
+    node_store: Mapping[Any, Any], pod_store: Mapping[Any, Any]
+) -> dict[str, dict[str, int]]:
+    """Per pool, per namespace: the GPUs held by pods bound to the pool's nodes."""
+    pool_of = {n["name"]: pool for pool, nodes in node_store.items() for n in nodes}
+    out: dict[str, dict[str, int]] = {}
+    for node, pods in pod_store.items():
+        pool = pool_of.get(node)
+        if pool is None:
+            continue
+        for namespace, gpus in pods:
+            held = out.setdefault(pool, {})
+            held[namespace] = held.get(namespace, 0) + gpus
+    return out

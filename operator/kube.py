@@ -109,3 +109,85 @@ class KubeAdapter:
             if error.status == 403:
                 raise forbidden(error, "delete", "deployments.apps", namespace) from None
             raise
+
+    # --- targetRef workloads (operator/scale_target.py) -------------------------------------
+
+    def _custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def read_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """The workload as a dict, or None when it does not exist (403: ForbiddenError)."""
+        try:
+            if kind == "Deployment":
+                obj: Any = self.apps.read_namespaced_deployment(name, namespace)
+            elif kind == "StatefulSet":
+                obj = self.apps.read_namespaced_stateful_set(name, namespace)
+            else:
+                obj = self._custom().get_namespaced_custom_object(
+                    "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", name
+                )
+                return _as_dict(obj)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            if error.status == 403:
+                raise forbidden(error, "get", _RESOURCES[kind], namespace) from None
+            raise
+        return _as_dict(self.api.sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
+
+    def list_autoscalers(self, namespace: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The HPAs (autoscaling/v2) and KEDA ScaledObjects of the namespace; no KEDA: none."""
+        autoscaling = client.AutoscalingV2Api(self.api)
+        try:
+            listed = autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace)
+        except ApiException as error:
+            if error.status == 403:
+                raise forbidden(
+                    error, "list", "horizontalpodautoscalers.autoscaling", namespace
+                ) from None
+            raise
+        serialize = self.api.sanitize_for_serialization
+        hpas = [_as_dict(serialize(h)) for h in listed.items]  # type: ignore[no-untyped-call]
+        try:
+            scaled = self._custom().list_namespaced_custom_object(
+                "keda.sh", "v1alpha1", namespace, "scaledobjects"
+            )
+        except ApiException as error:
+            if error.status == 404:  # KEDA is not installed
+                return hpas, []
+            if error.status == 403:
+                raise forbidden(error, "list", "scaledobjects.keda.sh", namespace) from None
+            raise
+        return hpas, [_as_dict(s) for s in _as_dict(scaled).get("items") or []]
+
+    def scale_workload(
+        self, namespace: str, kind: str, name: str, replicas: int, parent: str = ""
+    ) -> None:
+        """Set the workload's replicas through its scale subresource (never its template);
+        counted in peakwise_child_writes_total{verb="scale"} of the InferenceDeployment."""
+        body = {"spec": {"replicas": replicas}}
+        child_writes.labels(namespace, parent, "scale").inc()
+        try:
+            if kind == "Deployment":
+                self.apps.patch_namespaced_deployment_scale(name, namespace, body)
+            elif kind == "StatefulSet":
+                self.apps.patch_namespaced_stateful_set_scale(name, namespace, body)
+            else:
+                self._custom().patch_namespaced_custom_object_scale(
+                    "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", name, body
+                )
+        except ApiException as error:
+            if error.status == 403:
+                raise forbidden(error, "patch", f"{_RESOURCES[kind]}/scale", namespace) from None
+            raise
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+_RESOURCES = {
+    "Deployment": "deployments.apps",
+    "StatefulSet": "statefulsets.apps",
+    "LeaderWorkerSet": "leaderworkersets.leaderworkerset.x-k8s.io",
+}

@@ -16,15 +16,20 @@ import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
+from peakwise.adapters.prometheus import PrometheusHistory
 from peakwise.api.common import parse_duration
+from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import memory, metrics
 from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller
-from peakwise.operator.forecasts import ForecastService, HistorySource
+from peakwise.operator.forecasts import ForecastService
 from peakwise.operator.handlers import Runtime, register
+from peakwise.operator.integrations import CachedRetention, RoundEdges
 from peakwise.operator.kube import KubeAdapter, api_client
 from peakwise.operator.processes import exit_with_parent
+from peakwise.operator.template_policy import TemplatePolicy
+from peakwise.planner import TenancyPolicy
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +57,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=os.environ.get("PEAKWISE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
         help="where demand history lives (default: $PEAKWISE_PROMETHEUS_URL, else "
         "http://127.0.0.1:9090, a Prometheus on this machine; logged at start)",
+    )
+    run.add_argument(
+        "--prometheus-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra HTTP header on every Prometheus request (repeatable), e.g. "
+        "X-Scope-OrgID=team-a for Mimir, Cortex or a Thanos tenancy proxy",
+    )
+    run.add_argument(
+        "--prometheus-headers-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_HEADERS_FILE"),
+        help="file of 'Name: value' lines, more headers (a mounted Secret; default "
+        "$PEAKWISE_PROMETHEUS_HEADERS_FILE)",
+    )
+    run.add_argument(
+        "--prometheus-bearer-token-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_BEARER_TOKEN_FILE"),
+        help="send 'Authorization: Bearer <its content>', read again when the file changes "
+        "(default $PEAKWISE_PROMETHEUS_BEARER_TOKEN_FILE)",
+    )
+    run.add_argument(
+        "--prometheus-ca-file",
+        default=os.environ.get("PEAKWISE_PROMETHEUS_CA_FILE"),
+        help="CA bundle that signs Prometheus' TLS certificate (default "
+        "$PEAKWISE_PROMETHEUS_CA_FILE)",
     )
     run.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
     run.add_argument(
@@ -94,6 +125,46 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=64,
         help="most connections to the API server; watches hold one each (64)",
     )
+    tenancy = run.add_argument_group(
+        "tenancy", "the platform's rules for every namespace (docs/tenancy.md)"
+    )
+    tenancy.add_argument(
+        "--unbudgeted",
+        choices=("RecommendOnly", "DefaultBudget"),
+        default="RecommendOnly",
+        help="what a namespace without a valid CostBudget gets: RecommendOnly (planned, "
+        "nothing scaled: fail closed; the default) or DefaultBudget (--default-budget-hourly)",
+    )
+    tenancy.add_argument(
+        "--default-budget-hourly",
+        type=float,
+        help="the hourly cap of a namespace without a CostBudget, with --unbudgeted DefaultBudget",
+    )
+    tenancy.add_argument(
+        "--default-namespace-priority",
+        type=int,
+        default=0,
+        help="cross-namespace priority of a namespace without a CostBudget (0)",
+    )
+    tenancy.add_argument(
+        "--default-reserved-weight",
+        type=float,
+        default=0.0,
+        help="reserved-capacity weight of a namespace without a CostBudget (0: only what "
+        "budgeted namespaces leave unused)",
+    )
+    for flag, default, what in (
+        ("--allowed-service-account", ["default"], "a ServiceAccount templates may run as"),
+        ("--allowed-priority-class", [], "a PriorityClass templates may name"),
+        ("--allowed-toleration-key", [], "a taint key templates may tolerate themselves"),
+        ("--allowed-capability", ["NET_BIND_SERVICE"], "a capability containers may add"),
+    ):
+        tenancy.add_argument(
+            flag,
+            action="append",
+            default=None,
+            help=f"{what} (repeatable; default: {', '.join(default) or 'none'})",
+        )
     run.add_argument("--peering", help="kopf peering name (several replicas: one is active)")
     run.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     run.add_argument(
@@ -107,10 +178,58 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.set_defaults(run=run_operator)
 
 
-def history_source(url: str) -> HistorySource:
-    from peakwise.adapters.prometheus import PrometheusHistory
+def tenancy_policy(args: argparse.Namespace) -> TenancyPolicy:
+    """The platform's rules from the flags; a clear error when they do not fit together."""
+    default = None
+    if args.default_budget_hourly is not None:
+        default = CostBudgetSpec(limits=BudgetLimits(hourly=args.default_budget_hourly))
+    try:
+        return TenancyPolicy(
+            unbudgeted=args.unbudgeted,
+            default_budget=default,
+            default_priority=args.default_namespace_priority,
+            default_reserved_weight=args.default_reserved_weight,
+        )
+    except ValueError as error:
+        raise SystemExit(f"peakwise operator run: {error} (--default-budget-hourly)") from None
 
-    return PrometheusHistory(url)
+
+def template_policy(args: argparse.Namespace) -> TemplatePolicy:
+    def listed(values: list[str] | None, default: list[str]) -> list[str]:
+        return default if values is None else [v for v in values if v]
+
+    return TemplatePolicy.from_lists(
+        service_accounts=listed(args.allowed_service_account, ["default"]),
+        priority_classes=listed(args.allowed_priority_class, []),
+        toleration_keys=listed(args.allowed_toleration_key, []),
+        capabilities=listed(args.allowed_capability, ["NET_BIND_SERVICE"]),
+    )
+
+
+def prometheus_headers(pairs: list[str], headers_file: str | None) -> dict[str, str]:
+    """Headers from `NAME=VALUE` arguments and a file of `Name: value` lines."""
+    headers: dict[str, str] = {}
+    lines = [(p, "=") for p in pairs]
+    if headers_file:
+        with open(headers_file, encoding="utf-8") as handle:
+            lines += [(line, ":") for line in handle.read().splitlines() if line.strip()]
+    for text, sep in lines:
+        name, found, value = text.partition(sep)
+        if not found or not name.strip():
+            raise SystemExit(f"a Prometheus header must be NAME{sep}VALUE, not {text!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def history_source(
+    url: str,
+    headers: dict[str, str] | None = None,
+    bearer_token_file: str | None = None,
+    ca_file: str | None = None,
+) -> PrometheusHistory:
+    return PrometheusHistory(
+        url, headers=headers, bearer_token_file=bearer_token_file, ca_file=ca_file
+    )
 
 
 def pooled_session(info: kopf.ConnectionInfo, connections: int) -> kopf.AiohttpSession:
@@ -147,13 +266,21 @@ def run_operator(args: argparse.Namespace) -> int:
     if level != "DEBUG":
         # kopf logs every handler success per object at INFO: thousands of lines a minute.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    tenancy, templates = tenancy_policy(args), template_policy(args)
     memory.limit_arenas()  # before any thread starts: see memory.py
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()
     register(registry, interval)
     client = api_client()
+    history = history_source(
+        args.prometheus_url,
+        prometheus_headers(args.prometheus_header, args.prometheus_headers_file),
+        args.prometheus_bearer_token_file,
+        args.prometheus_ca_file,
+    )
+    kube = KubeAdapter(client)
     forecasts = ForecastService(
-        history_source(args.prometheus_url),
+        history,
         default_forecaster,
         refit_every=parse_duration(args.refit_every),
         window=parse_duration(args.window),
@@ -178,8 +305,11 @@ def run_operator(args: argparse.Namespace) -> int:
             lambda: datetime.now(UTC),
             fit_wait=parse_duration(args.fit_wait),
             status_heartbeat=parse_duration(args.status_heartbeat),
+            tenancy=tenancy,
+            template_policy=templates,
+            edges=RoundEdges(workloads=kube, prices=history, retention=CachedRetention(history)),
         ),
-        actuator=Actuator(kube=KubeAdapter(client), api_client=client),
+        actuator=Actuator(kube=kube, api_client=client, template_policy=templates),
         interval=interval,
         status_heartbeat=parse_duration(args.status_heartbeat),
     )

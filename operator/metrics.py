@@ -31,6 +31,12 @@ desired_replicas = Gauge(
     (*_DEPLOYMENT, "pool", "tier"),
     registry=REGISTRY,
 )
+service_desired_replicas = Gauge(
+    "peakwise_service_desired_replicas",
+    "Planned replicas of the service over all pools (stable: for KEDA and HPA to follow)",
+    _DEPLOYMENT,
+    registry=REGISTRY,
+)
 cost_hourly = Gauge(
     "peakwise_cost_hourly", "Planned spend rate per namespace", ("namespace",), registry=REGISTRY
 )
@@ -129,6 +135,7 @@ PER_DEPLOYMENT = (
     demand_actual,
     replicas,
     desired_replicas,
+    service_desired_replicas,
     forecast_loss,
     forecast_coverage,
     forecast_reactive,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
-from peakwise.api.costbudget import CostBudget
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator.children import profile_for
@@ -22,8 +22,10 @@ from peakwise.planner import (
     Plan,
     PlanInput,
     PoolState,
+    TenancyPolicy,
     plan,
 )
+from peakwise.planner.billing import PoolUsage
 from peakwise.planner.budget import hours_left_in_month
 from peakwise.planner.capacity import nodes_needed
 
@@ -37,7 +39,8 @@ class Observed:
     now: datetime
     deployments: Sequence[InferenceDeployment]
     pools: Sequence[GPUNodePool]
-    budgets: Sequence[CostBudget]
+    budgets: Sequence[BudgetState]
+    """The budget in force per namespace (tenancy.effective_budgets), spend included."""
     children: Mapping[Key, Mapping[str, int]] = field(default_factory=dict)
     """Replicas per pool asked of each deployment's children (their spec.replicas)."""
     forecasts: Mapping[Key, ForecastResult] = field(default_factory=dict)
@@ -46,6 +49,8 @@ class Observed:
     """Latest spot interruption per pool seen by this process (status keeps it across restarts)."""
     histories: Mapping[Key, tuple[tuple[datetime, float], ...]] | None = None
     """Recent demand targets per deployment as the last round left them; None: from status."""
+    tenancy: TenancyPolicy = field(default_factory=TenancyPolicy)
+    """The platform's rules (unbudgeted namespaces, priorities, reserved shares)."""
 
 
 def key_of(infd: InferenceDeployment) -> Key:
@@ -104,36 +109,77 @@ def plan_input(observed: Observed, solver: str = "milp") -> PlanInput:
         )
         for p in observed.pools
     )
-    budgets = tuple(
-        BudgetState(
-            b.metadata.namespace or "default",
-            b.spec,
-            spend=b.status.spend if b.status else 0.0,
-            hours_left_in_period=hours_left_in_month(observed.now),
-        )
-        for b in observed.budgets
+    hours_left = hours_left_in_month(observed.now)
+    budgets = tuple(replace(b, hours_left_in_period=hours_left) for b in observed.budgets)
+    return PlanInput(
+        observed.now, tuple(deployments), pools, budgets, solver=solver, policy=observed.tenancy
     )
-    return PlanInput(observed.now, tuple(deployments), pools, budgets, solver=solver)
+
+
+def _gpus_by_pool(
+    plan: Plan,
+    deployments: Sequence[InferenceDeployment],
+    pools: Mapping[str, GPUNodePool],
+    held: Mapping[Key, Mapping[str, int]],
+) -> dict[str, dict[Key, tuple[int, int]]]:
+    """Per pool, per deployment that really runs: (replicas, GPUs each) of its plan, or of
+    its children where they are held."""
+    out: dict[str, dict[Key, tuple[int, int]]] = {}
+    for infd in deployments:
+        key = key_of(infd)
+        if key in held:
+            replicas = dict(held[key])
+        elif infd.spec.mode == "Enforce" and key in plan.deployments:
+            replicas = dict(plan.deployments[key].replicas)
+        else:
+            continue
+        for pool_name, n in replicas.items():
+            pool = pools.get(pool_name)
+            profile = profile_for(infd, pool) if pool else None
+            if profile is not None and n > 0:
+                out.setdefault(pool_name, {})[key] = (n, profile.gpus_per_replica)
+    return out
+
+
+def pool_usage(
+    pools: Mapping[str, GPUNodePool],
+    snapshot: Any,
+    plan: Plan,
+    deployments: Sequence[InferenceDeployment],
+) -> list[PoolUsage]:
+    """What billing needs of each pool: nodes that exist, GPUs scheduled and planned per
+    namespace (`snapshot` is the round's indexes.Snapshot)."""
+    planned = _gpus_by_pool(plan, deployments, pools, {})
+    out = []
+    for name, pool in pools.items():
+        wanted: dict[str, int] = {}
+        for (ns, _), (n, gpus) in planned.get(name, {}).items():
+            wanted[ns] = wanted.get(ns, 0) + n * gpus
+        out.append(
+            PoolUsage(
+                name=name,
+                spec=pool.spec,
+                nodes=snapshot.pool_nodes.get(name, PoolObservation()).nodes,
+                scheduled_gpus=dict(snapshot.scheduled_gpus.get(name, {})),
+                planned_gpus=wanted,
+            )
+        )
+    return out
 
 
 def enforced_pool_nodes(
-    plan: Plan, deployments: Sequence[InferenceDeployment], pools: Mapping[str, GPUNodePool]
+    plan: Plan,
+    deployments: Sequence[InferenceDeployment],
+    pools: Mapping[str, GPUNodePool],
+    held: Mapping[Key, Mapping[str, int]] | None = None,
 ) -> dict[str, int]:
-    """Nodes each pool needs for the replicas of Enforce-mode deployments only."""
+    """Nodes each pool needs for the replicas that really run: those Enforce-mode
+    deployments are planned, and the children `held` at their size."""
     by_pool: dict[str, dict[int, int]] = {}
-    for infd in deployments:
-        if infd.spec.mode != "Enforce":
-            continue
-        planned = plan.deployments.get(key_of(infd))
-        if planned is None:
-            continue
-        for pool_name, n in planned.replicas.items():
-            pool = pools.get(pool_name)
-            profile = profile_for(infd, pool) if pool else None
-            if profile is None:
-                continue
-            counts = by_pool.setdefault(pool_name, {})
-            counts[profile.gpus_per_replica] = counts.get(profile.gpus_per_replica, 0) + n
+    for pool_name, members in _gpus_by_pool(plan, deployments, pools, held or {}).items():
+        counts = by_pool.setdefault(pool_name, {})
+        for n, gpus in members.values():
+            counts[gpus] = counts.get(gpus, 0) + n
     out = {}
     for name, pool in pools.items():
         needed = nodes_needed(by_pool.get(name, {}), pool.spec.gpus_per_node)

@@ -30,6 +30,7 @@ from peakwise.api.inferencedeployment import (
 from peakwise.operator.forecasts import ForecastResult
 from peakwise.planner import DeploymentPlan
 from peakwise.planner.budget import hours_left_in_month, month_start
+from peakwise.planner.tenancy import EffectiveBudget
 from peakwise.planner.types import NamespacePlan
 
 MESSAGE_LIMIT = 1000
@@ -87,8 +88,10 @@ def deployment_status(
     now: datetime,
     currency: str = "USD",
     lead: timedelta | None = None,
+    unbudgeted: str = "",
 ) -> InferenceDeploymentStatus:
-    """The status of one InferenceDeployment after a round."""
+    """The status of one InferenceDeployment after a round. `unbudgeted`: why its namespace
+    has no budget in force (then an Enforce-mode service is planned but not scaled)."""
     previous = infd.status.conditions if infd.status else []
     generation = infd.metadata.generation
     enforce = infd.spec.mode == "Enforce"
@@ -115,8 +118,15 @@ def deployment_status(
             f"planned capacity {planned.capacity:,.1f}/s is short of {planned.demand_target:,.1f}/s"
         )
     all_ready = ready_total >= planned.total
-    conditions = [
-        condition(
+    if enforce and unbudgeted:
+        ready_condition = condition(
+            previous, "Ready", False, "NoBudget", unbudgeted, now, generation
+        )
+        limited = condition(
+            previous, "BudgetLimited", True, "NoBudget", unbudgeted, now, generation
+        )
+    else:
+        ready_condition = condition(
             previous,
             "Ready",
             (not enforce) or all_ready,
@@ -128,9 +138,8 @@ def deployment_status(
             ),
             now,
             generation,
-        ),
-        forecasting_condition(previous, result, now, generation),
-        condition(
+        )
+        limited = condition(
             previous,
             "BudgetLimited",
             planned.budget_limited,
@@ -139,7 +148,11 @@ def deployment_status(
             or "the namespace budget does not limit this deployment",
             now,
             generation,
-        ),
+        )
+    conditions = [
+        ready_condition,
+        forecasting_condition(previous, result, now, generation),
+        limited,
         condition(
             previous,
             "Degraded",
@@ -166,7 +179,7 @@ def deployment_status(
             reserved_hourly=round(planned.reserved_hourly, 4),
             currency=currency,
         ),
-        budget_state=budget_state(planned, namespace),
+        budget_state="NoBudget" if enforce and unbudgeted else budget_state(planned, namespace),
         last_plan_time=now,
         recent_targets=[
             DemandTarget(time=t, demand=round(v, 6)) for t, v in planned.demand_history
@@ -341,7 +354,11 @@ def pool_status(
 
 
 def budget_status(
-    budget: CostBudget, rate: float, now: datetime, planned: NamespacePlan | None
+    budget: CostBudget,
+    rate: float,
+    now: datetime,
+    planned: NamespacePlan | None,
+    effective: EffectiveBudget | None = None,
 ) -> CostBudgetStatus:
     """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start.
 
@@ -394,8 +411,27 @@ def budget_status(
             condition(previous, "Exceeded", state == "Exceeded", state, message, now, gen),
             condition(previous, "Warning", state != "Within", state, message, now, gen),
             condition(previous, "Ready", True, "Accruing", message, now, gen),
+            in_force_condition(previous, budget, effective, now),
         ],
     )
+
+
+def in_force_condition(
+    previous: Sequence[Condition],
+    budget: CostBudget,
+    effective: EffectiveBudget | None,
+    now: datetime,
+) -> Condition:
+    """Whether the planner applies this CostBudget as written: with several in a namespace
+    the strictest of each limit applies, and this condition says so on every one of them."""
+    gen = budget.metadata.generation
+    if effective is None:
+        message = "no InferenceDeployment in the namespace yet"
+        return condition(previous, "InForce", True, "AsWritten", message, now, gen)
+    if budget.metadata.name in effective.ignored:
+        return condition(previous, "InForce", False, "Merged", effective.reason, now, gen)
+    applied = f"applied ({effective.source})"
+    return condition(previous, "InForce", True, "AsWritten", applied, now, gen)
 
 
 # --- writing only what changed ---------------------------------------------------------------

@@ -17,6 +17,14 @@ epoch, so successive calls share one grid); steps without a sample are NaN (gaps
   ``PrometheusHistoryError`` subclass naming the cause, and never echoes the labels of the
   series a query matched (a tenant's query must not read other tenants' label sets into its
   status).
+* Beyond a bare URL: ``headers`` (e.g. ``X-Scope-OrgID`` for Mimir, Cortex or a Thanos
+  tenancy proxy), ``bearer_token_file`` (read again whenever the file changes, so a rotated
+  projected token is picked up without a restart) and ``ca_file`` (a private CA). SigV4
+  (Amazon Managed Prometheus) goes through a signing proxy beside the operator
+  (docs/scale-and-providers.md).
+* ``instant(query)`` answers an instant query (OpenCost prices); ``retention()`` reads the
+  server's sample retention from ``/api/v1/status/runtimeinfo`` (None when the server does
+  not say: Mimir, Thanos and most proxies do not serve it).
 * Incremental: each ``(query, step)`` keeps the history it fetched; the next call fetches only
   the steps after it (plus ``overlap_steps`` re-read, because the newest points can still
   change while late scrapes arrive). Memory is bounded: at most ``max_cached_steps`` per
@@ -28,18 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import requests
+import requests.auth
 from prometheus_api_client import PrometheusConnect
 from urllib3 import BaseHTTPResponse
 from urllib3.connectionpool import ConnectionPool
@@ -167,6 +177,8 @@ class PrometheusHistory:
         max_cached_queries: int = 2048,
         max_cached_bytes: int = 256 * 2**20,
         client: Any = None,
+        bearer_token_file: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if not 1 <= max_points <= 11_000:
             raise ValueError("max_points must be between 1 and 11,000 (Prometheus' limit)")
@@ -183,9 +195,15 @@ class PrometheusHistory:
         self.stats = FetchStats()
         self._cache: OrderedDict[tuple[str, int], _History] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.headers = dict(headers or {})
         if client is None:
             session = requests.Session()
             session.hooks["response"].append(self._on_response)
+            if bearer_token_file:
+                session.auth = BearerTokenFile(bearer_token_file)
+            if ca_file:
+                session.verify = ca_file
+            self._session: requests.Session | None = session
             client = PrometheusConnect(
                 url=url,
                 headers=dict(headers) if headers else None,
@@ -203,6 +221,8 @@ class PrometheusHistory:
                 ),
                 session=session,
             )
+        else:
+            self._session = None
         self._client = client
 
     def _on_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -238,6 +258,42 @@ class PrometheusHistory:
     async def afetch(self, query: str, start: datetime, end: datetime, step_seconds: int) -> Series:
         """``fetch`` in a worker thread: safe to await from the operator's event loop."""
         return await asyncio.to_thread(self.fetch, query, start, end, step_seconds)
+
+    def instant(self, query: str) -> list[float]:
+        """The value of each series an instant query returns (NaN for a non-number)."""
+        try:
+            result: list[dict[str, Any]] = self._client.custom_query(
+                query, params={"timeout": f"{self.timeout_seconds:g}s"}
+            )
+        except _HTTPStatusError as answer:
+            raise self._refused(query, answer, 1) from None
+        except requests.exceptions.RequestException as err:
+            raise PrometheusUnavailableError(
+                f"Prometheus at {self.url} is unavailable: {type(err).__name__}"
+            ) from None
+        values = []
+        for item in result:
+            try:
+                values.append(float(item.get("value", [0, "nan"])[1]))
+            except (TypeError, ValueError, IndexError):
+                values.append(math.nan)
+        return values
+
+    def retention(self) -> timedelta | None:
+        """How long the server keeps samples (``storageRetention`` of runtimeinfo, e.g.
+        ``15d`` or ``15d or 10GiB``); None when it does not say."""
+        if self._session is None:
+            return None
+        try:
+            response = self._session.get(
+                f"{self.url.rstrip('/')}/api/v1/status/runtimeinfo",
+                headers=self.headers,
+                timeout=self.timeout_seconds,
+            )
+            data = response.json().get("data") or {}
+        except (_HTTPStatusError, requests.exceptions.RequestException, ValueError):
+            return None
+        return parse_retention(str(data.get("storageRetention") or ""))
 
     def forget(self, query: str | None = None) -> None:
         """Drop the cached history of one query (all steps), or of every query."""
@@ -418,6 +474,46 @@ class PrometheusHistory:
                 f"HTTP {status}: {detail}"
             )
         return PrometheusHistoryError(f"Prometheus at {self.url} answered HTTP {status}: {detail}")
+
+
+class BearerTokenFile(requests.auth.AuthBase):
+    """`Authorization: Bearer <token>` from a file, read again when the file changes (a
+    projected ServiceAccount token or a mounted Secret is rotated in place)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._token = ""
+        self._lock = threading.Lock()
+
+    def token(self) -> str:
+        with self._lock:
+            stat = os.stat(self.path)
+            stamp = (stat.st_mtime, stat.st_size)
+            if stamp != self._stamp:
+                with open(self.path, encoding="utf-8") as handle:
+                    self._token = handle.read().strip()
+                self._stamp = stamp
+            return self._token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        return request
+
+
+_RETENTION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_RETENTION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def parse_retention(text: str) -> timedelta | None:
+    """A Prometheus retention (``15d``, ``1y2w``, ``15d or 10GiB``) as a timedelta; None for
+    no time limit or an unknown form (a size-only limit says nothing about time)."""
+    first = text.split(" or ", maxsplit=1)[0].strip()
+    parts = _RETENTION_PART.findall(first)
+    if not parts or "".join(n + u for n, u in parts) != first:
+        return None
+    seconds = sum(int(n) * _RETENTION_UNITS[u] for n, u in parts)
+    return timedelta(seconds=seconds) if seconds > 0 else None
 
 
 def _iso(epoch: int) -> str:

@@ -56,6 +56,11 @@ class KarpenterProviderSpec(WireModel):
 
     node_pool: str = Field(min_length=1, max_length=253)
     """Karpenter NodePool name."""
+    headroom_nodes: int = Field(default=1, ge=0, le=1000)
+    """Nodes' worth of GPUs added to the NodePool's nvidia.com/gpu limit above the plan, so
+    Karpenter can launch a replacement before it drains a node (drift, expiry,
+    consolidation) and a launch that fails can be retried. 0 sets the limit exactly at the
+    plan, which blocks those replacements."""
 
 
 class ProviderSpec(WireModel):
@@ -75,6 +80,21 @@ class ProviderSpec(WireModel):
     """Cluster API MachineDeployment."""
     karpenter: KarpenterProviderSpec | None = None
     """Karpenter NodePool."""
+
+
+class OpenCostPriceSpec(WireModel):
+    """The node price from OpenCost's series in Prometheus."""
+
+    metric: Literal["node_total_hourly_cost", "node_gpu_hourly_cost"] = "node_total_hourly_cost"
+    """OpenCost series to read: the whole node's hourly cost (the default) or only its GPUs'.
+    The price is its mean over the pool's nodes (the series' node label)."""
+
+
+class PriceSource(WireModel):
+    """Where the live node price comes from; pricePerNodeHour stays the fallback."""
+
+    open_cost: OpenCostPriceSpec | None = Field(default=None, alias="openCost")
+    """OpenCost, through the Prometheus the operator reads demand from."""
 
 
 class GPUNodePoolSpec(WireModel):
@@ -127,6 +147,9 @@ class GPUNodePoolSpec(WireModel):
     """Taints on the pool's nodes; replicas tolerate them."""
     provider: ProviderSpec
     """The node backend."""
+    price_source: PriceSource | None = None
+    """Take the node price from a live source (OpenCost) instead of pricePerNodeHour, which
+    is used whenever the live price is missing (status says so)."""
 
 
 class CommitmentCostPoint(StatusModel):
@@ -191,7 +214,7 @@ class GPUNodePoolStatus(StatusModel):
     observed_generation: int | None = None
     """The .metadata.generation this status was computed from."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Ready, Degraded."""
+    """Ready, Degraded, PriceSource (with priceSource), NodePoolMapping (Karpenter)."""
     nodes: int = 0
     """Nodes that exist."""
     ready_nodes: int = 0
@@ -206,6 +229,11 @@ class GPUNodePoolStatus(StatusModel):
     """Interruptions per node-hour, smoothed; feeds the planner's spot hedge."""
     last_interruption_time: datetime | None = None
     """When the latest interruption was seen."""
+    price_per_node_hour: float | None = None
+    """The node price the latest plan used: the live price (priceSource) or the fallback."""
+    price_source: str = ""
+    """Where that price came from: spec (pricePerNodeHour), or the OpenCost series and how
+    many nodes it averaged."""
     advice: CommitmentAdvice | None = None
     """Commitment advice for the pool's GPU type, refreshed daily (never acted on)."""
 

@@ -196,10 +196,45 @@ class ScaleDownPolicy(WireModel):
     24h)."""
 
 
+TARGET_KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
+"""Workloads a targetRef may name: each has a scale subresource Peakwise writes."""
+TARGET_API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
+}
+
+
+class TargetRef(WireModel):
+    """An existing workload Peakwise right-sizes through its scale subresource."""
+
+    cel_rules = (
+        Rule(
+            "(self.kind == 'LeaderWorkerSet' && self.apiVersion == 'leaderworkerset.x-k8s.io/v1')"
+            " || (self.kind != 'LeaderWorkerSet' && self.apiVersion == 'apps/v1')",
+            "targetRef.apiVersion must be apps/v1 for a Deployment or StatefulSet and "
+            "leaderworkerset.x-k8s.io/v1 for a LeaderWorkerSet",
+            lambda s: TARGET_API_VERSIONS[s.kind] == s.api_version,
+        ),
+    )
+
+    api_version: str = Field(default="apps/v1", max_length=253)
+    """apps/v1 (Deployment, StatefulSet) or leaderworkerset.x-k8s.io/v1 (LeaderWorkerSet)."""
+    kind: Literal["Deployment", "StatefulSet", "LeaderWorkerSet"]
+    """Kind of the workload; it must have a scale subresource."""
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Name of the workload, in the InferenceDeployment's namespace."""
+
+
 class InferenceDeploymentSpec(WireModel):
     """What the service needs; Peakwise decides how many replicas run where."""
 
     cel_rules = (
+        Rule(
+            "has(self.template) != has(self.targetRef)",
+            "spec must set exactly one of template and targetRef",
+            lambda s: (s.template is None) != (s.target_ref is None),
+        ),
         Rule(
             "self.capacity.onDemand.minReplicas <= self.replicas.max",
             "capacity.onDemand.minReplicas must not exceed replicas.max",
@@ -221,8 +256,19 @@ class InferenceDeploymentSpec(WireModel):
     priority: int = Field(default=100, ge=0, le=1000000)
     """Order within this namespace: when its budget binds or pools run short, higher keeps
     capacity longer. Across namespaces the platform's CostBudget priority decides."""
-    template: PodTemplate
-    """Pod template of the model server; one child Deployment per pool runs it."""
+    template: PodTemplate | None = None
+    """Pod template of the model server; one child Deployment per pool runs it. Exactly one
+    of template and targetRef."""
+    target_ref: TargetRef | None = None
+    """An existing Deployment, StatefulSet or LeaderWorkerSet Peakwise scales through its
+    scale subresource instead of running children (its template is never touched). Exactly
+    one of template and targetRef."""
+    suspend: bool = False
+    """Pause Peakwise for this object: nothing is scaled (children, target and the nodes
+    they use keep their size, or suspendReplicas); status still shows the plan."""
+    suspend_replicas: int | None = Field(default=None, ge=0, le=10000)
+    """While suspended, pin the service to this many replicas (unset: leave them as they
+    are). Ignored when suspend is false."""
     gpu_profiles: list[GPUProfile] = Field(min_length=1, max_length=16)
     """Acceptable GPU shapes; the planner picks the cheapest mix that meets demand."""
     demand: DemandSpec
@@ -319,13 +365,34 @@ class DemandTarget(StatusModel):
     """Demand (units/s) planned for."""
 
 
+class TargetStatus(StatusModel):
+    """The workload a targetRef names, as Peakwise last saw it."""
+
+    kind: str = ""
+    """Kind of the workload."""
+    name: str = ""
+    """Name of the workload."""
+    replicas: int | None = None
+    """Its spec.replicas (through the scale subresource)."""
+    ready_replicas: int = 0
+    """Its ready replicas (groups, for a LeaderWorkerSet)."""
+    group_size: int = 1
+    """Pods per replica: a LeaderWorkerSet's leaderWorkerTemplate.size, else 1."""
+    gpus_per_replica: int = 0
+    """GPUs one replica holds: every pod of the group, from its template."""
+    scaled_by: list[str] = Field(default_factory=list)
+    """Autoscalers (HorizontalPodAutoscaler, KEDA ScaledObject) that scale the same workload:
+    Peakwise then does not write its replicas."""
+
+
 class InferenceDeploymentStatus(StatusModel):
     """What Peakwise observed and decided."""
 
     observed_generation: int | None = None
     """The .metadata.generation this status was computed from."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Ready, Forecasting, BudgetLimited, Degraded."""
+    """Ready, ScalingActive, Forecasting, Fallback, ScalingLimited, BudgetLimited, Degraded
+    (and Placement, TargetFound with a targetRef; PrometheusRetention when it is short)."""
     replicas: int = 0
     """Ready replicas across all pools."""
     desired_replicas: int = 0
@@ -349,6 +416,8 @@ class InferenceDeploymentStatus(StatusModel):
     recent_targets: list[DemandTarget] = Field(default_factory=list)
     """Recent demand targets: scale-down waits until the highest of them is old enough.
     Kept in status so a restarted operator makes the same decisions."""
+    target: TargetStatus | None = None
+    """The workload a targetRef names, as last seen."""
 
 
 class InferenceDeployment(WireModel):

@@ -46,7 +46,7 @@ import yaml
 from pydantic import ValidationError
 from scipy.ndimage import maximum_filter1d
 
-from peakwise.api.costbudget import CostBudget
+from peakwise.api.costbudget import CostBudget, CostBudgetSpec
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import (
     ForecastSpec,
@@ -91,10 +91,17 @@ from peakwise.planner import (
     DeploymentState,
     PlanInput,
     PoolState,
+    TenancyPolicy,
     plan,
 )
 from peakwise.planner.budget import hours_left_in_month
 from peakwise.planner.capacity import lead_time
+from peakwise.planner.tenancy import (
+    EffectiveBudget,
+    ObservedBudget,
+    effective_budgets,
+    namespace_priority,
+)
 
 TIERS = ("reserved", "spot", "onDemand")
 FLEET = "fleet"
@@ -125,15 +132,37 @@ class Fleet:
     budgets: tuple[CostBudget, ...] = ()
     skipped: tuple[str, ...] = ()
     """Objects left out, with the reason (shown as warnings)."""
+    policy: TenancyPolicy = field(default_factory=TenancyPolicy)
+    """The platform's rules for namespaces without a CostBudget (the operator's flags)."""
 
     @property
     def keys(self) -> list[Key]:
         return [key_of(d) for d in self.deployments]
 
-    def budget(self, namespace: str) -> CostBudget | None:
-        """The namespace's budget in force (several: the first by name, as the operator)."""
-        mine = [b for b in self.budgets if (b.metadata.namespace or "default") == namespace]
-        return min(mine, key=lambda b: b.metadata.name) if mine else None
+    def effective_budgets(self) -> dict[str, EffectiveBudget]:
+        """Each namespace's budget in force, by the operator's rules (the strictest of
+        several; the platform's default where there is none)."""
+        observed = [
+            ObservedBudget(b.metadata.namespace or "default", b.metadata.name, b.spec)
+            for b in self.budgets
+        ]
+        return effective_budgets(self.namespaces(), observed, self.policy)
+
+    def budget(self, namespace: str) -> CostBudgetSpec | None:
+        """The namespace's budget in force (None: no cap)."""
+        found = self.effective_budgets().get(namespace)
+        return found.budget.spec if found is not None and found.budget is not None else None
+
+    def planning_budgets(self) -> tuple[BudgetState, ...]:
+        """What the planner is given (spend 0; the replay accrues it)."""
+        return tuple(
+            e.budget for _, e in sorted(self.effective_budgets().items()) if e.budget is not None
+        )
+
+    def unenforced(self) -> list[str]:
+        """Namespaces the operator would only recommend for (no budget in force: fail
+        closed). The replay still scales them, uncapped, to show what Peakwise would do."""
+        return [ns for ns, e in sorted(self.effective_budgets().items()) if not e.enforce]
 
     def namespaces(self) -> list[str]:
         return sorted({k[0] for k in self.keys})
@@ -264,8 +293,12 @@ class ServiceSeries:
     cost: FloatArray
     """Its share of the minute's bill ($)."""
     billed: FloatArray
-    """What its namespace's budget counts ($ per minute): ready replicas on spot and
-    on-demand capacity at their share of a node's price, as the operator accrues spend."""
+    """What its namespace's budget counts ($ per minute), as the operator accrues spend
+    (``planner.billing``): its share of the nodes that exist, reserved ones left out."""
+    planned: FloatArray | None = None
+    """What the planner costed its plan at ($ per minute; Peakwise): the replicas at their
+    share of a node's price, which is what a Hard budget caps. Whole nodes are billed, so
+    the bill can be higher where replicas leave nodes part-empty."""
 
 
 @dataclass
@@ -301,6 +334,8 @@ class ScopeSummary:
     """Mean over the scope's services of the share of demand not served."""
     peak_billed_hourly: float
     """Highest spot and on-demand spend rate ($/h) of the scope."""
+    peak_planned_hourly: float | None
+    """Highest $/h the planner costed the scope's plans at (None: the policy does not plan)."""
     hourly_cap: float | None
     minutes_over_cap: int
     monthly_projection: float
@@ -521,11 +556,13 @@ class _ReplayCase:
     minutes: int
     pools: tuple[GPUNodePool, ...]
     deployments: tuple[InferenceDeployment, ...]
-    budgets: tuple[CostBudget, ...]
+    budgets: tuple[BudgetState, ...]
+    """One per namespace with a budget in force (fleet.planning_budgets)."""
     demand: tuple[FloatArray, ...]
     rates: Mapping[str, float]
     seed: int
     warmup: int
+    policy: TenancyPolicy = field(default_factory=TenancyPolicy)
 
 
 def reactive_wants(
@@ -634,14 +671,11 @@ def _series_from_record(
     record: FleetRecord,
 ) -> tuple[dict[Key, ServiceSeries], FloatArray]:
     cost, unattributed = attribute_cost(fleet_pools, placements, record, len(case.deployments))
-    # What a CostBudget counts, as the operator accrues it: ready replicas on spot and
-    # on-demand pools at their share of a node's price (reserved capacity is paid already).
-    billed = np.zeros((case.minutes, len(case.deployments)))
-    for k, pl in enumerate(placements):
-        pool = fleet_pools[pl.pool]
-        if pool.tier != "reserved":
-            slots = max(1, pool.gpus_per_node // pl.gpus)
-            billed[:, pl.service] += record.ready[:, k] * pool.node_price / slots / 60.0
+    # What a CostBudget counts, as the operator accrues it (planner.billing): the nodes that
+    # exist, shared by the GPUs each service holds, but for reserved nodes (paid already).
+    billed, _ = attribute_cost(
+        fleet_pools, placements, record, len(case.deployments), billable_only=True
+    )
     out = {}
     for i, infd in enumerate(case.deployments):
         capacity = np.zeros(case.minutes)
@@ -713,8 +747,8 @@ def _fixed_schedule_rows(wants: IntArray) -> Callable[[int, IntArray], IntArray]
 
 
 def _namespace_priority(case: _ReplayCase, namespace: str) -> int:
-    mine = [b for b in case.budgets if (b.metadata.namespace or "default") == namespace]
-    return min(mine, key=lambda b: b.metadata.name).spec.priority if mine else 0
+    mine = next((b for b in case.budgets if b.namespace == namespace), None)
+    return namespace_priority(mine, case.policy)
 
 
 def run_tiered_baseline(case: _ReplayCase, headrooms: Sequence[float]) -> FleetRun:
@@ -882,7 +916,7 @@ def oracle_part(case: _ReplayCase, solver: str, lo: int, hi: int) -> _OraclePart
         PoolState(p.metadata.name, p.spec, interruption_rate=case.rates.get(p.metadata.name, 0.0))
         for p in case.pools
     )
-    budgets = tuple(BudgetState(b.metadata.namespace or "default", b.spec) for b in case.budgets)
+    budgets = case.budgets
     throughput = _throughputs(case)
     tier_of = {p.metadata.name: p.spec.capacity_type for p in case.pools}
     reserved_bill = sum(
@@ -907,7 +941,9 @@ def oracle_part(case: _ReplayCase, solver: str, lo: int, hi: int) -> _OraclePart
             held[i] = held[i] if np.isnan(value) else float(value)
             states.append(DeploymentState(key[0], key[1], spec, DemandForecast(held[i], 1.0)))
         now = case.start + timedelta(minutes=t)
-        result = plan(PlanInput(now, tuple(states), pool_states, budgets, solver=solver))
+        result = plan(
+            PlanInput(now, tuple(states), pool_states, budgets, solver=solver, policy=case.policy)
+        )
         total = reserved_bill + sum(p.hourly_cost for p in result.pools.values())
         attributed = 0.0
         row = t - lo
@@ -1002,6 +1038,7 @@ def run_peakwise(
     histories: list[tuple[tuple[datetime, float], ...]] = [() for _ in case.deployments]
     limited = dict.fromkeys(namespaces, 0)
     width = timedelta(minutes=window)
+    planned_cost = np.zeros((case.minutes, len(keys)))
 
     def decide(t: int, requested: IntArray) -> IntArray:
         nonlocal month
@@ -1027,21 +1064,19 @@ def run_peakwise(
             )
         left = hours_left_in_month(now)
         budgets = tuple(
-            BudgetState(
-                b.metadata.namespace or "default",
-                b.spec,
-                spend.get(b.metadata.namespace or "default", 0.0),
-                left,
-            )
+            replace(b, spend=spend.get(b.namespace, 0.0), hours_left_in_period=left)
             for b in case.budgets
         )
-        result = plan(PlanInput(now, tuple(states), pool_states, budgets, solver="greedy"))
+        result = plan(
+            PlanInput(now, tuple(states), pool_states, budgets, solver="greedy", policy=case.policy)
+        )
         desired = np.zeros(len(placements), dtype=np.int64)
         hit = set()
         for i, key in enumerate(keys):
             planned = result.deployments[key]
             histories[i] = planned.demand_history
             spend[key[0]] += planned.hourly_cost / 60.0
+            planned_cost[t, i] = planned.hourly_cost / 60.0
             if planned.budget_limited:
                 hit.add(key[0])
             for pool_name, count in planned.replicas.items():
@@ -1060,6 +1095,7 @@ def run_peakwise(
         if case.minutes > shift:
             forecast[shift:] = targets[i].targets[: case.minutes - shift]
         services[key].forecast = forecast
+        services[key].planned = planned_cost[:, i]
         notes[key] = f"{targets[i].labels[-1]}; lead {lead} min"
     fits = sum(t.fits for t in targets)
     return FleetRun(
@@ -1090,8 +1126,8 @@ def summarize_scopes(
     for scope in [*fleet.namespaces(), FLEET]:
         members = _scope_keys(keys, scope)
         budget = fleet.budget(scope) if scope != FLEET else None
-        cap = budget.spec.limits.hourly if budget else None
-        monthly_limit = budget.spec.limits.monthly if budget else None
+        cap = budget.limits.hourly if budget else None
+        monthly_limit = budget.limits.monthly if budget else None
 
         def scope_cost(run: FleetRun, members: list[Key] = members, scope: str = scope) -> float:
             total = sum(float(run.services[k].cost[warmup:].sum()) for k in members)
@@ -1117,6 +1153,12 @@ def summarize_scopes(
                 if share > worst_share:
                     worst, worst_share = f"{k[0]}/{k[1]}", float(share)
             billed = np.sum([run.services[k].billed[warmup:] for k in members], axis=0) * 60.0
+            plans = [run.services[k].planned for k in members]
+            planned = (
+                np.sum([p[warmup:] for p in plans if p is not None], axis=0) * 60.0
+                if all(p is not None for p in plans)
+                else None
+            )
             cost = scope_cost(run)
             out.append(
                 ScopeSummary(
@@ -1129,6 +1171,9 @@ def summarize_scopes(
                     worst_under_provisioned=max(worst_share, 0.0),
                     unserved=float(np.mean(unserved)) if unserved else 0.0,
                     peak_billed_hourly=float(billed.max()) if billed.size else 0.0,
+                    peak_planned_hourly=(
+                        float(planned.max()) if planned is not None and planned.size else None
+                    ),
                     hourly_cap=cap,
                     minutes_over_cap=int((billed > cap + 1e-6).sum()) if cap is not None else 0,
                     monthly_projection=float(billed.sum() / 60.0) * 730.0 * 60.0 / measured,
@@ -1186,11 +1231,12 @@ def run_fleet_backtest(
         minutes=minutes,
         pools=fleet.pools,
         deployments=fleet.deployments,
-        budgets=fleet.budgets,
+        budgets=fleet.planning_budgets(),
         demand=tuple(aligned[k] for k in fleet.keys),
         rates=rates,
         seed=options.seed,
         warmup=warmup,
+        policy=fleet.policy,
     )
     for infd in fleet.deployments:
         _baseline_pool(infd, fleet.pools)  # fail early: every service needs an on-demand pool

@@ -246,14 +246,21 @@ def attribute_cost(
     placements: Sequence[Placement],
     record: FleetRecord,
     services: int,
+    *,
+    billable_only: bool = False,
 ) -> tuple[FloatArray, FloatArray]:
     """Each minute's bill ($) per service, and what no service holds (idle reserved or
-    minimum nodes): a pool's bill is shared by the GPUs each service holds on it."""
+    minimum nodes): a pool's bill is shared by the GPUs each service holds on it. With
+    `billable_only`, what a budget counts (``planner.billing``): reserved nodes are paid for
+    already, so only a reserved pool's nodes beyond its reservedNodes are billed."""
     minutes = record.nodes.shape[0]
     per_service = np.zeros((minutes, services))
     unattributed = np.zeros(minutes)
     for p, pool in enumerate(pools):
-        bill = record.nodes[:, p] * pool.node_price / 60.0
+        nodes = record.nodes[:, p]
+        if billable_only and pool.tier == "reserved":
+            nodes = np.maximum(nodes - pool.reserved_nodes, 0)
+        bill = nodes * pool.node_price / 60.0
         members = [k for k, pl in enumerate(placements) if pl.pool == p]
         if not members:
             continue

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ def load_fleet_objects(args: argparse.Namespace) -> tuple[Fleet, list[str]]:
         kept = tuple(d for d in fleet.deployments if key_of(d)[0] in wanted)
         if not kept:
             raise ConfigError(f"no InferenceDeployment in {', '.join(sorted(wanted))}")
-        fleet = Fleet(fleet.pools, kept, fleet.budgets, fleet.skipped)
+        fleet = replace(fleet, deployments=kept)
     return fleet, [f"left out {s}" for s in fleet.skipped]
 
 
@@ -215,7 +215,7 @@ def fetch_fleet(args: argparse.Namespace, progress: Callable[[str, float], None]
         )
     if not kept:
         raise ConfigError("no service has demand history in Prometheus: " + "; ".join(warnings))
-    fleet = Fleet(fleet.pools, tuple(kept), fleet.budgets, fleet.skipped)
+    fleet = replace(fleet, deployments=tuple(kept))
     return FleetSource(fleet, demand, tokens, warnings, time.perf_counter() - started)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from peakwise.api.common import CapacityType
@@ -86,6 +86,9 @@ class Demand:
     reachable: float = math.inf
     """Demand (units/s) all the capacity it could ever get would serve: the solvers cover
     at most this, so a demand no pool can meet adds no constant to the objective."""
+    current: Mapping[int, int] = field(default_factory=dict)
+    """Replicas running now per option index: among plans that cost the same, the exact
+    solver keeps these where they are (a restart or a neighbour's change moves nothing)."""
 
     @property
     def namespace(self) -> str:
@@ -99,6 +102,25 @@ class Demand:
     @property
     def solve_target(self) -> float:
         return min(self.target, self.reachable)
+
+
+def current_by_option(
+    current: Mapping[str, int], options: Sequence[Option], slices: Sequence[Slice]
+) -> dict[int, int]:
+    """What runs now per pool, spread over the deployment's options on that pool in slice
+    order (a reserved pool's free slice up to its size, the overflow the rest)."""
+    out: dict[int, int] = {}
+    for pool, running in current.items():
+        on_pool = [i for i, o in enumerate(options) if slices[o.slice].pool == pool]
+        left = running
+        for n, i in enumerate(on_pool):
+            o = options[i]
+            last = n == len(on_pool) - 1
+            take = left if last else min(left, slices[o.slice].max_nodes * o.slots)
+            if take > 0:
+                out[i] = take
+                left -= take
+    return out
 
 
 def spot_loss(interruption_rate: float, lead: timedelta) -> float:

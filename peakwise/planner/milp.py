@@ -39,6 +39,16 @@ SHORTFALL_WEIGHT = 10.0
 """A replica short costs this many of the dearest node-hours: serving beats saving."""
 BELOW_MINIMUM_WEIGHT = 100.0
 BELOW_FLOOR_WEIGHT = 50.0
+KEEP_CREDIT = 0.015
+"""A replica costs twice this share of the deployment's cheapest replica-hour, and one kept
+where it runs earns it back once: of plans that cost the same, the one that moves nothing
+wins, and a replica no one needs is still dropped. Above the solver's gap (a hundredth of the
+cheapest), far below any real saving."""
+
+
+def _cheapest(demand: Demand) -> float:
+    prices = [o.price for o in demand.options if o.price > 0]
+    return min(prices, default=1e-4)
 
 
 class _Rows:
@@ -101,7 +111,8 @@ def allocate(
     for d in members:
         demand = demands[d]
         weight = SHORTFALL_WEIGHT * top_price * demand.factor
-        xs = [var(1e-6, True, float(demand.hi)) for _ in demand.options]
+        per_replica = 2 * KEEP_CREDIT * _cheapest(demand)
+        xs = [var(per_replica, True, float(demand.hi)) for _ in demand.options]
         x_index[d] = xs
         for x, o in zip(xs, demand.options, strict=True):
             on_slice.setdefault((o.slice, o.gpus), []).append(x)
@@ -123,6 +134,10 @@ def allocate(
                 for width, w in _bands(demand.lo)
             ]
             rows.add([*((x, 1.0) for x in xs), *((b, 1.0) for b in below)], demand.lo, np.inf)
+        for i, running in demand.current.items():
+            if i < len(xs) and running > 0:
+                kept = var(-KEEP_CREDIT * _cheapest(demand), False, float(running))
+                rows.add([(kept, 1.0), (xs[i], -1.0)], -np.inf, 0.0)
         spot_terms = [
             (x, (1.0 - demand.spot_fraction) if o.is_spot else -demand.spot_fraction)
             for x, o in zip(xs, demand.options, strict=True)

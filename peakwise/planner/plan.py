@@ -21,6 +21,7 @@ from peakwise.planner.capacity import (
     Slice,
     build_slices,
     claimable,
+    current_by_option,
     lead_time,
     nodes_needed,
     options_for,
@@ -162,6 +163,7 @@ def _demands(
                 options=options,
                 level=level_of[state.namespace],
                 reachable=reachable(options, slices),
+                current=current_by_option(state.current, options, slices),
             )
         )
         histories.append(history)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from peakwise.backtest.advice import Advice
-from peakwise.backtest.fleet import FLEET, FleetResult, TokenCost
+from peakwise.backtest.fleet import FLEET, FleetResult, ScopeSummary, TokenCost
 from peakwise.reports.backtest import CSV_COLUMNS
 from peakwise.reports.tables import new_table, render
 
@@ -25,11 +25,10 @@ def scope_title(result: FleetResult, scope: str) -> str:
             f"namespaces on {len(result.fleet.pools)} pools"
         )
     services = sum(1 for k in result.services if k[0] == scope)
-    budget = result.fleet.budget(scope)
-    if budget is None:
-        limits = "no CostBudget (the platform's default)"
+    spec = result.fleet.budget(scope)
+    if spec is None:
+        limits = "no CostBudget: the operator would recommend only (fail closed); replayed uncapped"
     else:
-        spec = budget.spec
         caps = [
             f"{v:,.0f}/{unit}"
             for v, unit in ((spec.limits.hourly, "h"), (spec.limits.monthly, "month"))
@@ -39,6 +38,13 @@ def scope_title(result: FleetResult, scope: str) -> str:
             f"{spec.enforcement} budget {', '.join(caps)} {spec.currency}; priority {spec.priority}"
         )
     return f"Namespace {scope}: {services} service(s); {limits}"
+
+
+def peak_rate(s: ScopeSummary) -> str:
+    """The peak billed $/h, and what the planner costed its plans at when it planned."""
+    if s.peak_planned_hourly is None:
+        return f"{s.peak_billed_hourly:,.1f}"
+    return f"{s.peak_billed_hourly:,.1f} (plan {s.peak_planned_hourly:,.1f})"
 
 
 def scope_table(result: FleetResult, scope: str) -> str:
@@ -73,7 +79,7 @@ def scope_table(result: FleetResult, scope: str) -> str:
             f"{s.under_provisioned:.2%}",
             f"{s.worst_service} {s.worst_under_provisioned:.2%}" if s.worst_service else "",
             f"{s.unserved:.3%}",
-            f"{s.peak_billed_hourly:,.1f}",
+            peak_rate(s),
             cap,
             month,
             note,
@@ -88,9 +94,10 @@ def fleet_tables(result: FleetResult) -> str:
     head = (
         f"Measured {measured:,} minutes from {first:%Y-%m-%d %H:%M} "
         f"UTC after a {result.warmup_minutes:,}-minute warm-up; cost is each namespace's share "
-        "of the nodes it held; peak $/h and the month count spot and on-demand (what a budget "
-        "caps); under-provisioned: share of service-minutes with less ready capacity than "
-        "demand."
+        "of the nodes it held; peak $/h and the month count spot and on-demand nodes as billed "
+        "(what a budget accrues), with the planner's own costing of its plans in brackets "
+        "(replicas at their share of a node: what a Hard cap limits); under-provisioned: share "
+        "of service-minutes with less ready capacity than demand."
     )
     parts = [head]
     for scope in result.scopes():

@@ -27,7 +27,7 @@ import numpy as np
 from peakwise.backtest.advice import Advice
 from peakwise.backtest.fleet import FLEET, FleetResult, Key, TokenCost
 from peakwise.forecasting.series import FloatArray
-from peakwise.reports.fleet import scope_title
+from peakwise.reports.fleet import peak_rate, scope_title
 
 MAX_POINTS = 1500
 """Points per line in a plot: each bucket of minutes is drawn as its highest value, so peaks
@@ -130,7 +130,7 @@ def _summary_rows(result: FleetResult, scope: str) -> list[list[str]]:
                 f"{s.under_provisioned:.2%}",
                 f"{s.worst_service} {s.worst_under_provisioned:.2%}" if s.worst_service else "",
                 f"{s.unserved:.3%}",
-                f"{s.peak_billed_hourly:,.1f}",
+                peak_rate(s),
                 "" if s.hourly_cap is None else f"{s.minutes_over_cap:,} min",
                 month,
                 (
@@ -213,16 +213,16 @@ def _budget_figure(result: FleetResult, scope: str) -> str:
         )
     budget = result.fleet.budget(scope)
     title = f"Budget use: {scope}"
-    if budget is not None and budget.spec.limits.hourly is not None:
+    if budget is not None and budget.limits.hourly is not None:
         ax.axhline(
-            budget.spec.limits.hourly,
+            budget.limits.hourly,
             color="black",
             ls="--",
             lw=1,
-            label=f"hourly limit ({budget.spec.enforcement})",
+            label=f"hourly limit ({budget.enforcement})",
         )
-    if budget is not None and budget.spec.limits.monthly is not None:
-        monthly = budget.spec.limits.monthly
+    if budget is not None and budget.limits.monthly is not None:
+        monthly = budget.limits.monthly
         title += f" (monthly limit {monthly:,.0f}: {monthly / 730:,.0f}/h over a 730-hour month)"
     ax.axvline(result.warmup_minutes / 1440.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("days")

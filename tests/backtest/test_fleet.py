@@ -180,10 +180,14 @@ def test_the_hard_budget_holds_peakwise_under_its_hourly_cap() -> None:
     static = result.summary("chat", "static-peak")
     assert static.minutes_over_cap > 0
     assert peakwise.budget_limited_minutes > 0
-    # The planner keeps its planned spend within the cap; the bill can pass it only by the
-    # nodes still billed while a scale-down drains, so a little, briefly.
-    assert peakwise.peak_billed_hourly <= 60.0 * 1.25
-    assert peakwise.minutes_over_cap < 0.05 * (result.minutes - result.warmup_minutes)
+    # The planner keeps what it costs its plans at (replicas at their share of a node)
+    # within the Hard cap every minute ...
+    assert peakwise.peak_planned_hourly is not None
+    assert peakwise.peak_planned_hourly <= 60.0 + 1e-6
+    # ... while whole nodes are billed (planner.billing), so the bill, counted as the
+    # operator accrues it, is higher where replicas leave nodes part-empty; never lower.
+    assert peakwise.peak_billed_hourly >= peakwise.peak_planned_hourly - 1e-6
+    assert static.peak_planned_hourly is None
 
 
 def test_decisions_see_no_later_demand(small: Any) -> None:

@@ -361,6 +361,10 @@ NS_READ: set[Perm] = {
     ("peakwise.dev", "costbudgets/status", "get"),
     *(("apps", "deployments", v) for v in READ_VERBS),
     *(("", "pods", v) for v in READ_VERBS),
+    ("apps", "statefulsets", "get"),
+    ("leaderworkerset.x-k8s.io", "leaderworkersets", "get"),
+    ("autoscaling", "horizontalpodautoscalers", "list"),
+    ("keda.sh", "scaledobjects", "list"),
 }
 EVENTS: set[Perm] = {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
 NS_WRITE: set[Perm] = {
@@ -372,6 +376,9 @@ NS_WRITE: set[Perm] = {
         for v in ("patch", "update")
     ),
     *(("apps", "deployments", v) for v in WRITE_VERBS),
+    ("apps", "deployments/scale", "patch"),
+    ("apps", "statefulsets/scale", "patch"),
+    ("leaderworkerset.x-k8s.io", "leaderworkersets/scale", "patch"),
     *EVENTS,
 }
 CLUSTER: set[Perm] = {

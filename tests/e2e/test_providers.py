@@ -4,7 +4,8 @@
   module) is installed, a MachineDeployment that passes its schema is created, and
   ``ClusterAPIProvider.set_nodes`` scales it through the scale subresource.
 * Karpenter: the real NodePool CRD (``sigs.k8s.io/karpenter``); ``KarpenterProvider.set_nodes``
-  sets ``spec.limits["nvidia.com/gpu"]`` and the schema accepts it.
+  sets ``spec.limits["nvidia.com/gpu"]`` (the plan plus ``headroomNodes``) and the schema
+  accepts it.
 * kwok: ``KwokProvider.set_nodes`` creates Nodes that kwok makes Ready, with the pool's labels,
   taints and GPUs, and removes the newest first.
 
@@ -295,7 +296,8 @@ def test_karpenter_provider_sets_gpu_limit(
             obj = custom.get_cluster_custom_object(
                 KARPENTER_GROUP, KARPENTER_VERSION, "nodepools", name
             )
-            assert obj["spec"]["limits"][GPU_RESOURCE] == str(n * 8)
+            # The plan plus one node of headroom (headroomNodes' default) for replacements.
+            assert obj["spec"]["limits"][GPU_RESOURCE] == str((n + 1) * 8)
             assert obj["spec"]["limits"]["cpu"] == "1000"  # other limits are kept
             assert obj["spec"]["template"]["spec"]["nodeClassRef"]["name"] == "default"
         # The real schema is in force: a limit that is no quantity is refused.

@@ -1,4 +1,4 @@
-"""Third-party CRDs (Cluster API, Karpenter) read from their published Go modules.
+"""Third-party CRDs (Cluster API, Karpenter, LeaderWorkerSet) read from their published Go modules.
 
 The modules, versions and CRD files are pinned once, in ``hack/cluster.d/crd-modules.txt``
 (``hack/cluster build`` downloads the same modules ahead of time). This helper does not need
@@ -32,8 +32,10 @@ import yaml
 PINS = Path(__file__).resolve().parents[2] / "hack" / "cluster.d" / "crd-modules.txt"
 CLUSTER_API = "sigs.k8s.io/cluster-api"
 KARPENTER = "sigs.k8s.io/karpenter"
+LWS = "sigs.k8s.io/lws"
 MACHINE_DEPLOYMENTS = "cluster.x-k8s.io_machinedeployments.yaml"
 NODEPOOLS = "karpenter.sh_nodepools.yaml"
+LEADER_WORKER_SETS = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 
 _GO_TIMEOUT = 600.0
 
@@ -164,6 +166,10 @@ def machine_deployment_crd() -> dict[str, Any]:
 
 def nodepool_crd() -> dict[str, Any]:
     return crd(KARPENTER, NODEPOOLS)
+
+
+def leader_worker_set_crd() -> dict[str, Any]:
+    return crd(LWS, LEADER_WORKER_SETS)
 
 
 def served_versions(definition: dict[str, Any]) -> list[str]:

@@ -250,3 +250,18 @@ def test_fits_in_a_worker_process_survive_the_worker_being_killed() -> None:
         assert again.info is not None and not again.fallback
     finally:
         forecasts.close()
+
+
+def test_a_failed_fetch_is_tried_again_within_the_minute() -> None:
+    source = Ramp()
+    forecasts = service(source)
+    settle_first = forecasts.forecast(("ns", "a"), spec(), LEAD, NOW)  # fitted, served
+    assert settle_first.forecast is not None
+    source.fail = True
+    later = NOW + timedelta(minutes=1)
+    down = forecasts.forecast(("ns", "a"), spec(), LEAD, later)
+    assert down.forecast is None and "prometheus is down" in down.problem
+    source.fail = False  # back, the same minute: the next round uses it at once
+    back = forecasts.forecast(("ns", "a"), spec(), LEAD, later + timedelta(seconds=20))
+    assert back.forecast is not None
+    forecasts.close()

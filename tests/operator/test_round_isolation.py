@@ -196,3 +196,74 @@ def test_an_object_missing_from_the_index_gets_a_round_without_planning_forever(
         controller.forecasts.close()
     assert ("team", "gone") not in round_.deployments
     assert round_.number <= 2  # planned once for it, not over and over
+
+
+def _budget(namespace: str, name: str = "cap", **spec: Any) -> dict[str, Any]:
+    body = manifests.budget(namespace, name, hourly=100, **spec)
+    body["metadata"]["generation"] = 1
+    return body
+
+
+def _round_with(
+    deployments: dict[tuple[str, str], dict[str, Any]],
+    budgets: dict[str, tuple[dict[str, Any], ...]],
+    children: dict[tuple[str, str], dict[str, int]] | None = None,
+) -> Any:
+    controller = Controller(
+        service(Ramp(), level=10.0), timedelta(seconds=30), lambda: NOW, fit_wait=timedelta(0)
+    )
+    snapshot = Snapshot(
+        deployments=deployments,
+        pools={"od": POOL},
+        budgets=budgets,
+        children=children or {},
+        pool_nodes={},
+    )
+
+    async def run() -> Any:
+        return await controller.round(lambda: snapshot)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        controller.close()
+        controller.forecasts.close()
+
+
+def test_a_namespace_without_a_budget_is_planned_but_nothing_is_scaled() -> None:
+    bare = _deployment("bare")
+    bare["metadata"]["namespace"] = "nobudget"
+    round_ = _round_with(
+        {("team", "good"): _deployment("good"), ("nobudget", "bare"): bare},
+        {"team": (_budget("team"),)},
+        children={("nobudget", "bare"): {"od": 3}},
+    )
+    assert round_.effective["team"].enforce
+    closed = round_.effective["nobudget"]
+    assert not closed.enforce and "Recommend only" in closed.reason
+    # Still planned, for status; its three running replicas keep their nodes.
+    assert ("nobudget", "bare") in round_.plan.deployments
+    good = round_.plan.deployments[("team", "good")].replicas.get("od", 0)
+    assert round_.pool_targets["od"] >= -(-(good + 3) // 4)  # 4 GPUs a node
+
+
+def test_two_budgets_in_a_namespace_apply_the_strictest_and_say_so() -> None:
+    loose, strict = _budget("team", "loose"), _budget("team", "strict")
+    loose["spec"]["limits"] = {"hourly": 1000}
+    strict["spec"]["limits"] = {"hourly": 5}
+    round_ = _round_with({("team", "good"): _deployment("good")}, {"team": (loose, strict)})
+    effective = round_.effective["team"]
+    assert effective.budget is not None and effective.budget.spec.limits.hourly == 5
+    assert "strictest" in effective.reason and set(effective.ignored) == {"loose", "strict"}
+
+
+def test_a_template_asking_for_the_host_network_is_left_out() -> None:
+    hostile = _deployment("hostile")
+    hostile["spec"]["template"]["spec"]["hostNetwork"] = True
+    round_ = _round_with(
+        {("team", "good"): _deployment("good"), ("team", "hostile"): hostile},
+        {"team": (_budget("team"),)},
+    )
+    assert round_.invalid["InferenceDeployment team/hostile"].startswith("pod template rejected")
+    assert "hostNetwork" in round_.invalid["InferenceDeployment team/hostile"]
+    assert ("team", "good") in round_.plan.deployments

@@ -285,3 +285,28 @@ def test_a_target_is_held_until_its_forecast_window_has_passed() -> None:
     assert _held(40, timedelta(minutes=30), "0s") == 3
     # A longer stabilisation window still wins.
     assert _held(19, None, "20m") == 10
+
+
+def test_of_plans_that_cost_the_same_the_one_that_moves_nothing_wins() -> None:
+    # Two identical on-demand pools: either serves the 5 replicas at the same price. Whichever
+    # runs them now keeps them, whichever order the pools come in.
+    pools = (pool("od-a", price=40.0), pool("od-b", price=40.0))
+    for running in ("od-a", "od-b"):
+        chat = deployment("chat", 500.0, current={running: 5}, spot_fraction=0.0)
+        planned = plan(PlanInput(NOW, (chat,), pools)).deployments[chat.key]
+        assert dict(planned.replicas) == {running: 5}
+
+
+def test_a_real_saving_still_moves_replicas() -> None:
+    # Spot at a quarter of the price: the replicas move there, what runs now or not.
+    pools = (pool("od", price=40.0), pool("spot", "spot", price=10.0))
+    chat = deployment("chat", 500.0, current={"od": 5}, spot_fraction=1.0)
+    planned = plan(PlanInput(NOW, (chat,), pools)).deployments[chat.key]
+    assert planned.replicas_by_tier["spot"] == 5
+
+
+def test_a_replica_no_one_needs_is_not_kept_for_being_there() -> None:
+    pools = (pool("od", price=40.0),)
+    chat = deployment("chat", 300.0, current={"od": 8}, spot_fraction=0.0)
+    planned = plan(PlanInput(NOW, (chat,), pools)).deployments[chat.key]
+    assert planned.total == 3

@@ -152,6 +152,20 @@ namespaces are watched and Roles in each watched namespace otherwise.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# targetRef: the workloads Peakwise right-sizes, and the autoscalers that may already own
+# them (reported, never written).
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["list"]
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
@@ -171,6 +185,13 @@ namespaces are watched and Roles in each watched namespace otherwise.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "update", "patch", "delete"]
+# targetRef: replicas through the scale subresource only (never the template).
+- apiGroups: ["apps"]
+  resources: ["deployments/scale", "statefulsets/scale"]
+  verbs: ["patch"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets/scale"]
+  verbs: ["patch"]
 {{ include "peakwise.rules.events" . }}
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 - apiGroups: ["kopf.dev"]
