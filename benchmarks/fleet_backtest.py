@@ -19,7 +19,8 @@ What it does:
 4. Advice against brute force, for the H100s of the first ``--advice-services`` services'
    fleet (the example fleet's): the advice's count per term, and the expected monthly cost
    by the real planner (a joint plan per minute at every committed count from 0 to the
-   peak, ``fleet.brute_force_commitment``) at that count and at the best count; the gap.
+   peak, ``fleet.brute_force_commitment``, every ``--advice-stride``-th minute) at that
+   count and at the best count; the gap.
 
 The machine is shared: wall time is noisy; CPU time is printed beside it.
 """
@@ -177,7 +178,9 @@ def run_backtest(url: str, manifests: Path, out: Path) -> tuple[float, float, st
     return wall, cpu, proc.stdout, proc.stderr
 
 
-def advice_against_brute_force(url: str, docs: list[dict[str, Any]], days: int) -> None:
+def advice_against_brute_force(
+    url: str, docs: list[dict[str, Any]], days: int, stride: int
+) -> None:
     fleet = parse_fleet(docs, "the example fleet")
     source = PrometheusHistory(url)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -205,7 +208,7 @@ def advice_against_brute_force(url: str, docs: list[dict[str, Any]], days: int) 
         cpu0 = time.process_time()
         counts = list(range(most + 1))
         costs = brute_force_commitment(
-            fleet, aligned, start, advice.market, term.price_per_node_hour, counts
+            fleet, aligned, start, advice.market, term.price_per_node_hour, counts, stride=stride
         )
         best = min(range(len(counts)), key=lambda i: costs[i])
         at_advice = costs[counts.index(term.nodes)]
@@ -233,6 +236,13 @@ def main() -> int:
         "--advice-services", type=int, default=6, help="the fleet the advice is checked on"
     )
     parser.add_argument("--no-advice", action="store_true")
+    parser.add_argument(
+        "--advice-stride",
+        type=int,
+        default=60,
+        help="the brute force plans every N-th minute with the exact solver (default 60: "
+        "a plan per minute and count would take hours)",
+    )
     parser.add_argument("--keep", help="keep the report and CSVs in this folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peakwise-fleet-bench-") as tmp:
@@ -263,7 +273,7 @@ def main() -> int:
             )
             if not args.no_advice:
                 example, _ = fleet_documents(min(args.advice_services, len(series)))
-                advice_against_brute_force(server.url, example, args.days)
+                advice_against_brute_force(server.url, example, args.days, args.advice_stride)
         finally:
             server.stop()
     return 0

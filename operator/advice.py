@@ -54,6 +54,11 @@ class _Computed:
     advice: CommitmentAdvice
 
 
+_COMPUTED: dict[str, _Computed] = {}
+"""The latest advice of each GPU type (one operator per process)."""
+_LOCKS: dict[str, asyncio.Lock] = {}
+
+
 def advice_status(advice: Advice, now: datetime) -> CommitmentAdvice:
     """The status form of an advice (pure)."""
     best = advice.best
@@ -148,18 +153,24 @@ async def refresh_advice(
     except ValueError:
         return  # the pool's own timer reports an invalid pool
     gpu_type = pool.spec.gpu_type
-    cache: dict[str, _Computed] = memo.setdefault("advice_by_gpu_type", {})
-    computed = cache.get(gpu_type)
-    if computed is None or now - computed.at >= REFRESH:
-        snapshot = indexes.snapshot({n: index_kwargs[n] for n in indexes.NAMES})
-        source = memo.runtime.controller.forecasts.source
-        try:
-            advice = await asyncio.to_thread(compute_advice, source, gpu_type, snapshot, now)
-        except Exception as error:
-            log.exception("commitment advice for %s", gpu_type)
-            raise kopf.TemporaryError(f"commitment advice failed: {error}", delay=300) from error
-        computed = _Computed(now, advice)
-        cache[gpu_type] = computed
+    # The pools of one type share one computation: their timers fire together, and the
+    # second waits for the first's advice instead of computing its own. (Kept here, not in
+    # the memo: kopf gives each object a shallow copy of it.)
+    cache = _COMPUTED
+    async with _LOCKS.setdefault(gpu_type, asyncio.Lock()):
+        computed = cache.get(gpu_type)
+        if computed is None or now - computed.at >= REFRESH:
+            snapshot = indexes.snapshot({n: index_kwargs[n] for n in indexes.NAMES})
+            source = memo.runtime.controller.forecasts.source
+            try:
+                advice = await asyncio.to_thread(compute_advice, source, gpu_type, snapshot, now)
+            except Exception as error:
+                log.exception("commitment advice for %s", gpu_type)
+                raise kopf.TemporaryError(
+                    f"commitment advice failed: {error}", delay=300
+                ) from error
+            computed = _Computed(now, advice)
+            cache[gpu_type] = computed
     patch.setdefault("status", {})["advice"] = wire(computed.advice)
 
 
