@@ -29,7 +29,7 @@ from peakwise.api.costbudget import CostBudget
 from peakwise.api.errors import describe
 from peakwise.api.gpunodepool import GPUNodePool, GPUNodePoolStatus
 from peakwise.api.inferencedeployment import InferenceDeployment, InferenceDeploymentStatus
-from peakwise.operator import indexes, metrics
+from peakwise.operator import advice, indexes, metrics
 from peakwise.operator.actuation import Actuator
 from peakwise.operator.controller import Controller, Round, object_name
 from peakwise.operator.conventions import (
@@ -669,3 +669,4 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
     kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, **on)(
         accrue_budget
     )
+    advice.register(registry)

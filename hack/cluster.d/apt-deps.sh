@@ -11,6 +11,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 for tool in buildah runc mmdebstrap containerd shellcheck; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# The fleet backtest's HTML report is checked in a real browser: headless Chromium.
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]} == 0)); then
     exit 0
 fi

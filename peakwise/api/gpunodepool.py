@@ -152,6 +152,62 @@ class GPUNodePoolSpec(WireModel):
     is used whenever the live price is missing (status says so)."""
 
 
+class CommitmentCostPoint(StatusModel):
+    """Expected monthly cost with one count of committed nodes."""
+
+    nodes: int = 0
+    """Committed nodes."""
+    monthly_cost: float = 0.0
+    """Expected cost of the GPU type per month (committed plus spot and on-demand)."""
+
+
+class CommitmentTermAdvice(StatusModel):
+    """The best commitment at one term's price."""
+
+    term: str = ""
+    """The commitment term (e.g. 1y, 3y; current: the reserved pool's own price)."""
+    price_per_node_hour: float = 0.0
+    """Effective price of a committed node at this term."""
+    nodes: int = 0
+    """Committed nodes that minimise expected monthly cost at this price."""
+    monthly_cost: float = 0.0
+    """Expected monthly cost with that many."""
+    monthly_saving: float = 0.0
+    """Less than with no commitment at all, per month."""
+    break_even_utilization: float = 0.0
+    """Share of hours a committed node must be busy to cost less than on-demand."""
+
+
+class CommitmentAdvice(StatusModel):
+    """How many nodes of the pool's GPU type to commit to (reserve), from the fleet's demand
+    history at its services' shortfall targets. Advice only: Peakwise never buys capacity."""
+
+    gpu_type: str = ""
+    """The GPU type advised on (the pool's)."""
+    recommended_term: str = ""
+    """The term with the lowest expected monthly cost."""
+    recommended_nodes: int = 0
+    """Nodes to commit to at that term."""
+    current_nodes: int = 0
+    """Nodes of the GPU type committed now (the reserved pools' reservedNodes)."""
+    monthly_cost: float = 0.0
+    """Expected monthly cost of the GPU type with the recommendation."""
+    monthly_cost_now: float | None = None
+    """Expected monthly cost with what is committed now (unset: nothing is)."""
+    break_even_utilization: float = 0.0
+    """Share of hours a committed node must be busy to beat on-demand, at the recommended term."""
+    terms: list[CommitmentTermAdvice] = Field(default_factory=list, max_length=16)
+    """The best commitment at every term priced."""
+    curve: list[CommitmentCostPoint] = Field(default_factory=list, max_length=16)
+    """Expected monthly cost around the recommendation (how flat the optimum is)."""
+    assumptions: list[str] = Field(default_factory=list, max_length=16)
+    """What the advice rests on: history, services, prices, spot interruption rate."""
+    message: str = ""
+    """The advice in one sentence."""
+    computed_at: datetime | None = None
+    """When it was computed; it is refreshed daily."""
+
+
 class GPUNodePoolStatus(StatusModel):
     """What the pool has and how it behaved."""
 
@@ -178,6 +234,8 @@ class GPUNodePoolStatus(StatusModel):
     price_source: str = ""
     """Where that price came from: spec (pricePerNodeHour), or the OpenCost series and how
     many nodes it averaged."""
+    advice: CommitmentAdvice | None = None
+    """Commitment advice for the pool's GPU type, refreshed daily (never acted on)."""
 
 
 class GPUNodePool(WireModel):

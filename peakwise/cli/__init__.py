@@ -98,15 +98,17 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "utilisation target; with several capacity tiers also reactive scaling that fills the "
         "same tiers (HPA plus a Karpenter-like provisioner), tuned the same way; and a "
         "perfect-foresight oracle. Provisioning delay, tier prices and spot interruptions are "
-        "simulated. Prints a table; writes per-minute CSVs and a plot.",
+        "simulated. Prints a table; writes per-minute CSVs and a plot. With --prometheus-url "
+        "and --manifests DIR or --from-cluster, the whole fleet instead: every service's "
+        "history from Prometheus, replayed jointly on the shared pools under the budgets, "
+        "tables per namespace and for the fleet, commitment advice and an HTML report.",
     )
-    p.add_argument("--trace", required=True, help="CSV: timestamp,requests,input_tokens,...")
+    p.add_argument("--trace", help="CSV: timestamp,requests,input_tokens,... (one service)")
     p.add_argument(
         "--config",
-        required=True,
         help="YAML with the GPUNodePools, the InferenceDeployment and optionally its CostBudget",
     )
-    p.add_argument("--out", help="directory for the per-policy CSVs")
+    p.add_argument("--out", help="directory for the per-minute CSVs")
     p.add_argument("--plot", help="PNG file for the plot")
     p.add_argument(
         "--column",
@@ -148,6 +150,9 @@ def _add_backtest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--warmup", default="1d", help="replayed but not measured (default 1d)")
     p.add_argument("--seed", type=int, default=1, help="seed for spot interruptions")
+    from peakwise.cli.fleet import add_fleet_backtest_arguments
+
+    add_fleet_backtest_arguments(p)
     p.set_defaults(run=_run_backtest)
 
 
@@ -159,6 +164,24 @@ def _run_backtest(args: argparse.Namespace) -> int:
     from peakwise.reports.backtest import calibration_summary, plot, table, write_csvs
     from peakwise.trace import TraceError, read_trace
 
+    if args.prometheus_url:
+        if args.trace or args.config:
+            print(
+                "peakwise backtest: error: --prometheus-url replays the fleet; --trace and "
+                "--config replay one service: give one or the other",
+                file=sys.stderr,
+            )
+            return 2
+        from peakwise.cli.fleet import run_fleet_backtest_command
+
+        return run_fleet_backtest_command(args)
+    if not (args.trace and args.config):
+        print(
+            "peakwise backtest: error: give --trace and --config (one service), or "
+            "--prometheus-url with --manifests DIR or --from-cluster (the fleet)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         trace = read_trace(
             args.trace,
@@ -235,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backtest(sub)
     _add_operator(sub)
     _add_demo_view(sub)
+    from peakwise.cli.fleet import add_advise_parser
+
+    add_advise_parser(sub)
     from peakwise.cli.forecast_eval import add_forecast_eval_parser
 
     add_forecast_eval_parser(sub)

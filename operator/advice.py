@@ -1,0 +1,187 @@
+"""Commitment advice in ``GPUNodePool.status.advice``, refreshed daily: advice only.
+
+In Recommend fashion: the operator says how many nodes of each pool's GPU type the fleet
+should commit to (reserve), at each commitment term priced, with the cost curve around the
+optimum, the break-even utilisation, its assumptions and the date; it never buys or changes
+anything. The advice is ``peakwise.backtest.advice``'s, on the last 14 days of every
+service's demand (through the operator's Prometheus adapter, whose cache the planning
+rounds share), the same as ``peakwise advise`` prints.
+
+A timer on every pool checks hourly; the advice of a GPU type is computed at most once a
+day and shared by its pools. Terms are priced by ``peakwise.dev/reserved-price-<term>``
+annotations on the type's pools (else the reserved pool's own price, as ``current``); spot
+is priced at the spot pool's observed interruption rate (its status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+
+from peakwise.api.gpunodepool import (
+    CommitmentAdvice,
+    CommitmentCostPoint,
+    CommitmentTermAdvice,
+    GPUNodePool,
+)
+from peakwise.backtest.advice import Advice
+from peakwise.backtest.fleet import Fleet, FleetOptions, align, fleet_advice, key_of
+from peakwise.forecasting.series import Series
+from peakwise.operator import indexes
+from peakwise.operator.controller import parse_all
+from peakwise.operator.forecasts import STEP_SECONDS, HistorySource
+from peakwise.operator.status import wire
+
+GROUP, VERSION = "peakwise.dev", "v1alpha1"
+REFRESH = timedelta(days=1)
+"""How old an advice may get before it is computed again."""
+CHECK_SECONDS = 3600.0
+"""How often each pool's timer looks whether its advice is due."""
+HISTORY = timedelta(days=14)
+"""Demand history the advice rests on."""
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Computed:
+    at: datetime
+    advice: CommitmentAdvice
+
+
+_COMPUTED: dict[str, _Computed] = {}
+"""The latest advice of each GPU type (one operator per process)."""
+_LOCKS: dict[str, asyncio.Lock] = {}
+
+
+def advice_status(advice: Advice, now: datetime) -> CommitmentAdvice:
+    """The status form of an advice (pure)."""
+    best = advice.best
+    return CommitmentAdvice(
+        gpu_type=advice.gpu_type,
+        recommended_term=best.term,
+        recommended_nodes=best.nodes,
+        current_nodes=advice.market.current_reserved_nodes,
+        monthly_cost=round(best.monthly_cost, 2),
+        monthly_cost_now=(
+            round(advice.monthly_cost_now, 2) if advice.monthly_cost_now is not None else None
+        ),
+        break_even_utilization=round(best.break_even_on_demand, 4),
+        terms=[
+            CommitmentTermAdvice(
+                term=t.term,
+                price_per_node_hour=t.price_per_node_hour,
+                nodes=t.nodes,
+                monthly_cost=round(t.monthly_cost, 2),
+                monthly_saving=round(t.saving, 2),
+                break_even_utilization=round(t.break_even_on_demand, 4),
+            )
+            for t in advice.terms
+        ][:16],
+        curve=[
+            CommitmentCostPoint(nodes=p.nodes, monthly_cost=round(p.monthly_cost, 2))
+            for p in best.curve
+        ],
+        assumptions=list(advice.assumptions)[:16],
+        message=advice.summary()[:1000],
+        computed_at=now,
+    )
+
+
+def no_advice(gpu_type: str, why: str, now: datetime) -> CommitmentAdvice:
+    return CommitmentAdvice(gpu_type=gpu_type, message=f"no advice: {why}"[:1000], computed_at=now)
+
+
+def compute_advice(
+    source: HistorySource, gpu_type: str, snapshot: indexes.Snapshot, now: datetime
+) -> CommitmentAdvice:
+    """Fetch the fleet's history and advise on `gpu_type` (blocking: network and CPU)."""
+    deployments, pools, _, _ = parse_all(snapshot)
+    end = now.replace(second=0, microsecond=0)
+    demand: dict[tuple[str, str], Series] = {}
+    left_out = []
+    for infd in deployments.values():
+        if not any(p.gpu_type == gpu_type for p in infd.spec.gpu_profiles):
+            continue
+        try:
+            demand[key_of(infd)] = source.fetch(
+                infd.spec.demand.query, end - HISTORY, end, STEP_SECONDS
+            )
+        except Exception as error:  # one service's history never stops the others' advice
+            left_out.append(f"{key_of(infd)[0]}/{key_of(infd)[1]} ({error})")
+    if not demand:
+        return no_advice(gpu_type, "no service with demand history runs on this GPU type", now)
+    kept = tuple(d for d in deployments.values() if key_of(d) in demand)
+    # Budgets do not enter the advice (it prices what the shortfall targets need).
+    fleet = Fleet(tuple(pools.values()), tuple(sorted(kept, key=key_of)))
+    _, _, aligned = align(demand)
+    found, problems = fleet_advice(fleet, aligned, FleetOptions(advice_gpu_types=(gpu_type,)))
+    if not found:
+        return no_advice(gpu_type, "; ".join(problems) or "nothing to advise", now)
+    status = advice_status(found[0], now)
+    if left_out:
+        status.assumptions = [*status.assumptions, "left out: " + "; ".join(left_out)][:16]
+    return status
+
+
+def _due(live: Mapping[str, Any], now: datetime) -> bool:
+    text = live.get("computedAt")
+    if not isinstance(text, str):
+        return True
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return now - at >= REFRESH
+
+
+async def refresh_advice(
+    body: kopf.Body, name: str, patch: kopf.Patch, memo: kopf.Memo, **index_kwargs: Any
+) -> None:
+    """Every hour: write the pool's advice when it is missing or a day old."""
+    now = datetime.now(UTC)
+    live = (body.get("status") or {}).get("advice") or {}
+    if not _due(live, now):
+        return
+    try:
+        pool = GPUNodePool.model_validate(dict(body))
+    except ValueError:
+        return  # the pool's own timer reports an invalid pool
+    gpu_type = pool.spec.gpu_type
+    # The pools of one type share one computation: their timers fire together, and the
+    # second waits for the first's advice instead of computing its own. (Kept here, not in
+    # the memo: kopf gives each object a shallow copy of it.)
+    cache = _COMPUTED
+    async with _LOCKS.setdefault(gpu_type, asyncio.Lock()):
+        computed = cache.get(gpu_type)
+        if computed is None or now - computed.at >= REFRESH:
+            snapshot = indexes.snapshot({n: index_kwargs[n] for n in indexes.NAMES})
+            source = memo.runtime.controller.forecasts.source
+            try:
+                advice = await asyncio.to_thread(compute_advice, source, gpu_type, snapshot, now)
+            except Exception as error:
+                log.exception("commitment advice for %s", gpu_type)
+                raise kopf.TemporaryError(
+                    f"commitment advice failed: {error}", delay=300
+                ) from error
+            computed = _Computed(now, advice)
+            cache[gpu_type] = computed
+    patch.setdefault("status", {})["advice"] = wire(computed.advice)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """The advice timer on every GPUNodePool (a line in handlers.register)."""
+    kopf.timer(
+        GROUP,
+        VERSION,
+        "gpunodepools",
+        id="advice",
+        interval=CHECK_SECONDS,
+        initial_delay=15.0,
+        registry=registry,
+    )(refresh_advice)
