@@ -71,9 +71,12 @@ from peakwise.forecasting.windows import last_known, recent_range, valid_origins
 DEFAULT_SHORTFALL = 0.005
 """``spec.slo.shortfallMinutes`` when not set: 0.5% of minutes."""
 
-QUANTILES = np.concatenate([[0.5, 0.6, 0.7, 0.8, 0.85], np.arange(0.9, 0.998, 0.002), [0.999]])
+QUANTILES = np.concatenate(
+    [[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85], np.arange(0.9, 0.998, 0.002), [0.999]]
+)
 """The margins a forecast is calibrated over: quantiles, finest near the top, where targets
-of a fraction of a percent of minutes land."""
+of a fraction of a percent of minutes land, and below the median, where whole replicas or the
+hold rule already cover most minutes."""
 HEADROOMS = np.concatenate(
     [np.arange(0.0, 0.5, 0.01), np.arange(0.5, 1.0, 0.05), [1.0, 1.5, 2.0, 3.0, 4.0]]
 )
