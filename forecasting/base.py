@@ -42,7 +42,8 @@ class CalibrationInfo:
     margin: str
     """The margin in use, for people: ``q0.987`` or ``reactive headroom 23%``."""
     quantile: float | None
-    """The forecast quantile in use (None on the reactive rule)."""
+    """The forecast quantile in use (None on the reactive rule); with a quantile per time of
+    day, the highest of them."""
     headroom: float | None
     """The reactive headroom in use (None on forecasts)."""
     replayed_shortfall: float | None
@@ -58,6 +59,9 @@ class CalibrationInfo:
     """Steps of the history where demand sat at its capacity (counted as short)."""
     note: str = ""
     """Why the margin is what it is when that is not the plain calibration."""
+    quantiles_by_time_of_day: tuple[float, ...] = ()
+    """The quantile per equal span of the UTC day (``len`` spans from 00:00), when the margin
+    was calibrated per time of day; empty when one quantile serves the whole day."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ the service's own history, at every refit:
    window, whole replicas, replica bounds), and the option's margin is the smallest whose
    replayed shortfall is within the target. Minutes where demand sat at the capacity that
    served it (*censored*: a served-requests metric flattens there, so true demand was
-   higher) count as short, whatever the margin.
+   higher) count as short, whatever the margin. The forecast's quantile is then also
+   calibrated per time of day (``time_of_day_buckets``, a quarter of the UTC day each), each
+   bucket's misses shrunk toward the whole day's, and used if it replays less capacity.
 3. **Handover.** A service starts on the reactive rule; forecasts take over once there is
    ``handover_seconds`` of history (1 day) and they meet the target on it with less replayed
    capacity than the reactive rule. A service whose forecasts stop paying (a level shift
@@ -69,9 +71,12 @@ from peakwise.forecasting.windows import last_known, recent_range, valid_origins
 DEFAULT_SHORTFALL = 0.005
 """``spec.slo.shortfallMinutes`` when not set: 0.5% of minutes."""
 
-QUANTILES = np.concatenate([[0.5, 0.6, 0.7, 0.8, 0.85], np.arange(0.9, 0.998, 0.002), [0.999]])
+QUANTILES = np.concatenate(
+    [[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85], np.arange(0.9, 0.998, 0.002), [0.999]]
+)
 """The margins a forecast is calibrated over: quantiles, finest near the top, where targets
-of a fraction of a percent of minutes land."""
+of a fraction of a percent of minutes land, and below the median, where whole replicas or the
+hold rule already cover most minutes."""
 HEADROOMS = np.concatenate(
     [np.arange(0.0, 0.5, 0.01), np.arange(0.5, 1.0, 0.05), [1.0, 1.5, 2.0, 3.0, 4.0]]
 )
@@ -84,6 +89,13 @@ SPREADS = np.concatenate(
 """The other reactive rule's headroom, in units of how much demand has been moving: the range
 of the last hour plus twice the history's median one (the nowcast's scale)."""
 VOLATILITY_STEPS = 60
+SHRINK_DAYS = 14.0
+"""A time-of-day bucket's own misses count as much as the whole day's (scaled to the
+bucket) after this many days of that bucket: with less history its margin leans on the
+whole day's, so a young service's buckets fall back to one margin gracefully."""
+PRICES = np.geomspace(0.03, 3000.0, 41)
+"""What a short minute may cost, in minutes of the span's mean capacity: the prices at which
+time-of-day margins are traded off against capacity."""
 
 MIN_REFIT_SECONDS = 600
 REFIT_GROWTH = 0.1
@@ -151,13 +163,23 @@ class Margin:
     """Mean ready capacity (units/s) the planner would have held at this margin."""
     reached: bool
     """Whether the replayed shortfall is within the target."""
+    by_hour: tuple[float, ...] = ()
+    """The forecast's quantile per time-of-day bucket (equal spans of the UTC day, by the
+    hour the forecast window starts), when calibrated per bucket; empty: ``knob`` throughout."""
 
     def describe(self) -> str:
         if self.option == "forecast":
-            return f"q{self.knob:.3f}".rstrip("0").rstrip(".")
+            if self.by_hour:
+                low, high = (_quantile_label(q) for q in (min(self.by_hour), max(self.by_hour)))
+                return f"{low}–{high} by time of day"
+            return _quantile_label(self.knob)
         if self.option == "reactive-spread":
             return f"reactive headroom {self.knob:.2f} × recent range"
         return f"reactive headroom {self.knob:.0%}"
+
+
+def _quantile_label(q: float) -> str:
+    return f"q{q:.3f}".rstrip("0").rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -209,6 +231,7 @@ class ShortfallForecaster(Estimator):
         calibration_seconds: int = 7 * DAY_SECONDS,
         handover_seconds: int = DAY_SECONDS,
         achieved_seconds: int = 7 * DAY_SECONDS,
+        time_of_day_buckets: int = 4,
     ) -> None:
         self.rule = rule
         self.shortfall = shortfall
@@ -220,6 +243,7 @@ class ShortfallForecaster(Estimator):
         self.calibration_seconds = calibration_seconds
         self.handover_seconds = handover_seconds
         self.achieved_seconds = achieved_seconds
+        self.time_of_day_buckets = time_of_day_buckets
 
     # --- fitting ---------------------------------------------------------------------------
     def _lead(self) -> int:
@@ -232,6 +256,9 @@ class ShortfallForecaster(Estimator):
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
         if self.width < 1:
             raise ValueError(f"need width ≥ 1, got {self.width}")
+        buckets = self.time_of_day_buckets
+        if buckets < 0 or (buckets and (24 * 60) % buckets):
+            raise ValueError(f"time_of_day_buckets must divide a day's minutes, got {buckets}")
 
     def _new_forecaster(self) -> PeakForecaster:
         if self.forecaster is not None:
@@ -294,6 +321,80 @@ class ShortfallForecaster(Estimator):
         )
         return predicted
 
+    def _bucket(self, series: Series, steps: IntArray, buckets: int) -> IntArray:
+        """Time-of-day bucket (UTC) of the window the target made at each origin is for."""
+        start = series.start
+        midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        offset = (start - midnight).total_seconds()
+        seconds = offset + (steps + 1 + self._lead()) * series.step_seconds
+        out: IntArray = ((seconds % DAY_SECONDS) // (DAY_SECONDS // buckets)).astype(np.int64)
+        return out
+
+    def _by_hour(
+        self,
+        series: Series,
+        origins: IntArray,
+        forecasts: FloatArray,
+        demand: FloatArray,
+        censored: BoolArray,
+        skip: int,
+        plain: Margin,
+    ) -> Margin | None:
+        """One quantile per time-of-day bucket, if that meets the target for less capacity.
+
+        Each bucket's quantile is the one that minimises its capacity plus a price per
+        short minute, with its short minutes shrunk toward the whole day's (``SHRINK_DAYS``);
+        the price is the least at which the shrunk misses of all buckets, and the replay of
+        the mixed forecasts through the hold rule, are within the target.
+        """
+        buckets = self.time_of_day_buckets
+        capacity = held_capacity(forecasts, self.rule)
+        measured = ~np.isnan(demand)
+        measured[:skip] = False
+        total = int(measured.sum())
+        if total == 0:
+            return None
+        # A minute's capacity follows the targets made lead + 1 steps before it, for it.
+        bucket = self._bucket(series, origins - 1 - self._lead(), buckets)
+        short = (demand[:, None] > capacity + 1e-9) | censored[:, None]
+        one_hot = (bucket[measured, None] == np.arange(buckets)[None, :]).astype(np.float64)
+        counts = one_hot.sum(axis=0)  # measured minutes per bucket
+        misses = one_hot.T @ short[measured].astype(np.float64)  # (buckets, quantiles)
+        held = one_hot.T @ capacity[measured]
+        day_share = misses.sum(axis=0) / total
+        weight = counts / (counts + SHRINK_DAYS * DAY_SECONDS / buckets / series.step_seconds)
+        shrunk = weight[:, None] * misses + (1.0 - weight[:, None]) * counts[:, None] * day_share
+        unit = float(held.sum()) / max(total, 1)
+        budget = self.shortfall * total + 1e-9
+        chosen: list[IntArray] = []
+        for price in PRICES * unit:
+            pick = np.argmin(held + price * shrunk, axis=1)
+            if shrunk[np.arange(buckets), pick].sum() <= budget:
+                chosen.append(pick)
+        if not chosen:
+            return None
+        picks = np.array(chosen)  # (candidates, buckets)
+        per_origin = picks[:, self._bucket(series, origins, buckets)].T  # (origins, candidates)
+        mixed = np.take_along_axis(forecasts, per_origin, axis=1)
+        shortfall, mean_capacity, _ = _span_capacity_and_misses(
+            demand, mixed, self.rule, censored, skip
+        )
+        ok = np.flatnonzero(shortfall <= self.shortfall + 1e-12)
+        if ok.size == 0:
+            return None
+        best = int(ok[np.argmin(mean_capacity[ok])])
+        if plain.replayed_capacity is not None and mean_capacity[best] >= plain.replayed_capacity:
+            return None
+        by_hour = tuple(float(QUANTILES[k]) for k in picks[best])
+        return Margin(
+            "forecast",
+            max(by_hour),
+            float(shortfall[best]),
+            float(mean_capacity[best]),
+            True,
+            by_hour,
+        )
+
     def _calibrate(self, series: Series, censored: BoolArray) -> tuple[Margin, Margin | None, str]:
         """The margin in use, the other option's calibrated margin, and a note."""
         first = self._span(series)
@@ -315,8 +416,10 @@ class ShortfallForecaster(Estimator):
         span_censored = censored[first:]
         skip = self.rule.lead + self.rule.hold  # the first targets of the span predate it
 
+        made: dict[Option, FloatArray] = {}
+
         def calibrated(option: Option, knobs: Sequence[float] | FloatArray) -> Margin:
-            forecasts = self._forecasts(option, series, origins, knobs)
+            forecasts = made[option] = self._forecasts(option, series, origins, knobs)
             shortfall, capacity, measured = _span_capacity_and_misses(
                 demand, forecasts, self.rule, span_censored, skip
             )
@@ -351,6 +454,11 @@ class ShortfallForecaster(Estimator):
         if self.history_seconds_ < self.handover_seconds or _short(self.forecaster_.info_):
             return reactive, None, note or "history shorter than the handover span"
         forecast = calibrated("forecast", QUANTILES)
+        if self.time_of_day_buckets and forecast.reached:
+            split = self._by_hour(
+                series, origins, made["forecast"], demand, span_censored, skip, forecast
+            )
+            forecast = split or forecast
         if forecast.reached and (
             not reactive.reached
             or (forecast.replayed_capacity or 0.0) <= (reactive.replayed_capacity or 0.0)
@@ -383,7 +491,14 @@ class ShortfallForecaster(Estimator):
     # --- predicting --------------------------------------------------------------------------
     def _targets(self, series: Series, origins: IntArray) -> FloatArray:
         margin = self.margin_
-        out = self._forecasts(margin.option, series, origins, [margin.knob])[:, 0]
+        if margin.by_hour:
+            levels = sorted(set(margin.by_hour))
+            column = np.searchsorted(levels, np.asarray(margin.by_hour))
+            bucket = self._bucket(series, origins, len(margin.by_hour))
+            every = self._forecasts("forecast", series, origins, levels)
+            out = every[np.arange(origins.shape[0]), column[bucket]]
+        else:
+            out = self._forecasts(margin.option, series, origins, [margin.knob])[:, 0]
         result: FloatArray = np.maximum(out, 0.0)
         return result
 
@@ -446,6 +561,7 @@ class ShortfallForecaster(Estimator):
             achieved_seconds=float(span),
             censored_minutes=self.censored_minutes_,
             note=self.note_,
+            quantiles_by_time_of_day=margin.by_hour,
         )
 
     @property

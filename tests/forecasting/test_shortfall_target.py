@@ -108,7 +108,8 @@ def test_censored_stretches_are_found_with_and_without_capacity() -> None:
 
 def test_the_margin_is_the_smallest_that_meets_the_target_on_the_history() -> None:
     series = daily_demand(9, seed=3)
-    model = ShortfallForecaster(RULE, 0.01).fit(series)
+    # One quantile for the whole day (the margin per time of day has its own test).
+    model = ShortfallForecaster(RULE, 0.01, time_of_day_buckets=0).fit(series)
     info = model.calibration_
     assert info.mode == "forecast" and info.quantile is not None
     first = len(series) - 7 * 1440
@@ -121,6 +122,54 @@ def test_the_margin_is_the_smallest_that_meets_the_target_on_the_history() -> No
     capacity = held_capacity(looser[:, 0], RULE)
     skip = RULE.lead + RULE.hold
     assert shortfall_share(series.values[first + skip :], capacity[skip:]) > 0.01
+
+
+def test_a_quantile_per_time_of_day_where_the_misses_are_costs_less_for_the_target() -> None:
+    # Steady demand with 10-minute jumps, only between 12:00 and 18:00 UTC: one quantile for
+    # the whole day spends the margin where it buys the least.
+    minutes = np.arange(9 * 1440)
+    rng = np.random.default_rng(12)
+    demand = 100.0 * np.repeat(rng.lognormal(0.0, 0.05, minutes.shape[0] // 10), 10)
+    afternoon = (minutes % 1440 >= 12 * 60) & (minutes % 1440 < 18 * 60)
+    jumps = np.repeat(rng.random(minutes.shape[0] // 10) < 0.08, 10) & afternoon
+    series = Series(START, 60, np.where(jumps, 2.0 * demand, demand))
+    rule = HoldRule(lead=10, hold=15, replica_throughput=5.0, utilization=1.0, min_replicas=1)
+    split = ShortfallForecaster(rule, 0.01).fit(series)
+    whole = ShortfallForecaster(rule, 0.01, time_of_day_buckets=0).fit(series)
+    info = split.calibration_
+    by_hour = info.quantiles_by_time_of_day
+    assert len(by_hour) == 4 and info.mode == "forecast"
+    assert max(by_hour) > min(by_hour)
+    assert info.margin.endswith("by time of day") and info.quantile == max(by_hour)
+    first = len(series) - 7 * 1440
+    assert info.replayed_shortfall == pytest.approx(_replayed(split, series, first))
+    assert info.replayed_shortfall <= 0.01
+    assert split.margin_.replayed_capacity is not None
+    assert whole.margin_.replayed_capacity is not None
+    assert split.margin_.replayed_capacity < whole.margin_.replayed_capacity
+    # Each origin gets its window's bucket's quantile of the same forecaster.
+    origins = np.arange(len(series) - 1440, len(series), dtype=np.int64)
+    levels = sorted(set(by_hour))
+    every = split.forecaster_.predict_peak(series, origins, lead=10, width=1, quantiles=levels)
+    window_hour = ((origins + 11) % 1440) // 360
+    column = np.searchsorted(levels, np.asarray(by_hour))[window_hour]
+    expected = np.maximum(every[np.arange(origins.shape[0]), column], 0.0)
+    np.testing.assert_array_equal(split.predict_target(series, origins), expected)
+    with pytest.raises(ValueError, match="time_of_day_buckets"):
+        ShortfallForecaster(rule, time_of_day_buckets=7).fit(series)
+
+
+def test_a_short_history_leans_on_the_whole_days_misses() -> None:
+    # With two days, a bucket's own misses weigh 2 / (2 + 14) of its margin's evidence: the
+    # quantiles stay close to the one for the whole day.
+    series = daily_demand(2.5, seed=13)
+    split = ShortfallForecaster(RULE, 0.01).fit(series)
+    whole = ShortfallForecaster(RULE, 0.01, time_of_day_buckets=0).fit(series)
+    info, plain = split.calibration_, whole.calibration_
+    if info.mode == "forecast" and plain.quantile is not None:
+        spread = max(info.quantiles_by_time_of_day or (plain.quantile,)) - plain.quantile
+        assert abs(spread) <= 0.05
+    assert info.replayed_shortfall is not None and info.replayed_shortfall <= 0.01
 
 
 def test_a_tighter_target_buys_a_wider_margin() -> None:
