@@ -290,9 +290,31 @@ def operator(
             cluster.kubectl(
                 "delete", "inferencedeployments", "--all", "-n", NS, "--timeout=60s", timeout=90
             )
-            cluster.kubectl(
-                "delete", "gpunodepool", "e2e-int-od", "e2e-int-lws", "--timeout=60s", timeout=90
+            deleted = cluster.kubectl(
+                "delete",
+                "gpunodepool",
+                "e2e-int-od",
+                "e2e-int-lws",
+                "--timeout=60s",
+                timeout=90,
+                check=False,
             )
+            if deleted.returncode:
+                # Seen now and then and not yet understood (no drain was pending): say what
+                # the pools looked like, and free them so later modules get a clean cluster.
+                left = cluster.kubectl("get", "gpunodepools", "-o", "yaml", check=False).stdout
+                print(f"pools not deleted ({deleted.stderr.strip()}):\n{left[-3000:]}")
+                for pool in ("e2e-int-od", "e2e-int-lws"):
+                    cluster.kubectl(
+                        "patch",
+                        "gpunodepool",
+                        pool,
+                        "--type",
+                        "merge",
+                        "-p",
+                        '{"metadata":{"finalizers":null}}',
+                        check=False,
+                    )
         finally:
             process.stop()
         cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
