@@ -265,6 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command += ["-m", "peakwise", "operator", "run", "--interval", args.interval]
         command += ["--prometheus-url", cluster.prometheus_url]
         command += ["--metrics-port", str(metrics_port), "--liveness-port", "0"]
+        # Its namespaces have no CostBudget and budgets fail closed: the platform's default
+        # budget opens them, so the Enforce-mode deployments scale as a budgeted team's would.
+        command += ["--unbudgeted", "DefaultBudget", "--default-budget-hourly", "1000000"]
         env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
         with log_file.open("wb") as out:
             proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
