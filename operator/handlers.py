@@ -632,7 +632,9 @@ async def accrue_budget(
 # --- registration -------------------------------------------------------------------------------
 
 
-def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
+def register(
+    registry: kopf.OperatorRegistry, interval: timedelta, *, commitment_advice: bool = False
+) -> None:
     """Apply kopf's decorators to the handlers above, with the configured interval.
 
     The timers fire twice an interval: a handler that already followed the current round
@@ -669,4 +671,5 @@ def register(registry: kopf.OperatorRegistry, interval: timedelta) -> None:
     kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, **on)(
         accrue_budget
     )
-    advice.register(registry)
+    if commitment_advice:  # off by default: see docs/advice.md, "In the operator"
+        advice.register(registry)

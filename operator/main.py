@@ -114,6 +114,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--fit-workers", type=int, default=1, help="models fitted at once, in the background (1)"
     )
     run.add_argument(
+        "--commitment-advice",
+        action="store_true",
+        help="write each GPUNodePool's commitment advice into its status, daily (off by "
+        "default: at 1,000 services the computation peaks at gigabytes, docs/advice.md)",
+    )
+    run.add_argument(
         "--drain-timeout",
         default="10m",
         help="how long a child the plan moved off a pool (one being deleted, say) waits for "
@@ -282,7 +288,7 @@ def run_operator(args: argparse.Namespace) -> int:
     memory.limit_arenas()  # before any thread starts: see memory.py
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()
-    register(registry, interval)
+    register(registry, interval, commitment_advice=args.commitment_advice)
     client = api_client()
     history = history_source(
         args.prometheus_url,
