@@ -47,20 +47,24 @@ def peak_rate(s: ScopeSummary) -> str:
     return f"{s.peak_billed_hourly:,.1f} (plan {s.peak_planned_hourly:,.1f})"
 
 
+SUMMARY_HEADER = (
+    "policy",
+    "cost",
+    "× oracle",
+    "under-prov.",
+    "worst service",
+    "unserved",
+    "peak $/h",
+    "over cap",
+    "month at this rate",
+    "notes",
+)
+"""The columns of a scope's table, in the terminal and in the HTML report."""
+
+
 def scope_table(result: FleetResult, scope: str) -> str:
     rows = new_table(
-        (
-            "policy",
-            "cost",
-            "× oracle",
-            "under-prov.",
-            "worst service",
-            "unserved",
-            "peak $/h",
-            "over cap",
-            "month at this rate",
-            "notes",
-        ),
+        SUMMARY_HEADER,
         title=scope_title(result, scope),
     )
     rows.columns[4].justify = "left"

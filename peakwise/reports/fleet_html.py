@@ -27,7 +27,7 @@ import numpy as np
 from peakwise.backtest.advice import Advice
 from peakwise.backtest.fleet import FLEET, FleetResult, Key, TokenCost
 from peakwise.forecasting.series import FloatArray
-from peakwise.reports.fleet import peak_rate, scope_title
+from peakwise.reports.fleet import SUMMARY_HEADER, peak_rate, scope_title
 
 MAX_POINTS = 1500
 """Points per line in a plot: each bucket of minutes is drawn as its highest value, so peaks
@@ -142,20 +142,6 @@ def _summary_rows(result: FleetResult, scope: str) -> list[list[str]]:
             ]
         )
     return rows
-
-
-SUMMARY_HEADER = (
-    "policy",
-    "cost",
-    "× oracle",
-    "under-prov.",
-    "worst service",
-    "unserved",
-    "peak $/h",
-    "over cap",
-    "month at this rate",
-    "notes",
-)
 
 
 def _cumulative_cost_figure(result: FleetResult, scope: str) -> str:
