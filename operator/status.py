@@ -26,6 +26,7 @@ from peakwise.api.inferencedeployment import (
     InferenceDeploymentStatus,
     PoolReplicas,
     SLOStatus,
+    TimeOfDayQuantile,
 )
 from peakwise.operator.forecasts import ForecastResult
 from peakwise.planner import DeploymentPlan
@@ -214,7 +215,19 @@ def slo_status(result: ForecastResult | None, target: float) -> SLOStatus:
         margin=calibration.margin,
         mode=calibration.mode.capitalize(),
         censored_minutes=calibration.censored_minutes,
+        quantiles_by_time_of_day=time_of_day_quantiles(calibration.quantiles_by_time_of_day),
     )
+
+
+def time_of_day_quantiles(quantiles: Sequence[float]) -> list[TimeOfDayQuantile]:
+    """One entry per equal span of the UTC day, from 00:00 (the calibration's buckets)."""
+    if not quantiles:
+        return []
+    span = 24 * 60 // len(quantiles)
+    return [
+        TimeOfDayQuantile(start=f"{i * span // 60:02d}:{i * span % 60:02d}", quantile=q)
+        for i, q in enumerate(quantiles)
+    ]
 
 
 def forecasting_condition(

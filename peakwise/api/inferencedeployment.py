@@ -324,6 +324,16 @@ class ForecastStatus(StatusModel):
     """Lead time the plan used."""
 
 
+class TimeOfDayQuantile(StatusModel):
+    """The forecast quantile the calibration chose for one span of the UTC day."""
+
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)
+    """When the span starts, HH:MM UTC; it lasts until the next entry's start (the last one
+    until 24:00)."""
+    quantile: float = Field(ge=0.0, le=1.0)
+    """The forecast quantile planned for in that span."""
+
+
 class SLOStatus(StatusModel):
     """The shortfall target and how the service meets it."""
 
@@ -343,6 +353,10 @@ class SLOStatus(StatusModel):
     censored_minutes: int = 0
     """Minutes of the history where demand sat at the capacity that served it (a served
     metric flattens there, so true demand was likely higher); counted as short."""
+    quantiles_by_time_of_day: list[TimeOfDayQuantile] = Field(default_factory=list, max_length=1440)
+    """The quantile per equal span of the UTC day, when the margin was calibrated per time of
+    day (margin then reads e.g. q0.2–q0.3 by time of day); empty when one quantile serves the
+    whole day. Changes only at a refit."""
 
 
 class CostStatus(StatusModel):

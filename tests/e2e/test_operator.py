@@ -257,6 +257,15 @@ def test_enforce_creates_children_and_pods_run_on_pool_nodes(
     assert status["forecast"]["peak"] > 0
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Forecasting"]["status"] == "True"
+    # The calibration's margins as the API server kept them (it drops what the CRD lacks):
+    # one quantile per quarter of the UTC day when the margin says "by time of day".
+    slo = status["slo"]
+    by_time = slo["quantilesByTimeOfDay"]
+    if "by time of day" in slo["margin"]:
+        assert [q["start"] for q in by_time] == ["00:00", "06:00", "12:00", "18:00"]
+        assert all(0 < q["quantile"] < 1 for q in by_time)
+    else:
+        assert by_time == []
     want = status["desiredReplicas"]
 
     def running() -> bool:

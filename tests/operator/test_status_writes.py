@@ -193,4 +193,48 @@ def test_the_shortfall_target_and_what_was_achieved_are_in_status() -> None:
         "margin": "q0.987",
         "mode": "Forecast",
         "censoredMinutes": 3,
+        "quantilesByTimeOfDay": [],
     }
+
+
+def test_the_time_of_day_margins_are_in_status_and_stay_until_a_refit() -> None:
+    from peakwise.forecasting.base import CalibrationInfo
+
+    calibration = CalibrationInfo(
+        target=0.005,
+        mode="forecast",
+        margin="q0.2–q0.3 by time of day",
+        quantile=0.3,
+        headroom=None,
+        replayed_shortfall=0.004,
+        calibration_seconds=7 * 86400,
+        achieved_shortfall=None,
+        achieved_seconds=0.0,
+        censored_minutes=0,
+        quantiles_by_time_of_day=(0.2, 0.3, 0.25, 0.2),
+    )
+    info = ForecastInfo("nowcast", 100, calibration=calibration)
+    infd = DEPLOYMENTS["assistant"]
+
+    def slo_at(now: datetime, peak: float) -> Any:
+        result = ForecastResult(DemandForecast(peak, 0.3, model="nowcast"), info, peak)
+        observed = Observed(
+            now=now,
+            deployments=[infd],
+            pools=list(POOLS.values()),
+            budgets=[],
+            forecasts={("chat", "assistant"): result},
+        )
+        planned = plan(plan_input(observed)).deployments[("chat", "assistant")]
+        return wire(deployment_status(infd, planned, None, result, {}, POOLS, now))["slo"]
+
+    slo = slo_at(NOW, 400.0)
+    assert slo["margin"] == "q0.2–q0.3 by time of day"
+    assert slo["quantilesByTimeOfDay"] == [
+        {"start": "00:00", "quantile": 0.2},
+        {"start": "06:00", "quantile": 0.3},
+        {"start": "12:00", "quantile": 0.25},
+        {"start": "18:00", "quantile": 0.2},
+    ]
+    # Another round with the same model: a later clock and another forecast, the same margins.
+    assert slo_at(NOW + timedelta(seconds=31), 410.0) == slo
