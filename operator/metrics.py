@@ -121,6 +121,12 @@ status_writes = Counter(
     ("kind",),
     registry=REGISTRY,
 )
+status_heartbeat_writes = Counter(
+    "peakwise_status_heartbeat_writes_total",
+    "Of those, patches only the heartbeat was due for (no decision changed), by kind",
+    ("kind",),
+    registry=REGISTRY,
+)
 provider_requests = Counter(
     "peakwise_provider_requests_total",
     "Requests to node-pool backends, by provider and outcome (ok or the HTTP status)",
