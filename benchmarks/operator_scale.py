@@ -228,6 +228,41 @@ def plan_times(cluster: LocalCluster) -> list[str | None]:
     return [(i.get("status") or {}).get("lastPlanTime") for i in items]
 
 
+def statuses(cluster: LocalCluster) -> dict[tuple[str, str], dict[str, Any]]:
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(cluster.api_client()).list_cluster_custom_object(
+        GROUP, VERSION, "inferencedeployments", label_selector=f"{PREFIX}=1", resource_version="0"
+    )["items"]
+    return {
+        (i["metadata"]["namespace"], i["metadata"]["name"]): i.get("status") or {} for i in items
+    }
+
+
+def changed_fields(
+    before: dict[tuple[str, str], dict[str, Any]], after: dict[tuple[str, str], dict[str, Any]]
+) -> dict[str, int]:
+    """How many objects changed each status field (conditions by type: status or reason;
+    pools and tiers together are what the plan changed)."""
+    counts: dict[str, int] = {}
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None:
+            continue
+        names = [
+            k for k in new.keys() | old.keys() if k != "conditions" and new.get(k) != old.get(k)
+        ]
+        judged = {
+            c.get("type"): (c.get("status"), c.get("reason")) for c in old.get("conditions") or []
+        }
+        for c in new.get("conditions") or []:
+            if judged.get(c.get("type")) != (c.get("status"), c.get("reason")):
+                names.append(f"conditions[{c.get('type')}]")
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def cleanup(cluster: LocalCluster, args: argparse.Namespace) -> None:
     log("cleaning up")
     for i in range(args.namespaces):
@@ -283,8 +318,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reactive_per_round: list[int] = []
         peak_rss = 0
         worker_rss = 0
-        seen_full = (0.0, 0.0, 0.0)  # full rounds, their seconds, status writes so far
+        # Full rounds, their seconds, status writes, heartbeat writes, operator CPU so far.
+        seen_full = (0.0, 0.0, 0.0, 0.0, 0.0)
+        full_cpu: list[float] = []
         status_writes: list[int] = []
+        heartbeat_writes: list[int] = []
+        previous_statuses: dict[tuple[str, str], dict[str, Any]] = {}
         try:
 
             def measured() -> bool:
@@ -332,19 +371,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 full_count = metric(text, "peakwise_full_round_seconds_count")
                 full_sum = metric(text, "peakwise_full_round_seconds_sum")
                 writes = metric(text, 'peakwise_status_writes_total{kind="InferenceDeployment"}')
+                cpu = metric(text, "process_cpu_seconds_total")  # the operator's, not its workers'
+                beats = metric(
+                    text, 'peakwise_status_heartbeat_writes_total{kind="InferenceDeployment"}'
+                )
                 if full_count > seen_full[0]:
                     took = (full_sum - seen_full[1]) / (full_count - seen_full[0])
                     new = int(full_count - seen_full[0])
                     full += [took] * new
                     per_round = (writes - seen_full[2]) / new
+                    beats_per_round = (beats - seen_full[3]) / new
+                    cpu_per_round = (cpu - seen_full[4]) / new
+                    full_cpu.append(round(cpu_per_round, 1))
                     status_writes.append(round(per_round))
+                    heartbeat_writes.append(round(beats_per_round))
                     if all_fitted is not None and time.time() >= fitted_wall:
                         after_fitted += [took] * new
                     log(
-                        f"full round #{int(full_count)}: {took:.1f}s; "
-                        f"{per_round:.0f} InferenceDeployment statuses written"
+                        f"full round #{int(full_count)}: {took:.1f}s "
+                        f"(operator CPU {cpu_per_round:.1f}s per round); "
+                        f"{per_round:.0f} InferenceDeployment statuses written "
+                        f"({beats_per_round:.0f} of them by the heartbeat alone)"
                     )
-                    seen_full = (full_count, full_sum, writes)
+                    seen_full = (full_count, full_sum, writes, beats, cpu)
+                    if args.diff_statuses:
+                        try:
+                            listed = statuses(cluster)
+                        except ApiException as error:
+                            log(f"listing the statuses failed ({error.status})")
+                        else:
+                            if previous_statuses:
+                                diff = changed_fields(previous_statuses, listed)
+                                log(f"status fields changed since the last list: {diff}")
+                            previous_statuses = listed
                 if first_all is None:
                     try:
                         times = plan_times(cluster)
@@ -365,7 +424,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "history": args.history,
                     "planning_round_seconds": [round(r, 2) for r in rounds],
                     "full_round_seconds": [round(f, 1) for f in full],
+                    "operator_cpu_seconds_per_full_round": full_cpu,
                     "status_writes_per_round": status_writes,
+                    "heartbeat_writes_per_round": heartbeat_writes,
                     "first_all_planned_seconds": round(first_all or -1, 1),
                     "provisional_or_reactive_per_round": reactive_per_round,
                     "all_models_fitted_seconds": round(all_fitted or -1, 1),
@@ -409,6 +470,11 @@ def main() -> None:
     p.add_argument("--log", help="operator log file (default: a temp file)")
     p.add_argument("--profile", help="run the operator under cProfile, write stats here")
     p.add_argument("--keep", action="store_true", help="leave the objects in the cluster")
+    p.add_argument(
+        "--diff-statuses",
+        action="store_true",
+        help="after each full round, list the statuses and print which fields changed",
+    )
     args = p.parse_args()
     figures = run(args)
     print(json.dumps(figures, indent=2))
