@@ -50,7 +50,6 @@ from peakwise.operator.planning import (
 )
 from peakwise.operator.prices import PriceReading, priced, read_prices
 from peakwise.operator.scale_target import TargetObservation, planning_spec, target_current
-from peakwise.operator.status import accrued_spend
 from peakwise.operator.template_policy import TemplatePolicy, check_template
 from peakwise.planner import Plan, PoolState, TenancyPolicy
 from peakwise.planner.billing import Spend, namespace_spend
@@ -108,7 +107,6 @@ def _parse(model: type[Parsed], body: Mapping[str, Any]) -> Parsed | str:
 
 def parse_all(
     snapshot: Snapshot,
-    now: datetime | None = None,
 ) -> tuple[
     dict[Key, InferenceDeployment], dict[str, GPUNodePool], list[ObservedBudget], dict[str, str]
 ]:
@@ -137,13 +135,7 @@ def parse_all(
                 invalid[f"CostBudget {ns}/{name}"] = budget
                 budgets.append(ObservedBudget(ns, name, None, budget))
             else:
-                status = budget.status
-                # Spend is written with the heartbeat: accrued to now at the rate written.
-                spend = (
-                    accrued_spend(status, status.hourly_spend, now)
-                    if status and now
-                    else (status.spend if status else 0.0)
-                )
+                spend = budget.status.spend if budget.status else 0.0
                 budgets.append(ObservedBudget(ns, name, budget.spec, spend=spend))
     return deployments, pools, budgets, invalid
 
@@ -370,7 +362,7 @@ class Controller:
 
     async def _compute(self, snapshot: Snapshot, now: datetime, number: int) -> Round:
         started = time.monotonic()
-        deployments, pools, observed_budgets, invalid = parse_all(snapshot, now)
+        deployments, pools, observed_budgets, invalid = parse_all(snapshot)
         for key, infd in list(deployments.items()):
             if infd.spec.template is None:
                 continue  # a targetRef: Peakwise builds no pod for it

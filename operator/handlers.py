@@ -71,9 +71,6 @@ Model = TypeVar("Model", bound=BaseModel)
 INFORMATIONAL = ("lastPlanTime", "forecast", "recentTargets", "slo")
 """Status fields that change every round without a decision changing: written with the next
 decision, or by the heartbeat."""
-BUDGET_INFORMATIONAL = ("lastAccrualTime", "spend", "projectedSpend")
-"""A CostBudget's accruing amounts: the planner accrues them to the round itself
-(status.accrued_spend), so they are written with a decision or by the heartbeat."""
 
 
 @dataclass
@@ -145,13 +142,11 @@ def _newly(body: Mapping[str, Any], type_: str, reason: str, message: str) -> bo
     )
 
 
-def _decision(
-    status: Mapping[str, Any], keys: Sequence[str], informational: Sequence[str] = INFORMATIONAL
-) -> dict[str, Any]:
+def _decision(status: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     """The part of a status whose change must be written at once: the `keys` written, but the
     informational ones, and conditions by type, status and reason (a message alone changing
     waits for the heartbeat)."""
-    out = {k: status.get(k) for k in keys if k not in informational and k != "conditions"}
+    out = {k: status.get(k) for k in keys if k not in INFORMATIONAL and k != "conditions"}
     out["conditions"] = [
         (c.get("type"), c.get("status"), c.get("reason"))
         for c in status.get("conditions") or []
@@ -167,22 +162,19 @@ def write_status(
     kind: str,
     now: datetime,
     heartbeat: timedelta | None,
-    informational: Sequence[str] = INFORMATIONAL,
-    stamp: str = "lastPlanTime",
 ) -> bool:
     """Put `status` into kopf's patch when it differs from the live status; True if written.
 
-    With a `heartbeat`, `informational` fields alone changing (and condition messages) are
-    written only once the last write, the live status's `stamp`, is that old.
+    With a `heartbeat`, informational fields alone changing (INFORMATIONAL, condition
+    messages) are written only once the last write is that old.
     """
     live = body.get("status") or {}
     if heartbeat is None:
         due = bool(changed_fields(status, live))
     else:
-        keys = list(status)
-        due = _decision(status, keys, informational) != _decision(live, keys, informational)
-        if not due and changed_fields(status, live, ignore=(stamp,)):
-            last = _parse_time(live.get(stamp))
+        due = _decision(status, list(status)) != _decision(live, list(status))
+        if not due and changed_fields(status, live, ignore=("lastPlanTime",)):
+            last = _parse_time(live.get("lastPlanTime"))
             due = last is None or now - last >= heartbeat
             if due:
                 metrics.status_heartbeat_writes.labels(kind).inc()
@@ -636,16 +628,7 @@ async def accrue_budget(
     if changed and status.state != "Within":
         kopf.warn(body, reason=f"Budget{status.state}", message=status.conditions[-1].message)
     metrics.budget_spend.labels(namespace).set(status.spend)
-    write_status(
-        patch,
-        body,
-        wire(status),
-        "CostBudget",
-        now,
-        runtime.status_heartbeat,
-        BUDGET_INFORMATIONAL,
-        "lastAccrualTime",
-    )
+    write_status(patch, body, wire(status), "CostBudget", now, None)
 
 
 # --- registration -------------------------------------------------------------------------------

@@ -375,8 +375,7 @@ def budget_status(
     planned: NamespacePlan | None,
     effective: EffectiveBudget | None = None,
 ) -> CostBudgetStatus:
-    """Accrue spend since the last accrual at the rate written then; `rate` $/h from now on;
-    roll over at the month's start.
+    """Accrue spend since the last accrual at `rate` $/h; roll over at the month's start.
 
     Accrual only moves forward: a clock behind the last accrual (another replica's, or this
     machine's after a correction) accrues nothing and leaves `lastAccrualTime` where it was,
@@ -386,10 +385,9 @@ def budget_status(
     since = old.last_accrual_time if old and old.last_accrual_time else now
     now = max(now, since)
     period = month_start(now)
-    # Since the last write the rate written was in force (a changed rate is written at once);
-    # a status that has none (an older operator's) accrues at the rate of now.
-    written = old is not None and "hourly_spend" in old.model_fields_set
-    spend = accrued_spend(old, old.hourly_spend if old and written else rate, now)
+    spend = old.spend if old and old.period_start and old.period_start >= period else 0.0
+    since = max(since, period)
+    spend += rate * max(0.0, (now - since).total_seconds()) / 3600.0
     projected = spend + rate * hours_left_in_month(now)
     limits = budget.spec.limits
     shares = []
@@ -431,24 +429,6 @@ def budget_status(
             in_force_condition(previous, budget, effective, now),
         ],
     )
-
-
-def accrued_spend(status: CostBudgetStatus | None, rate: float, now: datetime) -> float:
-    """This month's spend up to `now`: the status's spend plus `rate` $/h since its
-    lastAccrualTime (nothing for a clock behind it; from the month's start after a rollover).
-
-    The status's spend is written with the heartbeat, not every round, so whoever needs the
-    spend now (the planner's monthly cap) accrues the rest at the rate in force since: a
-    changed rate is written at once, so the rate is the one of the whole unwritten span.
-    """
-    since = status.last_accrual_time if status and status.last_accrual_time else now
-    now = max(now, since)
-    period = month_start(now)
-    spend = (
-        status.spend if status and status.period_start and status.period_start >= period else 0.0
-    )
-    since = max(since, period)
-    return spend + rate * max(0.0, (now - since).total_seconds()) / 3600.0
 
 
 def in_force_condition(

@@ -7,19 +7,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from test_children import DEPLOYMENTS, POOLS
 
 from peakwise.api.costbudget import CostBudget
 from peakwise.forecasting.base import ForecastInfo
 from peakwise.operator.forecasts import ForecastResult
-from peakwise.operator.handlers import BUDGET_INFORMATIONAL, write_status
+from peakwise.operator.handlers import write_status
 from peakwise.operator.planning import Observed, plan_input
 from peakwise.operator.status import (
     PoolObservation,
     PoolScaling,
-    accrued_spend,
     budget_status,
     deployment_status,
     pool_status,
@@ -268,61 +266,3 @@ def test_the_time_of_day_margins_are_in_status_and_stay_until_a_refit() -> None:
     ]
     # Another round with the same model: a later clock and another forecast, the same margins.
     assert slo_at(NOW + timedelta(seconds=31), 410.0) == slo
-
-
-def _budget(status: dict[str, Any] | None = None) -> CostBudget:
-    body: dict[str, Any] = {
-        "apiVersion": "peakwise.dev/v1alpha1",
-        "kind": "CostBudget",
-        "metadata": {"name": "b", "namespace": "chat", "generation": 1},
-        "spec": {"limits": {"hourly": 100, "monthly": 100000}},
-    }
-    if status is not None:
-        body["status"] = status
-    return CostBudget.model_validate(body)
-
-
-def _write_budget(status: dict[str, Any], live: dict[str, Any], now: datetime) -> dict[str, Any]:
-    patch: dict[str, Any] = {}
-    write_status(
-        patch,  # type: ignore[arg-type]
-        {"status": live},
-        status,
-        "CostBudget",
-        now,
-        HEARTBEAT,
-        BUDGET_INFORMATIONAL,
-        "lastAccrualTime",
-    )
-    return patch
-
-
-def test_spend_accruing_waits_for_the_heartbeat_and_loses_nothing() -> None:
-    live = wire(budget_status(_budget(), 60.0, NOW, None))
-    # Three rounds 30 s apart at the same rate: spend moves, nothing is written...
-    for k in (1, 2, 3):
-        now = NOW + timedelta(seconds=30 * k)
-        new = wire(budget_status(_budget(live), 60.0, now, None))
-        assert new["spend"] > live["spend"]
-        assert _write_budget(new, live, now) == {}
-    # ...and what the planner reads accrues the unwritten span at the written rate.
-    assert accrued_spend(_budget(live).status, 60.0, now) == pytest.approx(live["spend"] + 1.5)
-    # A changed rate is written in the same round, with the spend accrued up to it.
-    changed = wire(budget_status(_budget(live), 90.0, now, None))
-    assert _write_budget(changed, live, now) == {"status": changed}
-    assert changed["spend"] == pytest.approx(live["spend"] + 1.5)
-    # A heartbeat after the last write, the spend is written even at the same rate.
-    due = NOW + HEARTBEAT
-    assert _write_budget(wire(budget_status(_budget(live), 60.0, due, None)), live, due) != {}
-
-
-def test_the_planner_reads_the_spend_accrued_to_the_round() -> None:
-    from peakwise.operator.controller import parse_all
-    from peakwise.operator.indexes import Snapshot
-
-    written = wire(budget_status(_budget(), 60.0, NOW, None))
-    body = {**_budget().model_dump(mode="json", by_alias=True), "status": written}
-    snapshot = Snapshot({}, {}, {"chat": (body,)}, {}, {})
-    later = NOW + timedelta(minutes=3)  # three minutes unwritten at 60/h: 3 more
-    _, _, budgets, _ = parse_all(snapshot, later)
-    assert budgets[0].spend == pytest.approx(written["spend"] + 3.0)
