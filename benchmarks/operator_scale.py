@@ -16,7 +16,9 @@ What it does:
      its /metrics;
    * the full round, from ``peakwise_full_round_seconds``: from a round's start until every
      InferenceDeployment has followed it (children applied, status written if it changed),
-     and how many status patches each round wrote (``peakwise_status_writes_total``);
+     and how many status patches each round wrote (``peakwise_status_writes_total``), how
+     many of them only the heartbeat was due for, and the operator's CPU time per round;
+     with ``--diff-statuses``, which status fields changed between consecutive rounds;
    * when every object first carried a status (listed from the API server's watch cache);
    * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
    With ``--until-fitted`` it goes on until every model is fitted and ``--rounds`` more full
