@@ -456,8 +456,8 @@ class ShortfallForecaster(Estimator):
         note = ""
         if reactive.replayed_shortfall is None:
             note = (
-                f"too little history to calibrate (a replay needs more than lead + hold = "
-                f"{skip} steps): the default headroom, a 70% utilisation target"
+                f"too little history to calibrate (a replay needs more than {skip} steps): "
+                "the default headroom, a 70% utilisation target"
             )
         young = (len(series) - first) * series.step_seconds < self.handover_seconds
         if young and since:
