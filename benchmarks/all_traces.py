@@ -2,6 +2,7 @@
 families the project generates, at one shortfall target.
 
     python benchmarks/all_traces.py [--target 0.5%] [--only NAME,...] [--json out.json]
+                                    [--young-guard]
 
 Every trace in ../shared/traces (zero runs the demand around them makes implausible as idle
 time are gaps, as `peakwise backtest` does by default) and every family of
@@ -18,6 +19,12 @@ shortfall (`reactive-tuned`; for tiered rows also the tiered reactive policy, HP
 Karpenter-like provisioner on the same tiers, tuned the same way) and the HPA-like policy at
 a fixed 70% utilisation target (`hpa-70%`, at its own shortfall, shown next to it). Then the
 issue's targets, met or not, and wall and CPU time per trace.
+
+``--young-guard`` replays, instead, young services from the same generator with other seeds
+and shapes, to check a change to the young-service path is not fitted to the few young traces
+above: the launch family at seeds 2-6, one day of the spikes family at seeds 1-3, and one
+hour of the weekly family (its morning ramp, 08:00, and its evening peak, 20:00) at seeds
+1-3, each a service with no history before it.
 """
 
 from __future__ import annotations
@@ -75,6 +82,30 @@ def cases(only: set[str] | None) -> list[Case]:
     return [c for c in found if only is None or c.name in only]
 
 
+def young_guard_cases() -> list[Case]:
+    """Young services from the project's generator, other seeds and shapes (--young-guard)."""
+    found: list[Case] = []
+    for seed in range(2, 7):
+        launch = demand_from_table(synthesize_family("launch", seed=seed)).series
+        found.append(Case(f"launch seed {seed}", launch, ON_DEMAND, 20))
+    for seed in range(1, 4):
+        spikes = demand_from_table(synthesize_family("spikes", days=1, seed=seed)).series
+        found.append(Case(f"spikes 1 day seed {seed}", spikes, ON_DEMAND, 20))
+        day = demand_from_table(synthesize_family("weekly", days=1, seed=seed)).series
+        for hour in (8, 20):
+            values = day.values[hour * 60 : (hour + 1) * 60].copy()
+            start = day.time_at(hour * 60)
+            found.append(
+                Case(
+                    f"weekly 1 hour at {hour:02d}:00 seed {seed}",
+                    Series(start, 60, values),
+                    ON_DEMAND,
+                    20,
+                )
+            )
+    return found
+
+
 def with_target(config: BacktestConfig, target: float) -> BacktestConfig:
     spec = config.deployment.spec.model_copy(update={"slo": SLOSpec(shortfall_minutes=target)})
     deployment = config.deployment.model_copy(update={"spec": spec})
@@ -98,6 +129,11 @@ def main() -> int:
     parser.add_argument("--target", default="0.5%", help="slo.shortfallMinutes (default 0.5%%)")
     parser.add_argument("--only", help="comma-separated trace names")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--young-guard",
+        action="store_true",
+        help="replay young services of other seeds and shapes instead (see the docstring)",
+    )
     args = parser.parse_args()
     target = parse_percent(args.target)
     only = set(args.only.split(",")) if args.only else None
@@ -120,7 +156,8 @@ def main() -> int:
     )
     figures: list[dict[str, object]] = []
     checks: list[str] = []
-    for case in cases(only):
+    chosen = young_guard_cases() if args.young_guard else cases(only)
+    for case in chosen:
         result, wall, cpu = run(case, target)
         pw = result.summary("peakwise")
         tuned = result.summary("reactive-tuned")

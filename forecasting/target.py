@@ -97,7 +97,11 @@ PRICES = np.geomspace(0.03, 3000.0, 41)
 """What a short minute may cost, in minutes of the span's mean capacity: the prices at which
 time-of-day margins are traded off against capacity."""
 
-MIN_REFIT_SECONDS = 600
+FIRST_PLANNED_STEPS = 2
+"""A young service's replay counts the steps whose capacity was planned from this many
+minutes of its demand or more."""
+
+MIN_REFIT_SECONDS = 300
 REFIT_GROWTH = 0.1
 """A service with under a day of history is refitted once its history has grown by this
 share (but at most every ``MIN_REFIT_SECONDS``): a new service recalibrates its reactive
@@ -414,7 +418,14 @@ class ShortfallForecaster(Estimator):
         origins = np.arange(first, len(series), dtype=np.int64)
         demand = series.values[first:]
         span_censored = censored[first:]
-        skip = self.rule.lead + self.rule.hold  # the first targets of the span predate it
+        # A span inside the history: its first lead + hold steps were served by targets made
+        # before it, which are not replayed. A span from the history's start: nothing came
+        # before, so every step from the first planned from two minutes of demand is what the
+        # planner would have had (the first minute alone is usually partial: the service, or
+        # the scrape, started within it).
+        skip = self.rule.lead + self.rule.hold
+        if first == 0:
+            skip = min(skip, self.rule.lead + FIRST_PLANNED_STEPS)
 
         made: dict[Option, FloatArray] = {}
 
@@ -445,8 +456,8 @@ class ShortfallForecaster(Estimator):
         note = ""
         if reactive.replayed_shortfall is None:
             note = (
-                f"too little history to calibrate (a replay needs more than lead + hold = "
-                f"{skip} steps): the default headroom, a 70% utilisation target"
+                f"too little history to calibrate (a replay needs more than {skip} steps): "
+                "the default headroom, a 70% utilisation target"
             )
         young = (len(series) - first) * series.step_seconds < self.handover_seconds
         if young and since:

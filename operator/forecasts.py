@@ -28,7 +28,7 @@ Fits run on a background worker, never as a cost every round has to pay:
   the margin is calibrated at every fit to the service's `slo.shortfallMinutes` by replaying
   what the planner would have held (its hold rule comes from the spec and the lead time), a
   new service starts on the calibrated reactive rule and, for its first day, is refitted as
-  its history grows (`refit_interval`: when it has grown by a tenth, every 10 minutes at
+  its history grows (`refit_interval`: when it has grown by a tenth, every 5 minutes at
   most often), and forecasts
   take over when they meet the target for less (the calibrated reactive rule is the model's
   own forecast, not a fallback: the Forecasting condition stays True and names it).

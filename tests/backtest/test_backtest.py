@@ -117,9 +117,9 @@ def test_the_warm_started_forecaster_is_refitted_and_never_looks_ahead() -> None
     model, short = targets(full.head(cut))
     inner = model.forecaster_
     assert isinstance(inner, AutoForecaster) and inner.warm_start  # one estimator, refitted
-    # A new service is refitted as its history grows, every 10 minutes at first, then daily.
+    # A new service is refitted as its history grows, every 5 minutes at first, then daily.
     starts = [start for start, _ in short.calibrations]
-    assert starts[:3] == [0, 10, 20] and starts[-1] - starts[-2] == 1440
+    assert starts[:3] == [0, 5, 10] and starts[-1] - starts[-2] == 1440
     assert inner.scores_until_ == full.time_at(starts[-1] + 1)
     _, long = targets(full)
     np.testing.assert_array_equal(short.targets, long.targets[:cut])

@@ -218,6 +218,21 @@ def test_too_little_history_to_calibrate_gets_the_default_headroom_and_says_so()
     assert target[0] == pytest.approx(series.values[11] * (1 + DEFAULT_HEADROOM))
 
 
+def test_a_service_minutes_old_calibrates_its_headroom_from_its_own_minutes() -> None:
+    # 20 minutes of steady demand with 2% noise: the replay counts from lead + 2 steps, so
+    # the headroom is calibrated on its minutes (the first of which, partial, does not count)
+    # instead of waiting lead + hold steps on the 70% utilisation default.
+    noise = np.random.default_rng(11).normal(0.0, 2.0, 20)
+    values = 100.0 + noise
+    values[0] = 10.0  # the service started within its first minute
+    series = Series(START, 60, values)
+    info = ShortfallForecaster(RULE).fit(series).calibration_
+    assert info.mode == "reactive" and info.replayed_shortfall == 0.0
+    assert info.headroom is not None and info.headroom < DEFAULT_HEADROOM
+    assert "too little history" not in info.note
+    assert refit_interval(20 * 60, 86400) == 300  # and it is refitted every 5 minutes
+
+
 def test_targets_never_look_ahead() -> None:
     series = daily_demand(5, seed=8)
     model = ShortfallForecaster(RULE).fit(series.head(3 * 1440))
@@ -277,7 +292,7 @@ def test_censored_minutes_count_as_short_in_the_calibration() -> None:
 
 def test_young_services_are_refitted_as_their_history_grows() -> None:
     hour, day = 3600.0, 86400.0
-    assert refit_interval(60.0, 6 * hour) == 600  # at least ten minutes apart
+    assert refit_interval(60.0, 6 * hour) == 300  # at least five minutes apart
     assert refit_interval(10 * hour, 6 * hour) == pytest.approx(hour)  # a tenth of the history
     assert refit_interval(day, 6 * hour) == 6 * hour  # after the first day, the interval
 
