@@ -5,9 +5,9 @@ several GPU types), every namespace with a Hard budget. Prints the wall and CPU 
 solver (the machine may be shared: CPU time is the steadier figure), then the same round
 with one hostile tenant added (a demand of 1e12/s, replicas.max 10000, a minimum of 2000
 and a 2h model load; its namespace has no CostBudget, so the platform default applies) and
-what it did to the 500 others. At this size the exact solver stops at its time limit, so its
-plans move with the time it got (even a run of the same round with 0.2% less time changes
-many plans): "plans changed" is that noise for milp; the greedy is deterministic.
+what it did to the 500 others. At this size the exact solver stops at its time limit; its
+plan is then kept only if it beats the greedy's by the solver's objective (the solver column
+says which was used).
 
     python benchmarks/planner_scale.py
 """

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
@@ -84,15 +86,70 @@ def _bands(total: float) -> list[tuple[float, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class Solution:
+    """What HiGHS handed back for one level."""
+
+    allocations: dict[int, Allocation]
+    objective: float
+    proven: bool
+    """Within the gap of the optimum; False when HiGHS stopped at its time limit with what it
+    had found so far."""
+
+
+@dataclass(frozen=True)
+class _Model:
+    cost: NDArray[np.float64]
+    integrality: NDArray[np.int64]
+    upper: NDArray[np.float64]
+    constraints: LinearConstraint
+    x_index: dict[int, list[int]]
+    abs_gap: float
+
+
 def allocate(
     demands: Sequence[Demand],
     members: Sequence[int],
     slices: Sequence[Slice],
     packing: Packing,
     time_limit: float,
-) -> dict[int, Allocation] | None:
+) -> Solution | None:
     """Optimal allocation per member, on top of what `packing` already holds (other
     namespaces' replicas), or None if HiGHS found no solution in time."""
+    model = _build(demands, members, slices, packing)
+    if model is None:
+        return Solution({}, 0.0, proven=True)
+    return _solve(model, np.zeros(len(model.cost)), model.upper, time_limit)
+
+
+def evaluate(
+    demands: Sequence[Demand],
+    members: Sequence[int],
+    slices: Sequence[Slice],
+    packing: Packing,
+    allocations: Mapping[int, Allocation],
+    time_limit: float,
+) -> float | None:
+    """The objective `allocate` minimises, for the given replicas per member (nodes and
+    penalties then follow), or None if they do not fit the program."""
+    model = _build(demands, members, slices, packing)
+    if model is None:
+        return 0.0
+    lower, upper = np.zeros(len(model.cost)), model.upper.copy()
+    for d, xs in model.x_index.items():
+        given = allocations.get(d, {})
+        for i, x in enumerate(xs):
+            lower[x] = upper[x] = float(given.get(i, 0))
+    solution = _solve(model, lower, upper, time_limit)
+    return solution.objective if solution is not None and solution.proven else None
+
+
+def _build(
+    demands: Sequence[Demand],
+    members: Sequence[int],
+    slices: Sequence[Slice],
+    packing: Packing,
+) -> _Model | None:
     cost: list[float] = []
     integer: list[int] = []
     upper: list[float] = []
@@ -179,31 +236,45 @@ def allocate(
         rows.add([(e, 1.0) for e in excesses], -np.inf, float(max(0, left)))
 
     if not cost:
-        return {}
+        return None
     shape = (len(rows.lb), len(cost))
     matrix = coo_array((rows.vals, (rows.rows, rows.cols)), shape=shape).tocsr()
     prices = [o.price for d in members for o in demands[d].options if o.price > 0]
-    # A hundredth of the cheapest replica-hour: finer than any choice that matters.
-    abs_gap = max(1e-6, 0.01 * min(prices, default=1e-4))
+    return _Model(
+        cost=np.array(cost),
+        integrality=np.array(integer),
+        upper=np.array(upper),
+        constraints=LinearConstraint(matrix, np.array(rows.lb), np.array(rows.ub)),
+        x_index=x_index,
+        # A hundredth of the cheapest replica-hour: finer than any choice that matters.
+        abs_gap=max(1e-6, 0.01 * min(prices, default=1e-4)),
+    )
+
+
+def _solve(
+    model: _Model, lower: NDArray[np.float64], upper: NDArray[np.float64], time_limit: float
+) -> Solution | None:
     with warnings.catch_warnings():
         # scipy passes options it does not know to HiGHS verbatim, and says so.
         warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
         result = milp(
-            c=np.array(cost),
-            integrality=np.array(integer),
-            bounds=Bounds(np.zeros(len(cost)), np.array(upper)),
-            constraints=LinearConstraint(matrix, np.array(rows.lb), np.array(rows.ub)),
+            c=model.cost,
+            integrality=model.integrality,
+            bounds=Bounds(lower, upper),
+            constraints=model.constraints,
             options={
                 "time_limit": time_limit,
                 "disp": False,
                 "mip_rel_gap": 1e-9,
-                "mip_abs_gap": abs_gap,
+                "mip_abs_gap": model.abs_gap,
             },
         )
     if result.x is None:
         return None
     values = np.rint(result.x).astype(int)
-    return {
+    allocations = {
         d: {i: int(values[x]) for i, x in enumerate(xs) if values[x] > 0}
-        for d, xs in x_index.items()
+        for d, xs in model.x_index.items()
     }
+    # scipy's status 0: optimal within the gaps; 1: stopped at the time limit.
+    return Solution(allocations, float(result.fun), proven=result.status == 0)

@@ -194,7 +194,7 @@ def _solve(
     allocations: dict[int, Allocation] = {}
     guaranteed: dict[int, int] = {}
     fallback = False
-    unrepaired = 0
+    unrepaired = timed_out = 0
     total_limit = request.time_limit.total_seconds()
     for level in sorted({d.level for d in demands}):
         members = [d for d, demand in enumerate(demands) if demand.level == level]
@@ -208,13 +208,19 @@ def _solve(
             for d, a in held.items():
                 packing.place(demands[d], a, sign=-1)
             limit = max(0.2, total_limit * len(members) / len(demands))
-            solved = milp.allocate(demands, members, slices, packing, limit)
-            if solved is None:
+            solution = milp.allocate(demands, members, slices, packing, limit)
+            if solution is None:
                 fallback = True
+            elif not solution.proven and _greedy_is_no_dearer(
+                demands, members, slices, packing, held, solution, limit
+            ):
+                timed_out += 1
+                solution = None
+            if solution is None:
                 for d, a in held.items():
                     packing.place(demands[d], a)
             else:
-                solved = {d: solved.get(d, {}) for d in members}
+                solved = {d: solution.allocations.get(d, {}) for d in members}
                 for d, a in solved.items():
                     packing.place(demands[d], a)
                 repair_minimums(demands, solved, packing, placed)
@@ -233,10 +239,38 @@ def _solve(
         allocations.update(solved)
     if request.solver == "greedy":
         return allocations, guaranteed, "greedy"
-    used = "greedy (exact solver found nothing in time)" if fallback else "milp"
+    if fallback:
+        used = "greedy (exact solver found nothing in time)"
+    elif timed_out:
+        used = f"greedy (no dearer than the exact plan at its time limit, {timed_out} level(s))"
+    else:
+        used = "milp"
     if unrepaired:
         used += f" (greedy for {unrepaired} level(s) whose minimums the exact plan missed)"
     return allocations, guaranteed, used
+
+
+def _greedy_is_no_dearer(
+    demands: Sequence[Demand],
+    members: Sequence[int],
+    slices: Sequence[Slice],
+    packing: Packing,
+    held: Mapping[int, Allocation],
+    solution: milp.Solution,
+    limit: float,
+) -> bool:
+    """Whether the greedy plan of a level costs no more than what HiGHS held at its time limit,
+    by the exact solver's own objective. Stopped early, HiGHS hands back a plan that depends
+    on how much CPU it got (none at all, or one far from the optimum), so the same fleet
+    would be planned differently round after round; the greedy's is the same every time and
+    is kept unless the exact one is really cheaper. `packing` is left as it came."""
+    for d, a in held.items():
+        packing.place(demands[d], a)
+    quick = greedy.allocate(demands, members, packing, held=dict(held))
+    for d, a in quick.items():
+        packing.place(demands[d], a, sign=-1)
+    value = milp.evaluate(demands, members, slices, packing, quick, limit)
+    return value is not None and value <= solution.objective + 1e-9
 
 
 def plan(request: PlanInput) -> Plan:

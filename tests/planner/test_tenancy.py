@@ -265,7 +265,8 @@ def test_a_time_limited_solve_that_leaves_a_minimum_short_is_repaired(
     attacker = deployment("evil", 1e12, namespace="evil", min_replicas=8, max_replicas=8)
 
     def greedy_for_evil(demands, members, slices, packing, time_limit):  # type: ignore[no-untyped-def]
-        return {d: ({0: 8} if demands[d].key[0] == "evil" else {}) for d in members}
+        allocations = {d: ({0: 8} if demands[d].key[0] == "evil" else {}) for d in members}
+        return milp.Solution(allocations, objective=0.0, proven=True)
 
     monkeypatch.setattr(milp, "allocate", greedy_for_evil)
     result = plan(PlanInput(NOW, (neighbour, attacker), pools, solver="milp"))
