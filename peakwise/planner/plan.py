@@ -7,10 +7,12 @@ Pure: no I/O, no clock (``now`` is an input), no globals. The operator and
 from __future__ import annotations
 
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from peakwise.api.common import CAPACITY_TYPES
 from peakwise.api.inferencedeployment import InferenceDeploymentSpec
@@ -18,6 +20,7 @@ from peakwise.planner import greedy, milp
 from peakwise.planner.budget import TrimResult, allocation_cost, hourly_cap, trim_to_cap
 from peakwise.planner.capacity import (
     Demand,
+    Option,
     Slice,
     build_slices,
     claimable,
@@ -81,6 +84,55 @@ def hold_window(
     return max(spec.scale_down.stabilization_window, lead_time(spec, pools) + width)
 
 
+class _Memo:
+    """Slices and options of the last pools and deployment specs planned for.
+
+    Both are pure functions of immutable inputs (frozen pool states, frozen specs), so a
+    replay that plans the same fleet every minute need not rebuild them: an entry is used
+    only for the very objects it was made from (held here, so their ids cannot be reused),
+    and the memo is dropped whenever the pools change. It never changes a result."""
+
+    def __init__(self) -> None:
+        self.pools: tuple[PoolState, ...] | None = None
+        self.slices: list[Slice] = []
+        self.options: dict[int, tuple[InferenceDeploymentSpec, _SpecOptions]] = {}
+
+    def slices_for(self, pools: tuple[PoolState, ...]) -> list[Slice]:
+        if pools is not self.pools:
+            self.pools, self.slices, self.options = pools, build_slices(pools), {}
+        return self.slices
+
+    def options_for(self, spec: InferenceDeploymentSpec) -> _SpecOptions:
+        found = self.options.get(id(spec))
+        if found is not None and found[0] is spec:
+            return found[1]
+        made = _spec_options(spec, self.slices)
+        if len(self.options) >= _MEMO_SPECS:
+            self.options.clear()
+        self.options[id(spec)] = (spec, made)
+        return made
+
+
+_SpecOptions = tuple[tuple[Option, ...], float, float]
+"""A deployment's options on the slices, the demand they can reach and the most it may claim."""
+
+
+def _spec_options(spec: InferenceDeploymentSpec, slices: Sequence[Slice]) -> _SpecOptions:
+    options = options_for(spec, slices)
+    return options, reachable(options, slices), claimable(spec, options)
+
+
+_MEMO_SPECS = 4096
+_memo = threading.local()
+
+
+def _local_memo() -> _Memo:
+    memo: _Memo | None = getattr(_memo, "memo", None)
+    if memo is None:
+        memo = _memo.memo = _Memo()
+    return memo
+
+
 def _current_capacity(
     state: DeploymentState, demand_options: Demand, slices: Sequence[Slice]
 ) -> float:
@@ -91,9 +143,14 @@ def _current_capacity(
 
 
 def _demands(
-    request: PlanInput, slices: Sequence[Slice], budgets: Mapping[str, BudgetState]
+    request: PlanInput,
+    slices: Sequence[Slice],
+    budgets: Mapping[str, BudgetState],
+    memo: _Memo | None = None,
 ) -> tuple[list[Demand], list[tuple[tuple[datetime, float], ...]], list[list[str]]]:
-    demands, histories, reasons = [], [], []
+    shells: list[Demand] = []
+    fields: list[dict[str, Any]] = []
+    histories, reasons = [], []
     priorities = {
         s.namespace: namespace_priority(budgets.get(s.namespace), request.policy)
         for s in request.deployments
@@ -105,7 +162,9 @@ def _demands(
         lo = spec.replicas.min
         if spec.replicas.floor is not None:
             lo = max(lo, min(spec.replicas.floor, hi))
-        options = options_for(spec, slices)
+        options, can_reach, most = (
+            memo.options_for(spec) if memo is not None else _spec_options(spec, slices)
+        )
         shell = Demand(state.key, spec.priority, 0.0, lo, hi, 0.0, 0, options)
         why: list[str] = []
         forecast = state.forecast
@@ -133,7 +192,6 @@ def _demands(
             )
         # One deployment can claim at most what its replicas.max replicas serve: a query
         # returning 1e9 is worth replicas.max replicas, no more, to the solver and to others.
-        most = claimable(spec, options)
         clamped = raw > most + 1e-9
         if clamped:
             why.append(
@@ -151,25 +209,29 @@ def _demands(
                 "were higher (scale-down stabilisation; capacity asked for then is still "
                 "needed for the window it was planned for)"
             )
-        demands.append(
-            Demand(
-                key=state.key,
-                priority=spec.priority,
-                target=target,
-                lo=lo,
-                hi=hi,
-                spot_fraction=spec.capacity.spot.max_fraction,
-                on_demand_min=min(spec.capacity.on_demand.min_replicas, hi),
-                options=options,
-                level=level_of[state.namespace],
-                reachable=reachable(options, slices),
-                current=current_by_option(state.current, options, slices),
-            )
+        shells.append(shell)
+        fields.append(
+            {
+                "key": state.key,
+                "priority": spec.priority,
+                "target": target,
+                "lo": lo,
+                "hi": hi,
+                "spot_fraction": spec.capacity.spot.max_fraction,
+                "on_demand_min": min(spec.capacity.on_demand.min_replicas, hi),
+                "options": options,
+                "level": level_of[state.namespace],
+                "reachable": can_reach,
+                "current": current_by_option(state.current, options, slices),
+            }
         )
         histories.append(history)
         reasons.append(why)
-    ranked = zip(demands, ranks(demands), strict=True)
-    demands = [replace(d, rank=rank, factor=factor) for d, (rank, factor) in ranked]
+    # Ranks need only each deployment's namespace and priority, which the shells carry.
+    demands = [
+        Demand(**kw, rank=rank, factor=factor)
+        for kw, (rank, factor) in zip(fields, ranks(shells), strict=True)
+    ]
     return demands, histories, reasons
 
 
@@ -243,8 +305,9 @@ def plan(request: PlanInput) -> Plan:
     """Plan replicas per pool and nodes per pool for every deployment, jointly."""
     policy = request.policy
     budgets = planning_budgets(request.budgets, {s.namespace for s in request.deployments}, policy)
-    slices = build_slices(request.pools)
-    demands, histories, reasons = _demands(request, slices, budgets)
+    memo = _local_memo()
+    slices = memo.slices_for(request.pools)
+    demands, histories, reasons = _demands(request, slices, budgets, memo)
     weights = {d.namespace: reserved_weight(budgets.get(d.namespace), policy) for d in demands}
     shares = share_reserved(demands, slices, weights)
     allocations, guaranteed, solver = _solve(request, demands, slices, shares)
