@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -296,6 +297,40 @@ def _executor(jobs: int) -> Executor | None:
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
+_STAGES = {"forecast": "forecasts", "replay": "peakwise replay", "baselines": "baselines"}
+"""The replay's progress stages (their first word) by the name its timings give them."""
+
+
+class StageClock:
+    """Wall time, and this process's CPU time, of the replay's stages, told apart by its
+    progress reports (forecasts, the Peakwise replay, the baselines): a stage ends at its
+    last report, the next begins there."""
+
+    def __init__(self, forward: Callable[[str, float], None]) -> None:
+        self.forward = forward
+        self.started = (time.perf_counter(), time.process_time())
+        self.last: dict[str, tuple[float, float]] = {}
+
+    def update(self, stage: str, fraction: float) -> None:
+        self.forward(stage, fraction)
+        name = _STAGES.get(stage.split(" ", maxsplit=1)[0], stage)
+        self.last.pop(name, None)  # kept in the order of each stage's last report
+        self.last[name] = (time.perf_counter(), time.process_time())
+
+    def stages(self) -> list[tuple[str, float, float]]:
+        """(stage, wall s, CPU s in this process), and the rest up to now as "advice"."""
+        out = []
+        wall0, cpu0 = self.started
+        for name, (wall, cpu) in [*self.last.items(), ("advice", self.now())]:
+            out.append((name, wall - wall0, cpu - cpu0))
+            wall0, cpu0 = wall, cpu
+        return out
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+
 def run_fleet_backtest_command(args: argparse.Namespace) -> int:
     from peakwise.backtest.fleet import FleetOptions, run_fleet_backtest
     from peakwise.backtest.progress import ProgressBar
@@ -320,15 +355,17 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
                     print(f"peakwise backtest: warning: {warning}", file=sys.stderr)
                 timings["fetch"] = source.fetch_seconds
                 started = time.perf_counter()
+                clock = StageClock(bar.update)
                 result = run_fleet_backtest(
                     source.fleet,
                     source.demand,
                     options,
                     tokens=source.tokens,
                     executor=executor,
-                    progress=bar.update,
+                    progress=clock.update,
                 )
                 timings["replay"] = time.perf_counter() - started
+                stages = clock.stages()
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
@@ -353,10 +390,14 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
         path = write_report(result, args.report, args.api_price_per_million)
         timings["report"] = time.perf_counter() - started
         print(f"wrote {path}")
+    # The workers have exited (the executor was shut down): their CPU time is counted.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         "took "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
-        + f" (wall); {time.process_time():.1f} s CPU in this process",
+        + f" (wall); {time.process_time():.1f} s CPU in this process, "
+        + f"{children.ru_utime + children.ru_stime:.1f} s in its workers; the replay: "
+        + ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU here)" for name, wall, cpu in stages),
         file=sys.stderr,
     )
     return 0

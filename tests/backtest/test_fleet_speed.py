@@ -22,6 +22,7 @@ from peakwise.backtest.fleet import (
     parse_fleet,
     run_fleet_backtest,
 )
+from peakwise.cli.fleet import StageClock
 from peakwise.forecasting.series import Series
 from peakwise.planner import plan as planner_plan
 from peakwise.reports.backtest import CSV_COLUMNS
@@ -210,3 +211,23 @@ def test_the_csvs_are_the_same_bytes_as_row_by_row(replayed: Any, tmp_path: Path
     # The gap is in them, as empty fields.
     text = (tmp_path / "columns" / "chat" / "assistant" / "peakwise.csv").read_text()
     assert "Z,," in text
+
+
+def test_the_commands_timings_split_the_replay_by_its_progress_stages() -> None:
+    seen: list[str] = []
+    clock = StageClock(lambda stage, _fraction: seen.append(stage))
+    for i in range(3):
+        clock.update(f"forecast {i + 1}/3 services", (i + 1) / 3)
+    clock.update("replay the fleet", 0.0)
+    clock.update("replay the fleet", 1.0)
+    clock.update("baselines", 0.5)
+    clock.update("baselines", 1.0)
+    stages = clock.stages()
+    assert len(seen) == 7  # every report still reaches the progress bar
+    assert [name for name, _, _ in stages] == [
+        "forecasts",
+        "peakwise replay",
+        "baselines",
+        "advice",
+    ]
+    assert all(wall >= 0 and cpu >= 0 for _, wall, cpu in stages)
