@@ -95,6 +95,36 @@ def _spot_room(spot: int, total: int, fraction: float) -> int:
     return max(0, math.floor((fraction * total - spot + 1e-9) / (1.0 - fraction)))
 
 
+_Orders = tuple[tuple[int, ...], tuple[int, ...]]
+_orders: dict[int, tuple[tuple[Option, ...], _Orders]] = {}
+"""The price orders of the option tuples last allocated for, by identity (the planner reuses
+one tuple per deployment spec between rounds): a pure function's results, kept only for the
+very tuple they were made from."""
+
+
+def _price_orders(options: tuple[Option, ...]) -> _Orders:
+    """Option indices cheapest per unit of demand first, and cheapest per replica first."""
+    found = _orders.get(id(options))
+    if found is not None and found[0] is options:
+        return found[1]
+    by_unit_price = tuple(
+        sorted(
+            range(len(options)),
+            key=lambda i: (options[i].price / options[i].effective, -options[i].effective, i),
+        )
+    )
+    # At the same price spot first: on-demand capacity is what the others can use too.
+    by_replica_price = tuple(
+        sorted(range(len(options)), key=lambda i: (options[i].price, not options[i].is_spot, i))
+    )
+    if not isinstance(options, tuple):  # only an immutable tuple can be known by its identity
+        return by_unit_price, by_replica_price
+    if len(_orders) >= 4096:
+        _orders.clear()
+    _orders[id(options)] = (options, (by_unit_price, by_replica_price))
+    return by_unit_price, by_replica_price
+
+
 def allocate_one(
     demand: Demand,
     packing: Packing,
@@ -136,14 +166,7 @@ def allocate_one(
         if budget is not None:
             budget[0] -= k * o.price
 
-    by_unit_price = sorted(
-        range(len(options)),
-        key=lambda i: (options[i].price / options[i].effective, -options[i].effective, i),
-    )
-    # At the same price spot first: on-demand capacity is what the others can use too.
-    by_replica_price = sorted(
-        range(len(options)), key=lambda i: (options[i].price, not options[i].is_spot, i)
-    )
+    by_unit_price, by_replica_price = _price_orders(options)
 
     # The on-demand floor first: the cheapest never-interrupted replicas.
     for i in by_replica_price:
