@@ -202,10 +202,12 @@ def _manifest_documents(path: Path) -> list[Mapping[str, Any]]:
     return docs
 
 
-def load_fleet_objects(args: argparse.Namespace) -> tuple[Fleet, list[str]]:
-    """The fleet from --manifests or --from-cluster, under the tenancy flags' rules; warnings
-    for objects left out."""
-    policy = tenancy_policy(args)
+def load_fleet_objects(
+    args: argparse.Namespace, policy: TenancyPolicy | None = None
+) -> tuple[Fleet, list[str]]:
+    """The fleet from --manifests or --from-cluster, under the platform's `policy` for
+    namespaces without a CostBudget (``tenancy_policy``; default: the operator's defaults);
+    warnings for objects left out."""
     if args.manifests:
         fleet = parse_fleet(_manifest_documents(Path(args.manifests)), args.manifests)
     elif args.from_cluster:
@@ -224,7 +226,7 @@ def load_fleet_objects(args: argparse.Namespace) -> tuple[Fleet, list[str]]:
         if not kept:
             raise ConfigError(f"no InferenceDeployment in {', '.join(sorted(wanted))}")
         fleet = replace(fleet, deployments=kept)
-    fleet = replace(fleet, policy=policy)
+    fleet = replace(fleet, policy=policy or TenancyPolicy())
     return fleet, [f"left out {s}" for s in fleet.skipped]
 
 
@@ -238,7 +240,11 @@ def _end(args: argparse.Namespace) -> datetime:
     return end if end.tzinfo else end.replace(tzinfo=UTC)
 
 
-def fetch_fleet(args: argparse.Namespace, progress: Callable[[str, float], None]) -> FleetSource:
+def fetch_fleet(
+    args: argparse.Namespace,
+    progress: Callable[[str, float], None],
+    policy: TenancyPolicy | None = None,
+) -> FleetSource:
     """The fleet's objects and every service's demand history (and tokens, where named).
 
     A service whose query fails (no data, several series, rejected) is left out with a
@@ -250,7 +256,7 @@ def fetch_fleet(args: argparse.Namespace, progress: Callable[[str, float], None]
         PrometheusUnavailableError,
     )
 
-    fleet, warnings = load_fleet_objects(args)
+    fleet, warnings = load_fleet_objects(args, policy)
     end = _end(args)
     start = end - parse_duration(args.history)
     if start >= end:
@@ -350,7 +356,7 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
         executor = _executor(args.jobs)
         try:
             with ProgressBar() as bar:
-                source = fetch_fleet(args, bar.update)
+                source = fetch_fleet(args, bar.update, tenancy_policy(args))
                 for warning in source.warnings:
                     print(f"peakwise backtest: warning: {warning}", file=sys.stderr)
                 timings["fetch"] = source.fetch_seconds

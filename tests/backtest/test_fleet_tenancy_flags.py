@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from peakwise.backtest.config import ConfigError
-from peakwise.backtest.fleet import FleetOptions, run_fleet_backtest
+from peakwise.backtest.fleet import Fleet, FleetOptions, run_fleet_backtest
 from peakwise.cli import build_parser
-from peakwise.cli.fleet import load_fleet_objects
+from peakwise.cli.fleet import load_fleet_objects, tenancy_policy
 from peakwise.forecasting.series import Series
 from peakwise.trace import synthesize_family
 
@@ -22,28 +22,32 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet"
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def _args(*flags: str) -> argparse.Namespace:
+def _args(*flags: str, command: str = "backtest") -> argparse.Namespace:
     return build_parser().parse_args(
-        ["backtest", "--prometheus-url", "http://127.0.0.1:9", "--manifests", str(EXAMPLE), *flags]
+        [command, "--prometheus-url", "http://127.0.0.1:9", "--manifests", str(EXAMPLE), *flags]
     )
 
 
+def _fleet(*flags: str) -> Fleet:
+    args = _args(*flags)
+    fleet, _ = load_fleet_objects(args, tenancy_policy(args))
+    return fleet
+
+
 def test_without_the_flags_a_namespace_without_a_budget_is_only_recommended_for() -> None:
-    fleet, _ = load_fleet_objects(_args())
+    fleet = _fleet()
     assert fleet.unenforced() == ["support"]
     assert fleet.budget("support") is None
 
 
 def test_a_default_budget_caps_the_namespaces_without_one() -> None:
-    fleet, _ = load_fleet_objects(
-        _args(
-            "--unbudgeted",
-            "DefaultBudget",
-            "--default-budget-hourly",
-            "7.5",
-            "--default-namespace-priority",
-            "-1",
-        )
+    fleet = _fleet(
+        "--unbudgeted",
+        "DefaultBudget",
+        "--default-budget-hourly",
+        "7.5",
+        "--default-namespace-priority",
+        "-1",
     )
     assert fleet.unenforced() == []
     support = fleet.budget("support")
@@ -64,7 +68,7 @@ def test_a_default_budget_caps_the_namespaces_without_one() -> None:
 )
 def test_flags_that_do_not_fit_together_are_an_error(flags: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_fleet_objects(_args(*flags))
+        _fleet(*flags)
 
 
 def test_the_command_reports_the_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,7 +79,7 @@ def test_the_command_reports_the_error(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_the_replay_holds_an_unbudgeted_namespace_under_the_default_cap() -> None:
-    fleet, _ = load_fleet_objects(_args("--namespace", "support"))
+    fleet = _fleet("--namespace", "support")
     demand = {}
     for i, infd in enumerate(fleet.deployments):
         table = synthesize_family("weekly", 2, seed=i + 1, peak_requests_per_minute=6000)
@@ -86,15 +90,13 @@ def test_the_replay_holds_an_unbudgeted_namespace_under_the_default_cap() -> Non
     assert free.hourly_cap is None and free.peak_planned_hourly is not None
     cap = round(free.peak_planned_hourly / 2, 2)
 
-    capped_fleet, _ = load_fleet_objects(
-        _args(
-            "--namespace",
-            "support",
-            "--unbudgeted",
-            "DefaultBudget",
-            "--default-budget-hourly",
-            str(cap),
-        )
+    capped_fleet = _fleet(
+        "--namespace",
+        "support",
+        "--unbudgeted",
+        "DefaultBudget",
+        "--default-budget-hourly",
+        str(cap),
     )
     capped = run_fleet_backtest(capped_fleet, demand, options)
     held = capped.summary("support", "peakwise")
@@ -106,3 +108,10 @@ def test_the_replay_holds_an_unbudgeted_namespace_under_the_default_cap() -> Non
     # The same fleet with its policy set directly replays the same.
     direct = run_fleet_backtest(replace(fleet, policy=capped_fleet.policy), demand, options)
     assert direct.summary("support", "peakwise") == held
+
+
+def test_advise_reads_the_fleet_without_the_tenancy_flags() -> None:
+    # `peakwise advise` shares the fleet's loading and has no tenancy flags: it is not capped.
+    fleet, _ = load_fleet_objects(_args(command="advise"))
+    assert len(fleet.deployments) == 6
+    assert fleet.unenforced() == ["support"]
