@@ -13,9 +13,11 @@ What it does:
    each on its own series, with the namespaces' budgets copied too, and the pools' maxNodes
    (and the committed nodes) multiplied by the number of copies.
 3. Runs ``peakwise backtest --prometheus-url ... --manifests ... --out ... --report ...`` as a
-   separate process and prints its tables, its own timings (fetch, replay, CSVs, report) and
-   the whole command's wall and CPU time (the target: 20 services x 14 days in under 2
-   minutes on this machine).
+   separate process and prints its tables, its own timings (fetch, replay, CSVs, report; the
+   CPU time of its main process and of its workers; the replay split into the forecasts'
+   fits, the Peakwise replay's planner rounds, the baselines and the advice, each with the
+   main process's CPU time) and the whole command's wall and CPU time (the target: 20
+   services x 14 days in under 2 minutes on this machine).
 4. Advice against brute force, for the H100s of the first ``--advice-services`` services'
    fleet (the example fleet's): the advice's count per term, and the expected monthly cost
    by the real planner (a joint plan per minute at every committed count from 0 to the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from peakwise.api.common import parse_duration
+from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.backtest.config import ConfigError
 from peakwise.backtest.fleet import (
     Fleet,
@@ -31,6 +35,7 @@ from peakwise.backtest.fleet import (
     tokens_query,
 )
 from peakwise.forecasting.series import Series
+from peakwise.planner import TenancyPolicy
 
 
 def _reserved_price(text: str) -> tuple[str, float]:
@@ -111,6 +116,67 @@ def add_fleet_backtest_arguments(p: argparse.ArgumentParser) -> None:
         default=min(2, os.cpu_count() or 1),
         help="processes for the forecasts and baselines (default: up to 2; 1: none)",
     )
+    add_tenancy_arguments(p)
+
+
+def add_tenancy_arguments(p: argparse.ArgumentParser) -> None:
+    """The platform's rules for namespaces without a CostBudget: the operator's flags, with
+    the same names, defaults and meaning (``peakwise operator run``; docs/tenancy.md)."""
+    group = p.add_argument_group(
+        "tenancy", "namespaces without a CostBudget, as the operator's flags set them"
+    )
+    group.add_argument(
+        "--unbudgeted",
+        choices=("RecommendOnly", "DefaultBudget"),
+        default="RecommendOnly",
+        help="what a namespace without a valid CostBudget gets: RecommendOnly (the operator "
+        "plans, scales nothing; replayed uncapped and marked so; the default) or DefaultBudget "
+        "(--default-budget-hourly caps it)",
+    )
+    group.add_argument(
+        "--default-budget-hourly",
+        type=float,
+        help="the hourly cap of a namespace without a CostBudget, with --unbudgeted DefaultBudget",
+    )
+    group.add_argument(
+        "--default-namespace-priority",
+        type=int,
+        default=0,
+        help="cross-namespace priority of a namespace without a CostBudget (0)",
+    )
+    group.add_argument(
+        "--default-reserved-weight",
+        type=float,
+        default=0.0,
+        help="reserved-capacity weight of a namespace without a CostBudget (0: only what "
+        "budgeted namespaces leave unused)",
+    )
+
+
+def tenancy_policy(args: argparse.Namespace) -> TenancyPolicy:
+    """The platform's rules from the tenancy flags, as the operator reads them (a default
+    budget without DefaultBudget is an error here: it would cap nothing)."""
+    default = None
+    if args.default_budget_hourly is not None:
+        if args.unbudgeted != "DefaultBudget":
+            raise ConfigError(
+                "--default-budget-hourly caps namespaces only with --unbudgeted DefaultBudget"
+            )
+        try:
+            default = CostBudgetSpec(limits=BudgetLimits(hourly=args.default_budget_hourly))
+        except ValidationError:
+            raise ConfigError(
+                f"--default-budget-hourly must be above 0 (got {args.default_budget_hourly:g})"
+            ) from None
+    try:
+        return TenancyPolicy(
+            unbudgeted=args.unbudgeted,
+            default_budget=default,
+            default_priority=args.default_namespace_priority,
+            default_reserved_weight=args.default_reserved_weight,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} (--default-budget-hourly)") from None
 
 
 @dataclass
@@ -136,8 +202,12 @@ def _manifest_documents(path: Path) -> list[Mapping[str, Any]]:
     return docs
 
 
-def load_fleet_objects(args: argparse.Namespace) -> tuple[Fleet, list[str]]:
-    """The fleet from --manifests or --from-cluster; warnings for objects left out."""
+def load_fleet_objects(
+    args: argparse.Namespace, policy: TenancyPolicy | None = None
+) -> tuple[Fleet, list[str]]:
+    """The fleet from --manifests or --from-cluster, under the platform's `policy` for
+    namespaces without a CostBudget (``tenancy_policy``; default: the operator's defaults);
+    warnings for objects left out."""
     if args.manifests:
         fleet = parse_fleet(_manifest_documents(Path(args.manifests)), args.manifests)
     elif args.from_cluster:
@@ -156,6 +226,7 @@ def load_fleet_objects(args: argparse.Namespace) -> tuple[Fleet, list[str]]:
         if not kept:
             raise ConfigError(f"no InferenceDeployment in {', '.join(sorted(wanted))}")
         fleet = replace(fleet, deployments=kept)
+    fleet = replace(fleet, policy=policy or TenancyPolicy())
     return fleet, [f"left out {s}" for s in fleet.skipped]
 
 
@@ -169,7 +240,11 @@ def _end(args: argparse.Namespace) -> datetime:
     return end if end.tzinfo else end.replace(tzinfo=UTC)
 
 
-def fetch_fleet(args: argparse.Namespace, progress: Callable[[str, float], None]) -> FleetSource:
+def fetch_fleet(
+    args: argparse.Namespace,
+    progress: Callable[[str, float], None],
+    policy: TenancyPolicy | None = None,
+) -> FleetSource:
     """The fleet's objects and every service's demand history (and tokens, where named).
 
     A service whose query fails (no data, several series, rejected) is left out with a
@@ -181,7 +256,7 @@ def fetch_fleet(args: argparse.Namespace, progress: Callable[[str, float], None]
         PrometheusUnavailableError,
     )
 
-    fleet, warnings = load_fleet_objects(args)
+    fleet, warnings = load_fleet_objects(args, policy)
     end = _end(args)
     start = end - parse_duration(args.history)
     if start >= end:
@@ -228,6 +303,40 @@ def _executor(jobs: int) -> Executor | None:
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
+_STAGES = {"forecast": "forecasts", "replay": "peakwise replay", "baselines": "baselines"}
+"""The replay's progress stages (their first word) by the name its timings give them."""
+
+
+class StageClock:
+    """Wall time, and this process's CPU time, of the replay's stages, told apart by its
+    progress reports (forecasts, the Peakwise replay, the baselines): a stage ends at its
+    last report, the next begins there."""
+
+    def __init__(self, forward: Callable[[str, float], None]) -> None:
+        self.forward = forward
+        self.started = (time.perf_counter(), time.process_time())
+        self.last: dict[str, tuple[float, float]] = {}
+
+    def update(self, stage: str, fraction: float) -> None:
+        self.forward(stage, fraction)
+        name = _STAGES.get(stage.split(" ", maxsplit=1)[0], stage)
+        self.last.pop(name, None)  # kept in the order of each stage's last report
+        self.last[name] = (time.perf_counter(), time.process_time())
+
+    def stages(self) -> list[tuple[str, float, float]]:
+        """(stage, wall s, CPU s in this process), and the rest up to now as "advice"."""
+        out = []
+        wall0, cpu0 = self.started
+        for name, (wall, cpu) in [*self.last.items(), ("advice", self.now())]:
+            out.append((name, wall - wall0, cpu - cpu0))
+            wall0, cpu0 = wall, cpu
+        return out
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+
 def run_fleet_backtest_command(args: argparse.Namespace) -> int:
     from peakwise.backtest.fleet import FleetOptions, run_fleet_backtest
     from peakwise.backtest.progress import ProgressBar
@@ -247,20 +356,22 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
         executor = _executor(args.jobs)
         try:
             with ProgressBar() as bar:
-                source = fetch_fleet(args, bar.update)
+                source = fetch_fleet(args, bar.update, tenancy_policy(args))
                 for warning in source.warnings:
                     print(f"peakwise backtest: warning: {warning}", file=sys.stderr)
                 timings["fetch"] = source.fetch_seconds
                 started = time.perf_counter()
+                clock = StageClock(bar.update)
                 result = run_fleet_backtest(
                     source.fleet,
                     source.demand,
                     options,
                     tokens=source.tokens,
                     executor=executor,
-                    progress=bar.update,
+                    progress=clock.update,
                 )
                 timings["replay"] = time.perf_counter() - started
+                stages = clock.stages()
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
@@ -285,10 +396,14 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
         path = write_report(result, args.report, args.api_price_per_million)
         timings["report"] = time.perf_counter() - started
         print(f"wrote {path}")
+    # The workers have exited (the executor was shut down): their CPU time is counted.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         "took "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
-        + f" (wall); {time.process_time():.1f} s CPU in this process",
+        + f" (wall); {time.process_time():.1f} s CPU in this process, "
+        + f"{children.ru_utime + children.ru_stime:.1f} s in its workers; the replay: "
+        + ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU here)" for name, wall, cpu in stages),
         file=sys.stderr,
     )
     return 0

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
-
 from peakwise.backtest.advice import Advice
 from peakwise.backtest.fleet import FLEET, FleetResult, ScopeSummary, TokenCost
+from peakwise.forecasting.series import FloatArray
 from peakwise.reports.backtest import CSV_COLUMNS
 from peakwise.reports.tables import new_table, render
 
@@ -190,30 +189,34 @@ def write_fleet_csvs(result: FleetResult, out_dir: str | Path) -> list[Path]:
             with path.open("w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(CSV_COLUMNS)
-                for t in range(result.minutes):
-                    writer.writerow(
-                        (
-                            stamps[t],
-                            _num(s.demand[t]),
-                            _num(s.forecast[t]),
-                            _num(s.capacity[t]),
-                            int(s.replicas["reserved"][t]),
-                            int(s.replicas["spot"][t]),
-                            int(s.replicas["onDemand"][t]),
-                            f"{s.cost[t]:.4f}",
-                        )
+                # Whole columns formatted at once (as Python numbers: formatting numpy
+                # scalars one by one is most of the time of millions of rows).
+                writer.writerows(
+                    zip(
+                        stamps,
+                        _nums(s.demand),
+                        _nums(s.forecast),
+                        _nums(s.capacity),
+                        s.replicas["reserved"].tolist(),
+                        s.replicas["spot"].tolist(),
+                        s.replicas["onDemand"].tolist(),
+                        [f"{c:.4f}" for c in s.cost.tolist()],
+                        strict=True,
                     )
+                )
             paths.append(path)
     path = out / "fleet-cost.csv"
     totals = [run.total_cost() for run in result.runs]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("timestamp", *(f"{run.name}_usd" for run in result.runs)))
-        for t in range(result.minutes):
-            writer.writerow((stamps[t], *(f"{c[t]:.4f}" for c in totals)))
+        columns = [[f"{c:.4f}" for c in total.tolist()] for total in totals]
+        writer.writerows(zip(stamps, *columns, strict=True))
     paths.append(path)
     return paths
 
 
-def _num(value: float) -> str:
-    return "" if np.isnan(value) else f"{value:.3f}"
+def _nums(values: FloatArray) -> list[str]:
+    """Each value to 3 decimals, NaN as empty."""
+    isnan = math.isnan
+    return ["" if isnan(v) else f"{v:.3f}" for v in values.tolist()]
