@@ -18,7 +18,11 @@ What it does:
      InferenceDeployment has followed it (children applied, status written if it changed),
      and how many status patches each round wrote (``peakwise_status_writes_total``);
    * when every object first carried a status (listed from the API server's watch cache);
-   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
+   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers';
+   * with the commitment advice on (the default; ``--no-commitment-advice`` turns it off in
+     the operator too), when every GPUNodePool first carried ``status.advice`` and the
+     longest full round that ended while it was being computed (the pools' advice timers
+     start 15 s after the operator).
    With ``--until-fitted`` it goes on until every model is fitted and ``--rounds`` more full
    rounds have run, and prints the RSS then: what 1,000 fitted models cost (with 1,000
    distinct queries that takes about half an hour).
@@ -228,6 +232,22 @@ def plan_times(cluster: LocalCluster) -> list[str | None]:
     return [(i.get("status") or {}).get("lastPlanTime") for i in items]
 
 
+def pools_advised(cluster: LocalCluster, pools: int) -> bool:
+    """Whether every benchmark pool carries its commitment advice."""
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(cluster.api_client()).list_cluster_custom_object(
+        GROUP, VERSION, "gpunodepools", resource_version="0"
+    )["items"]
+    advised = [
+        i
+        for i in items
+        if i["metadata"]["name"].startswith(PREFIX)
+        and ((i.get("status") or {}).get("advice") or {}).get("computedAt")
+    ]
+    return bool(len(advised) >= pools)
+
+
 def cleanup(cluster: LocalCluster, args: argparse.Namespace) -> None:
     log("cleaning up")
     for i in range(args.namespaces):
@@ -268,12 +288,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Its namespaces have no CostBudget and budgets fail closed: the platform's default
         # budget opens them, so the Enforce-mode deployments scale as a budgeted team's would.
         command += ["--unbudgeted", "DefaultBudget", "--default-budget-hourly", "1000000"]
+        if not args.commitment_advice:
+            command += ["--no-commitment-advice"]
         env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
         with log_file.open("wb") as out:
             proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         rounds: list[float] = []
         full: list[float] = []
+        full_ended: list[float] = []  # seconds after the start each full round was seen
+        advised: float | None = None  # when every pool first carried its advice
         seen_count, seen_sum = 0.0, 0.0
         first_all = None
         all_fitted: float | None = None
@@ -336,6 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     took = (full_sum - seen_full[1]) / (full_count - seen_full[0])
                     new = int(full_count - seen_full[0])
                     full += [took] * new
+                    full_ended += [time.monotonic() - t0] * new
                     per_round = (writes - seen_full[2]) / new
                     status_writes.append(round(per_round))
                     if all_fitted is not None and time.time() >= fitted_wall:
@@ -345,6 +370,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"{per_round:.0f} InferenceDeployment statuses written"
                     )
                     seen_full = (full_count, full_sum, writes)
+                if args.commitment_advice and advised is None:
+                    try:
+                        if pools_advised(cluster, args.pools):
+                            advised = time.monotonic() - t0
+                            log(f"every pool carried its commitment advice {advised:.1f}s in")
+                    except ApiException as error:
+                        log(f"listing the pools failed ({error.status}); retrying")
                 if first_all is None:
                     try:
                         times = plan_times(cluster)
@@ -355,6 +387,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         first_all = time.monotonic() - t0
                         log(f"every status planned {first_all:.1f}s after the operator started")
             peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
+            # A full round overlapped the advice if it ended after the advice timers started
+            # (15 s in) and before the last pool's advice was seen (within one 3 s poll).
+            while_advised = [
+                f
+                for f, at in zip(full, full_ended, strict=True)
+                if advised is not None and 15.0 <= at <= advised + 3.0
+            ]
             figures.update(
                 {
                     "deployments": args.deployments,
@@ -374,6 +413,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "rss_mib_at_the_end": round(vm(proc.pid, "VmRSS") / 2**20, 1),
                     "full_round_seconds_after_all_fitted": [round(f, 1) for f in after_fitted],
                     "fit_worker_peak_rss_mib": round(worker_rss / 2**20, 1),
+                    "commitment_advice": args.commitment_advice,
+                    "every_pool_advised_seconds": round(advised or -1, 1),
+                    "full_round_seconds_while_advice_computed": while_advised,
                     "operator_log": str(log_file),
                 }
             )
@@ -404,6 +446,12 @@ def main() -> None:
         "--until-fitted",
         action="store_true",
         help="measure until every model is fitted, then --rounds more full rounds",
+    )
+    p.add_argument(
+        "--commitment-advice",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the operator's daily commitment advice in pool status (on, as by default)",
     )
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--log", help="operator log file (default: a temp file)")
