@@ -19,7 +19,10 @@ The model, per minute of history, for one GPU type:
 3. **The optimum.** The expected monthly cost (730 hours) is convex in R: each more node
    saves the flexible capacity it displaces in the minutes it is busy, less than the node
    before it. So it is evaluated for every R from 0 to the peak and the cheapest is taken,
-   for each commitment term priced; the curve around it shows how flat it is.
+   for each commitment term priced; the curve around it shows how flat it is. Only the
+   services' sums enter (``FleetNeed``, folded one service at a time), and each distinct
+   (GPUs needed, spot room) pair of minutes is priced once, a chunk of counts at a time, so
+   the memory is a few series however large the fleet and its peak.
 
 **Break-even utilisation** of a committed node: the share of hours it must be busy to cost
 less than the flexible capacity it replaces, ``reserved price / on-demand price`` (and
