@@ -338,7 +338,7 @@ def _minute_classes(total: FleetNeed) -> _MinuteClasses:
     return _MinuteClasses(
         np.ascontiguousarray(pairs[:, 0]),
         np.ascontiguousarray(pairs[:, 1]),
-        np.ones_like(counts, dtype=np.float64) * counts.mean(),
+        counts.astype(np.float64),
         total.minutes,
     )
 
