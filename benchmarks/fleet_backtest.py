@@ -22,7 +22,8 @@ What it does:
    fleet (the example fleet's): the advice's count per term, and the expected monthly cost
    by the real planner (a joint plan per minute at every committed count from 0 to the
    peak, ``fleet.brute_force_commitment``, every ``--advice-stride``-th minute) at that
-   count and at the best count; the gap.
+   count and at the best count; the gap, per term and for the recommendation (the cheapest
+   term at its count) against the cheapest term and count the planner found.
 
 The machine is shared: wall time is noisy; CPU time is printed beside it.
 """
@@ -205,6 +206,7 @@ def advice_against_brute_force(
     print(f"\nAdvice for {advice.gpu_type} ({', '.join(advice.services)}), {advice_cpu:.2f} s CPU:")
     print(advice.summary())
     most = int(advice.peak_gpus // advice.market.gpus_per_node) + 1
+    by_planner: dict[tuple[str, int], float] = {}
     for term in advice.terms:
         started = time.perf_counter()
         cpu0 = time.process_time()
@@ -226,6 +228,17 @@ def advice_against_brute_force(
             "    planner cost by count: "
             + ", ".join(f"{c}: {v:,.0f}" for c, v in zip(counts, costs, strict=True))
         )
+        by_planner.update({(term.term, c): v for c, v in zip(counts, costs, strict=True)})
+    # The recommendation (the cheapest term at its count) against the cheapest (term, count)
+    # the planner found.
+    best = advice.best
+    (term, count), cheapest = min(by_planner.items(), key=lambda item: item[1])
+    recommended = by_planner[(best.term, best.nodes)]
+    print(
+        f"  recommended {best.nodes} nodes for {best.term}: {recommended:,.0f}/month by the "
+        f"planner; brute force best {count} nodes for {term}: {cheapest:,.0f}/month; "
+        f"gap {recommended / cheapest - 1:+.2%}"
+    )
 
 
 def main() -> int:

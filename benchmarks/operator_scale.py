@@ -20,7 +20,11 @@ What it does:
      many of them only the heartbeat was due for, and the operator's CPU time per round;
      with ``--diff-statuses``, which status fields changed between consecutive rounds;
    * when every object first carried a status (listed from the API server's watch cache);
-   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers'.
+   * the operator's peak RSS (``VmHWM`` of /proc/<pid>/status), and its fit workers';
+   * with the commitment advice on (the default; ``--no-commitment-advice`` turns it off in
+     the operator too), when every GPUNodePool first carried ``status.advice`` and the
+     full rounds that overlapped its computation (the pools' advice timers start 15 s
+     after the operator; the operator logs each type's wall and CPU time).
    With ``--until-fitted`` it goes on until every model is fitted and ``--rounds`` more full
    rounds have run, and prints the RSS then: what 1,000 fitted models cost (with 1,000
    distinct queries that takes about half an hour).
@@ -265,6 +269,22 @@ def changed_fields(
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def pools_advised(cluster: LocalCluster, pools: int) -> bool:
+    """Whether every benchmark pool carries its commitment advice."""
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(cluster.api_client()).list_cluster_custom_object(
+        GROUP, VERSION, "gpunodepools", resource_version="0"
+    )["items"]
+    advised = [
+        i
+        for i in items
+        if i["metadata"]["name"].startswith(PREFIX)
+        and ((i.get("status") or {}).get("advice") or {}).get("computedAt")
+    ]
+    return bool(len(advised) >= pools)
+
+
 def cleanup(cluster: LocalCluster, args: argparse.Namespace) -> None:
     log("cleaning up")
     for i in range(args.namespaces):
@@ -305,12 +325,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Its namespaces have no CostBudget and budgets fail closed: the platform's default
         # budget opens them, so the Enforce-mode deployments scale as a budgeted team's would.
         command += ["--unbudgeted", "DefaultBudget", "--default-budget-hourly", "1000000"]
+        if not args.commitment_advice:
+            command += ["--no-commitment-advice"]
         env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
         with log_file.open("wb") as out:
             proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         rounds: list[float] = []
         full: list[float] = []
+        full_ended: list[float] = []  # seconds after the start each full round was seen
+        advised: float | None = None  # when every pool first carried its advice
         seen_count, seen_sum = 0.0, 0.0
         first_all = None
         all_fitted: float | None = None
@@ -381,6 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     took = (full_sum - seen_full[1]) / (full_count - seen_full[0])
                     new = int(full_count - seen_full[0])
                     full += [took] * new
+                    full_ended += [time.monotonic() - t0] * new
                     per_round = (writes - seen_full[2]) / new
                     beats_per_round = (beats - seen_full[3]) / new
                     cpu_per_round = (cpu - seen_full[4]) / new
@@ -406,6 +431,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 diff = changed_fields(previous_statuses, listed)
                                 log(f"status fields changed since the last list: {diff}")
                             previous_statuses = listed
+                if args.commitment_advice and advised is None:
+                    try:
+                        if pools_advised(cluster, args.pools):
+                            advised = time.monotonic() - t0
+                            log(f"every pool carried its commitment advice {advised:.1f}s in")
+                    except ApiException as error:
+                        log(f"listing the pools failed ({error.status}); retrying")
                 if first_all is None:
                     try:
                         times = plan_times(cluster)
@@ -416,6 +448,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         first_all = time.monotonic() - t0
                         log(f"every status planned {first_all:.1f}s after the operator started")
             peak_rss = max(peak_rss, vm(proc.pid, "VmHWM"))
+            # A full round overlapped the advice if it ended after the advice timers started
+            # (15 s in) and started before the last pool's advice was seen (one 3 s poll).
+            while_advised = [
+                f
+                for f, at in zip(full, full_ended, strict=True)
+                if advised is not None and at >= 15.0 and at - f <= advised + 3.0
+            ]
             figures.update(
                 {
                     "deployments": args.deployments,
@@ -437,6 +476,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "rss_mib_at_the_end": round(vm(proc.pid, "VmRSS") / 2**20, 1),
                     "full_round_seconds_after_all_fitted": [round(f, 1) for f in after_fitted],
                     "fit_worker_peak_rss_mib": round(worker_rss / 2**20, 1),
+                    "commitment_advice": args.commitment_advice,
+                    "every_pool_advised_seconds": round(advised or -1, 1),
+                    "full_round_seconds_while_advice_computed": while_advised,
                     "operator_log": str(log_file),
                 }
             )
@@ -467,6 +509,12 @@ def main() -> None:
         "--until-fitted",
         action="store_true",
         help="measure until every model is fitted, then --rounds more full rounds",
+    )
+    p.add_argument(
+        "--commitment-advice",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the operator's daily commitment advice in pool status (on, as by default)",
     )
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--log", help="operator log file (default: a temp file)")

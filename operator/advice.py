@@ -11,12 +11,18 @@ A timer on every pool checks hourly; the advice of a GPU type is computed at mos
 day and shared by its pools. Terms are priced by ``peakwise.dev/reserved-price-<term>``
 annotations on the type's pools (else the reserved pool's own price, as ``current``); spot
 is priced at the spot pool's observed interruption rate (its status).
+
+On by default (``--no-commitment-advice`` turns it off). The fleet's history is streamed:
+each service's 14 days are fetched, turned into its GPU need and added to its GPU type's
+sums before the next service is fetched, so a type's advice holds a few series, not the
+fleet's history (at 1,000 services that peaked at gigabytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,9 +36,16 @@ from peakwise.api.gpunodepool import (
     CommitmentTermAdvice,
     GPUNodePool,
 )
-from peakwise.backtest.advice import Advice
-from peakwise.backtest.fleet import Fleet, FleetOptions, align, fleet_advice, key_of
-from peakwise.forecasting.series import Series
+from peakwise.backtest.advice import (
+    Advice,
+    AdviceError,
+    FleetNeed,
+    advise,
+    describe_assumptions,
+    market_for,
+    service_need,
+)
+from peakwise.backtest.fleet import home_gpu_type, key_of, on_grid
 from peakwise.operator import indexes
 from peakwise.operator.controller import parse_all
 from peakwise.operator.forecasts import STEP_SECONDS, HistorySource
@@ -100,33 +113,65 @@ def no_advice(gpu_type: str, why: str, now: datetime) -> CommitmentAdvice:
 def compute_advice(
     source: HistorySource, gpu_type: str, snapshot: indexes.Snapshot, now: datetime
 ) -> CommitmentAdvice:
-    """Fetch the fleet's history and advise on `gpu_type` (blocking: network and CPU)."""
+    """Fetch the fleet's history and advise on `gpu_type` (blocking: network and CPU).
+
+    Streamed: each service's history is fetched, turned into its GPU need and added to the
+    type's sums before the next is fetched, so the memory it takes is two series and one
+    service's, not the whole fleet's history (at 1,000 services that held gigabytes).
+    """
     deployments, pools, _, _ = parse_all(snapshot)
+    all_pools = tuple(pools.values())
+    same = [p for p in all_pools if p.spec.gpu_type == gpu_type]
+    gpus_per_node = max((p.spec.gpus_per_node for p in same), default=1)
     end = now.replace(second=0, microsecond=0)
-    demand: dict[tuple[str, str], Series] = {}
+    start = end - HISTORY
+    minutes = round(HISTORY.total_seconds() / STEP_SECONDS) + 1
+    total = FleetNeed(minutes)
     left_out = []
-    for infd in deployments.values():
-        if not any(p.gpu_type == gpu_type for p in infd.spec.gpu_profiles):
-            continue
-        try:
-            demand[key_of(infd)] = source.fetch(
-                infd.spec.demand.query, end - HISTORY, end, STEP_SECONDS
+    try:
+        # The services that count on this type (their cheapest on-demand one), as the
+        # backtest's advice counts them; budgets do not enter (it prices what the shortfall
+        # targets need).
+        for infd in sorted(deployments.values(), key=key_of):
+            if home_gpu_type(infd, all_pools) != gpu_type:
+                continue
+            namespace, name = key_of(infd)
+            try:
+                series = source.fetch(infd.spec.demand.query, start, end, STEP_SECONDS)
+            except Exception as error:  # one service's history never stops the others' advice
+                left_out.append(f"{namespace}/{name} ({error})")
+                continue
+            values = on_grid(series, start, minutes)
+            del series
+            total.add(
+                service_need(f"{namespace}/{name}", infd.spec, values, gpu_type, gpus_per_node)
             )
-        except Exception as error:  # one service's history never stops the others' advice
-            left_out.append(f"{key_of(infd)[0]}/{key_of(infd)[1]} ({error})")
-    if not demand:
-        return no_advice(gpu_type, "no service with demand history runs on this GPU type", now)
-    kept = tuple(d for d in deployments.values() if key_of(d) in demand)
-    # Budgets do not enter the advice (it prices what the shortfall targets need).
-    fleet = Fleet(tuple(pools.values()), tuple(sorted(kept, key=key_of)))
-    _, _, aligned = align(demand)
-    found, problems = fleet_advice(fleet, aligned, FleetOptions(advice_gpu_types=(gpu_type,)))
-    if not found:
-        return no_advice(gpu_type, "; ".join(problems) or "nothing to advise", now)
-    status = advice_status(found[0], now)
+        if not total.services:
+            return no_advice(gpu_type, "no service with demand history runs on this GPU type", now)
+        market = market_for(gpu_type, all_pools, load_time=total.load_time)
+        found = advise(total, market, describe_assumptions(market, total, minutes))
+    except AdviceError as error:
+        return no_advice(gpu_type, f"{gpu_type}: {error}", now)
+    status = advice_status(found, now)
     if left_out:
         status.assumptions = [*status.assumptions, "left out: " + "; ".join(left_out)][:16]
     return status
+
+
+def _compute_and_log(
+    source: HistorySource, gpu_type: str, snapshot: indexes.Snapshot, now: datetime
+) -> CommitmentAdvice:
+    """`compute_advice` in a worker thread, its wall and CPU time logged."""
+    started, cpu = time.monotonic(), time.thread_time()
+    advice = compute_advice(source, gpu_type, snapshot, now)
+    log.info(
+        "commitment advice for %s in %.1fs (%.1fs CPU): %s",
+        gpu_type,
+        time.monotonic() - started,
+        time.thread_time() - cpu,
+        advice.message,
+    )
+    return advice
 
 
 def _due(live: Mapping[str, Any], now: datetime) -> bool:
@@ -163,7 +208,7 @@ async def refresh_advice(
             snapshot = indexes.snapshot({n: index_kwargs[n] for n in indexes.NAMES})
             source = memo.runtime.controller.forecasts.source
             try:
-                advice = await asyncio.to_thread(compute_advice, source, gpu_type, snapshot, now)
+                advice = await asyncio.to_thread(_compute_and_log, source, gpu_type, snapshot, now)
             except Exception as error:
                 log.exception("commitment advice for %s", gpu_type)
                 raise kopf.TemporaryError(

@@ -635,7 +635,7 @@ async def accrue_budget(
 
 
 def register(
-    registry: kopf.OperatorRegistry, interval: timedelta, *, commitment_advice: bool = False
+    registry: kopf.OperatorRegistry, interval: timedelta, *, commitment_advice: bool = True
 ) -> None:
     """Apply kopf's decorators to the handlers above, with the configured interval.
 
@@ -673,5 +673,5 @@ def register(
     kopf.timer(GROUP, VERSION, "costbudgets", interval=every, initial_delay=3.0, **on)(
         accrue_budget
     )
-    if commitment_advice:  # off by default: see docs/advice.md, "In the operator"
+    if commitment_advice:  # --no-commitment-advice turns it off (docs/advice.md)
         advice.register(registry)

@@ -115,9 +115,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument(
         "--commitment-advice",
-        action="store_true",
-        help="write each GPUNodePool's commitment advice into its status, daily (off by "
-        "default: at 1,000 services the computation peaks at gigabytes, docs/advice.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write each GPUNodePool's commitment advice into its status, daily (on by "
+        "default; docs/advice.md)",
     )
     run.add_argument(
         "--drain-timeout",

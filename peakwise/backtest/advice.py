@@ -19,7 +19,10 @@ The model, per minute of history, for one GPU type:
 3. **The optimum.** The expected monthly cost (730 hours) is convex in R: each more node
    saves the flexible capacity it displaces in the minutes it is busy, less than the node
    before it. So it is evaluated for every R from 0 to the peak and the cheapest is taken,
-   for each commitment term priced; the curve around it shows how flat it is.
+   for each commitment term priced; the curve around it shows how flat it is. Only the
+   services' sums enter (``FleetNeed``, folded one service at a time), and each distinct
+   (GPUs needed, spot room) pair of minutes is priced once, a chunk of counts at a time, so
+   the memory is a few series however large the fleet and its peak.
 
 **Break-even utilisation** of a committed node: the share of hours it must be busy to cost
 less than the flexible capacity it replaces, ``reserved price / on-demand price`` (and
@@ -270,43 +273,113 @@ def flexible_cost_per_minute(
     return best
 
 
-def fleet_need(needs: Sequence[ServiceNeed]) -> tuple[FloatArray, FloatArray]:
-    if not needs:
+class FleetNeed:
+    """The GPUs of one type the fleet needs per minute, and how many of them may be spot: the
+    services' needs summed as they come. The operator folds in one service at a time, so it
+    never holds more than one service's history and the two sums."""
+
+    def __init__(self, minutes: int) -> None:
+        self.minutes = minutes
+        self.gpus: FloatArray = np.zeros(minutes)
+        self.spot_gpus: FloatArray = np.zeros(minutes)
+        self.services: list[str] = []
+        self.load_time = timedelta(0)
+        """The longest model load of the services (spot replacements wait for it)."""
+
+    @classmethod
+    def of(cls, needs: Sequence[ServiceNeed]) -> FleetNeed:
+        if not needs:
+            raise AdviceError("no service runs on this GPU type")
+        total = cls(needs[0].gpus.shape[0])
+        for need in needs:
+            total.add(need)
+        return total
+
+    def add(self, need: ServiceNeed) -> None:
+        if need.gpus.shape[0] != self.minutes:
+            raise AdviceError("the services' histories are not on one grid")
+        self.gpus += need.gpus
+        self.spot_gpus += need.spot_gpus
+        self.services.append(need.name)
+        self.load_time = max(self.load_time, need.load_time)
+
+
+Needs = Sequence[ServiceNeed] | FleetNeed
+"""The services' needs one by one, or already summed."""
+
+
+def _total(needs: Needs) -> FleetNeed:
+    total = needs if isinstance(needs, FleetNeed) else FleetNeed.of(needs)
+    if not total.services:
         raise AdviceError("no service runs on this GPU type")
-    length = {n.gpus.shape[0] for n in needs}
-    if len(length) != 1:
-        raise AdviceError("the services' histories are not on one grid")
-    gpus = np.sum([n.gpus for n in needs], axis=0)
-    spot = np.sum([n.spot_gpus for n in needs], axis=0)
-    return gpus, spot
+    return total
 
 
-def monthly_costs(
-    needs: Sequence[ServiceNeed], market: GPUTypeMarket, price: float, nodes: Sequence[int]
+CELLS_PER_CHUNK = 1 << 18
+"""Minutes x reserved counts evaluated at once (a few MiB per temporary): the full matrix of
+14 days of minutes by hundreds of counts is hundreds of MiB, and several temporaries of it."""
+
+
+@dataclass(frozen=True)
+class _MinuteClasses:
+    """The distinct (GPUs needed, spot room) pairs of the history and how many minutes have
+    each: the flexible cost depends on nothing else, and a fleet's sums repeat a lot."""
+
+    gpus: FloatArray
+    spot_gpus: FloatArray
+    minutes: FloatArray
+    total_minutes: int
+
+
+def _minute_classes(total: FleetNeed) -> _MinuteClasses:
+    pairs, counts = np.unique(
+        np.stack([total.gpus, total.spot_gpus], axis=1), axis=0, return_counts=True
+    )
+    return _MinuteClasses(
+        np.ascontiguousarray(pairs[:, 0]),
+        np.ascontiguousarray(pairs[:, 1]),
+        counts.astype(np.float64),
+        total.minutes,
+    )
+
+
+def _monthly_costs(
+    classes: _MinuteClasses, market: GPUTypeMarket, price: float, nodes: Sequence[int]
 ) -> FloatArray:
-    """Expected monthly cost with each reserved count in `nodes` at `price` per node-hour."""
-    gpus, spot = fleet_need(needs)
     counts = np.asarray(nodes, dtype=np.float64)
-    flexible = flexible_cost_per_minute(gpus, spot, counts * market.gpus_per_node, market)
-    per_minute: FloatArray = flexible.mean(axis=0)
+    per_minute = np.empty(counts.shape[0])
+    step = max(1, CELLS_PER_CHUNK // max(1, classes.gpus.shape[0]))
+    for lo in range(0, counts.shape[0], step):
+        part = counts[lo : lo + step]
+        flexible = flexible_cost_per_minute(
+            classes.gpus, classes.spot_gpus, part * market.gpus_per_node, market
+        )
+        per_minute[lo : lo + step] = classes.minutes @ flexible / classes.total_minutes
     monthly: FloatArray = counts * price * HOURS_PER_MONTH + per_minute * 60.0 * HOURS_PER_MONTH
     return monthly
 
 
-def advise(
-    needs: Sequence[ServiceNeed], market: GPUTypeMarket, assumptions: Sequence[str] = ()
-) -> Advice:
+def monthly_costs(
+    needs: Needs, market: GPUTypeMarket, price: float, nodes: Sequence[int]
+) -> FloatArray:
+    """Expected monthly cost with each reserved count in `nodes` at `price` per node-hour."""
+    return _monthly_costs(_minute_classes(_total(needs)), market, price, nodes)
+
+
+def advise(needs: Needs, market: GPUTypeMarket, assumptions: Sequence[str] = ()) -> Advice:
     """The reserved count that minimises expected monthly cost, for every term priced."""
     if not market.terms:
         raise AdviceError(f"no commitment price for {market.gpu_type}: give one per term")
     if market.on_demand <= 0:
         raise AdviceError(f"no on-demand price for {market.gpu_type}")
-    gpus, _ = fleet_need(needs)
+    total = _total(needs)
+    gpus = total.gpus
+    classes = _minute_classes(total)
     most = math.ceil(float(gpus.max()) / market.gpus_per_node) if gpus.size else 0
     every = list(range(most + 1))
     terms = []
     for term in market.terms:
-        costs = monthly_costs(needs, market, term.price_per_node_hour, every)
+        costs = _monthly_costs(classes, market, term.price_per_node_hour, every)
         best = int(np.argmin(costs))
         lo, hi = max(0, best - CURVE_HALF_WIDTH), min(most, best + CURVE_HALF_WIDTH)
         spot = market.spot_effective
@@ -331,13 +404,15 @@ def advise(
     now = None
     if market.current_reserved_nodes and market.current_price is not None:
         now = float(
-            monthly_costs(needs, market, market.current_price, [market.current_reserved_nodes])[0]
+            _monthly_costs(classes, market, market.current_price, [market.current_reserved_nodes])[
+                0
+            ]
         )
     return Advice(
         gpu_type=market.gpu_type,
         market=market,
         terms=tuple(terms),
-        services=tuple(n.name for n in needs),
+        services=tuple(total.services),
         minutes=int(gpus.shape[0]),
         peak_gpus=float(gpus.max()) if gpus.size else 0.0,
         mean_gpus=float(gpus.mean()) if gpus.size else 0.0,
@@ -424,13 +499,12 @@ def market_for(
     )
 
 
-def describe_assumptions(
-    advice_market: GPUTypeMarket, needs: Sequence[ServiceNeed], minutes: int
-) -> list[str]:
+def describe_assumptions(advice_market: GPUTypeMarket, needs: Needs, minutes: int) -> list[str]:
     """The assumptions an advice rests on, in words (for status and the report)."""
     spot = advice_market.spot_effective
+    services = len(needs.services) if isinstance(needs, FleetNeed) else len(needs)
     lines = [
-        f"history: {minutes:,} minutes ({minutes / 1440:.1f} days) of {len(needs)} service(s)' "
+        f"history: {minutes:,} minutes ({minutes / 1440:.1f} days) of {services} service(s)' "
         "demand, each capped at its shortfall target",
         f"on-demand {advice_market.on_demand:,.2f}/node-h"
         + (

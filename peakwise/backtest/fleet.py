@@ -1342,7 +1342,7 @@ def summarize_service_shortfall(demand: FloatArray, capacity: FloatArray, warmup
 # --- commitment advice for the fleet -----------------------------------------------------------
 
 
-def _home_gpu_type(infd: InferenceDeployment, pools: Sequence[GPUNodePool]) -> str:
+def home_gpu_type(infd: InferenceDeployment, pools: Sequence[GPUNodePool]) -> str:
     """The GPU type a service counts on for advice: its cheapest on-demand one, else its
     first profile's."""
     try:
@@ -1360,7 +1360,7 @@ def fleet_needs(
     needs = []
     for infd in fleet.deployments:
         key = key_of(infd)
-        if _home_gpu_type(infd, fleet.pools) != gpu_type:
+        if home_gpu_type(infd, fleet.pools) != gpu_type:
             continue
         needs.append(
             service_need(f"{key[0]}/{key[1]}", infd.spec, demand[key], gpu_type, gpus_per_node)
@@ -1373,7 +1373,7 @@ def fleet_advice(
 ) -> tuple[list[Advice], list[str]]:
     """Commitment advice for each GPU type the fleet runs on (or `options.advice_gpu_types`)."""
     types = options.advice_gpu_types or tuple(
-        sorted({_home_gpu_type(d, fleet.pools) for d in fleet.deployments})
+        sorted({home_gpu_type(d, fleet.pools) for d in fleet.deployments})
     )
     out, problems = [], []
     for gpu_type in types:

@@ -11,14 +11,19 @@ import pytest
 
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
+from peakwise.backtest import advice as advice_module
 from peakwise.backtest.advice import (
+    HOURS_PER_MONTH,
     AdviceError,
+    FleetNeed,
     GPUTypeMarket,
     ServiceNeed,
     TermPrice,
     advise,
     capped_demand,
+    flexible_cost_per_minute,
     market_for,
+    monthly_costs,
     service_need,
     term_prices,
 )
@@ -236,3 +241,64 @@ def test_the_advice_is_within_a_few_percent_of_the_planners_brute_force_optimum(
         )
     assert gap <= 0.03
     assert abs(term.nodes - best) <= 1
+
+
+def _many_needs(services: int, days: int) -> list[ServiceNeed]:
+    """Services of every family and size, some allowed on spot, on H100 nodes of 8."""
+    rng = np.random.default_rng(services)
+    needs = []
+    for i in range(services):
+        infd = _deployment(
+            f"svc{i}",
+            f"team{i % 3}",
+            float(rng.uniform(2, 9)),
+            capacity={"spot": {"maxFraction": float(rng.choice([0.0, 0.3, 0.5]))}},
+            replicas={"min": int(rng.integers(0, 3)), "max": 64},
+            slo={"shortfallMinutes": float(rng.choice([0.001, 0.01]))},
+        )
+        table = synthesize_family(
+            ["weekly", "spikes", "growth", "level-shift"][i % 4],
+            days,
+            seed=100 + i,
+            peak_requests_per_minute=float(rng.uniform(300, 3000)),
+        )
+        demand = table.requests / 60.0
+        demand[rng.integers(0, demand.shape[0], 50)] = np.nan  # gaps are held through
+        needs.append(service_need(f"team{i % 3}/svc{i}", infd.spec, demand, GPU, 8))
+    return needs
+
+
+@pytest.mark.parametrize("spot", [None, 39.0])
+def test_the_curve_from_summed_needs_equals_the_one_over_every_service_and_minute(
+    spot: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice folds services into two sums, prices each distinct (need, spot room) pair
+    of minutes once and evaluates the reserved counts a chunk at a time; the costs are those
+    of pricing every minute of the services' stacked needs at every count (as it did when
+    it held the whole fleet's history, hundreds of MiB at fleet scale)."""
+    needs = _many_needs(12, 8)
+    market = _market(reserved=42.5, on_demand=98.0, spot=spot, rate=0.05)
+    # Every minute of every service, all counts at once: the computation before.
+    gpus = np.sum([n.gpus for n in needs], axis=0)
+    spot_room = np.sum([n.spot_gpus for n in needs], axis=0)
+    counts = np.arange(int(np.ceil(gpus.max() / 8)) + 1, dtype=float)
+    per_minute = flexible_cost_per_minute(gpus, spot_room, counts * 8, market).mean(axis=0)
+    before = (counts * 42.5 + per_minute * 60.0) * HOURS_PER_MONTH
+    # Streamed one service at a time, in chunks of a few counts.
+    monkeypatch.setattr(advice_module, "CELLS_PER_CHUNK", 200)
+    streamed = FleetNeed(gpus.shape[0])
+    for need in needs:
+        streamed.add(need)
+    assert np.array_equal(streamed.gpus, gpus)
+    assert np.array_equal(streamed.spot_gpus, spot_room)
+    after = monthly_costs(streamed, market, 42.5, counts.astype(int).tolist())
+    np.testing.assert_allclose(after, before, rtol=1e-12)
+    advice = advise(streamed, market)
+    assert advice.best.nodes == int(np.argmin(before))
+    assert advice.best.monthly_cost == pytest.approx(float(before.min()), rel=1e-12)
+    assert [(p.nodes, round(p.monthly_cost, 2)) for p in advice.best.curve] == [
+        (p.nodes, round(p.monthly_cost, 2)) for p in advise(needs, market).best.curve
+    ]
+    assert advice.services == tuple(n.name for n in needs)
+    with pytest.raises(AdviceError, match="one grid"):
+        streamed.add(_need(np.ones(5)))

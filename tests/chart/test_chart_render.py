@@ -211,6 +211,7 @@ def test_default_deployment(default: list[Manifest]) -> None:
     assert not any(
         a.startswith(("--namespace", "--peering", "--priority")) for a in container["args"]
     )
+    assert "--no-commitment-advice" not in container["args"]  # the advice is on by default
     probe = container["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "liveness"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -237,6 +238,7 @@ def test_peered_instances_have_distinct_priorities(full: list[Manifest]) -> None
         assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
         args = _container(deployment)["args"]
         assert "--peering=peakwise-ha" in args
+        assert "--no-commitment-advice" in args  # operator.commitmentAdvice: false
         assert "--namespace=team-a" in args and "--namespace=team-b" in args
         (priority,) = [int(a.split("=")[1]) for a in args if a.startswith("--priority=")]
         priorities.append(priority)

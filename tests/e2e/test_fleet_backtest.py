@@ -255,13 +255,8 @@ def test_advise_from_the_cluster(
 def test_the_operator_writes_the_advice_into_pool_status(
     cluster: LocalCluster, history: History, fleet_in_cluster: None, tmp_path: Path
 ) -> None:
-    operator = OperatorProcess(
-        cluster,
-        tmp_path / "operator.log",
-        cluster.kubeconfig,
-        NAMESPACES,
-        extra_args=("--commitment-advice",),
-    )
+    # The advice is on by default: no flag.
+    operator = OperatorProcess(cluster, tmp_path / "operator.log", cluster.kubeconfig, NAMESPACES)
     operator.start()
     try:
 
