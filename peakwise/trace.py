@@ -513,7 +513,8 @@ def synthesize_family(
     * ``weekly``: the chat service of ``synthesize_trace`` (daily and weekly cycle, bursts);
     * ``growth``: the same, its level doubling steadily over two weeks;
     * ``level-shift``: the same, its level stepping up 1.8 times at a random hour of day 6-9
-      and staying there (a large customer moving in);
+      and staying there (a large customer moving in); in a trace shorter than a week, at a
+      random minute 43-64% of the way through it;
     * ``spikes``: a flatter daily cycle with sudden spikes several times a day (2-minute
       rises to 1.5-2.5 times the level, fading after 5-40 minutes);
     * ``launch``: a new service's first day: nearly idle until a launch at 09:00, then
@@ -538,7 +539,11 @@ def synthesize_family(
     if family == "growth":
         level *= 2.0 ** (minutes / (14 * 1440))
     elif family == "level-shift":
-        at = int(rng.integers(6 * 1440, min(9 * 1440, minutes.shape[0])))
+        n = minutes.shape[0]
+        if n > 6 * 1440:
+            at = int(rng.integers(6 * 1440, min(9 * 1440, n)))
+        else:  # under a week: at the same share of the trace as days 6-9 are of two weeks
+            at = int(rng.integers(3 * n // 7, max(3 * n // 7 + 1, 9 * n // 14)))
         level[at:] *= 1.8
     elif family == "launch":
         launch = 9 * 60

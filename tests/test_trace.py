@@ -388,3 +388,16 @@ def test_synth_trace_writes_a_family(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         read_trace(out).series.values * 60, synthesize_family("launch").requests
     )
+
+
+@pytest.mark.parametrize("days", [1, 2, 3, 6])
+def test_a_level_shift_shorter_than_two_weeks_steps_up_within_it(days: int) -> None:
+    # Was: under a week it raised numpy's "low >= high" (the step was drawn in days 6-9).
+    shifted = synthesize_family("level-shift", days, seed=3).requests
+    same = synthesize_family("weekly", days, seed=3).requests  # the same cycle, no step
+    n = days * 1440
+    assert shifted.shape[0] == n
+    before = shifted[: 2 * n // 5].sum() / same[: 2 * n // 5].sum()
+    after = shifted[-n // 3 :].sum() / same[-n // 3 :].sum()
+    assert 0.9 < before < 1.1
+    assert 1.6 < after < 2.0
