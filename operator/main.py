@@ -18,7 +18,6 @@ from prometheus_client import start_http_server
 
 from peakwise.adapters.prometheus import PrometheusHistory
 from peakwise.api.common import parse_duration
-from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.forecasting.select import default_forecaster
 from peakwise.operator import memory, metrics
 from peakwise.operator.actuation import Actuator
@@ -29,7 +28,7 @@ from peakwise.operator.integrations import CachedRetention, RoundEdges
 from peakwise.operator.kube import KubeAdapter, api_client
 from peakwise.operator.processes import exit_with_parent
 from peakwise.operator.template_policy import TemplatePolicy
-from peakwise.planner import TenancyPolicy
+from peakwise.operator.tenancy_flags import add_tenancy_arguments, tenancy_policy
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -144,41 +143,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=64,
         help="most connections to the API server; watches hold one each (64)",
     )
-    tenancy = run.add_argument_group(
-        "tenancy", "the platform's rules for every namespace (docs/tenancy.md)"
-    )
-    tenancy.add_argument(
-        "--unbudgeted",
-        choices=("RecommendOnly", "DefaultBudget"),
-        default="RecommendOnly",
-        help="what a namespace without a valid CostBudget gets: RecommendOnly (planned, "
-        "nothing scaled: fail closed; the default) or DefaultBudget (--default-budget-hourly)",
-    )
-    tenancy.add_argument(
-        "--default-budget-hourly",
-        type=float,
-        help="the hourly cap of a namespace without a CostBudget, with --unbudgeted DefaultBudget",
-    )
-    tenancy.add_argument(
-        "--default-namespace-priority",
-        type=int,
-        default=0,
-        help="cross-namespace priority of a namespace without a CostBudget (0)",
-    )
-    tenancy.add_argument(
-        "--default-reserved-weight",
-        type=float,
-        default=0.0,
-        help="reserved-capacity weight of a namespace without a CostBudget (0: only what "
-        "budgeted namespaces leave unused)",
-    )
+    add_tenancy_arguments(run, "the platform's rules for every namespace (docs/tenancy.md)")
+    templates = run.add_argument_group("templates", "what pod templates may ask for")
     for flag, default, what in (
         ("--allowed-service-account", ["default"], "a ServiceAccount templates may run as"),
         ("--allowed-priority-class", [], "a PriorityClass templates may name"),
         ("--allowed-toleration-key", [], "a taint key templates may tolerate themselves"),
         ("--allowed-capability", ["NET_BIND_SERVICE"], "a capability containers may add"),
     ):
-        tenancy.add_argument(
+        templates.add_argument(
             flag,
             action="append",
             default=None,
@@ -195,22 +168,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     run.add_argument("--verbose", action="store_true", help="debug logging (--log-level DEBUG)")
     run.set_defaults(run=run_operator)
-
-
-def tenancy_policy(args: argparse.Namespace) -> TenancyPolicy:
-    """The platform's rules from the flags; a clear error when they do not fit together."""
-    default = None
-    if args.default_budget_hourly is not None:
-        default = CostBudgetSpec(limits=BudgetLimits(hourly=args.default_budget_hourly))
-    try:
-        return TenancyPolicy(
-            unbudgeted=args.unbudgeted,
-            default_budget=default,
-            default_priority=args.default_namespace_priority,
-            default_reserved_weight=args.default_reserved_weight,
-        )
-    except ValueError as error:
-        raise SystemExit(f"peakwise operator run: {error} (--default-budget-hourly)") from None
 
 
 def template_policy(args: argparse.Namespace) -> TemplatePolicy:
@@ -285,7 +242,11 @@ def run_operator(args: argparse.Namespace) -> int:
     if level != "DEBUG":
         # kopf logs every handler success per object at INFO: thousands of lines a minute.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    tenancy, templates = tenancy_policy(args), template_policy(args)
+    try:
+        tenancy = tenancy_policy(args)
+    except ValueError as error:
+        raise SystemExit(f"peakwise operator run: {error}") from None
+    templates = template_policy(args)
     memory.limit_arenas()  # before any thread starts: see memory.py
     interval = parse_duration(args.interval)
     registry = kopf.OperatorRegistry()

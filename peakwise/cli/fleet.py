@@ -21,10 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from peakwise.api.common import parse_duration
-from peakwise.api.costbudget import BudgetLimits, CostBudgetSpec
 from peakwise.backtest.config import ConfigError
 from peakwise.backtest.fleet import (
     Fleet,
@@ -35,6 +32,7 @@ from peakwise.backtest.fleet import (
     tokens_query,
 )
 from peakwise.forecasting.series import Series
+from peakwise.operator import tenancy_flags
 from peakwise.planner import TenancyPolicy
 
 
@@ -116,67 +114,17 @@ def add_fleet_backtest_arguments(p: argparse.ArgumentParser) -> None:
         default=min(2, os.cpu_count() or 1),
         help="processes for the forecasts and baselines (default: up to 2; 1: none)",
     )
-    add_tenancy_arguments(p)
-
-
-def add_tenancy_arguments(p: argparse.ArgumentParser) -> None:
-    """The platform's rules for namespaces without a CostBudget: the operator's flags, with
-    the same names, defaults and meaning (``peakwise operator run``; docs/tenancy.md)."""
-    group = p.add_argument_group(
-        "tenancy", "namespaces without a CostBudget, as the operator's flags set them"
-    )
-    group.add_argument(
-        "--unbudgeted",
-        choices=("RecommendOnly", "DefaultBudget"),
-        default="RecommendOnly",
-        help="what a namespace without a valid CostBudget gets: RecommendOnly (the operator "
-        "plans, scales nothing; replayed uncapped and marked so; the default) or DefaultBudget "
-        "(--default-budget-hourly caps it)",
-    )
-    group.add_argument(
-        "--default-budget-hourly",
-        type=float,
-        help="the hourly cap of a namespace without a CostBudget, with --unbudgeted DefaultBudget",
-    )
-    group.add_argument(
-        "--default-namespace-priority",
-        type=int,
-        default=0,
-        help="cross-namespace priority of a namespace without a CostBudget (0)",
-    )
-    group.add_argument(
-        "--default-reserved-weight",
-        type=float,
-        default=0.0,
-        help="reserved-capacity weight of a namespace without a CostBudget (0: only what "
-        "budgeted namespaces leave unused)",
+    tenancy_flags.add_tenancy_arguments(
+        p, "namespaces without a CostBudget, as the operator's flags set them"
     )
 
 
 def tenancy_policy(args: argparse.Namespace) -> TenancyPolicy:
-    """The platform's rules from the tenancy flags, as the operator reads them (a default
-    budget without DefaultBudget is an error here: it would cap nothing)."""
-    default = None
-    if args.default_budget_hourly is not None:
-        if args.unbudgeted != "DefaultBudget":
-            raise ConfigError(
-                "--default-budget-hourly caps namespaces only with --unbudgeted DefaultBudget"
-            )
-        try:
-            default = CostBudgetSpec(limits=BudgetLimits(hourly=args.default_budget_hourly))
-        except ValidationError:
-            raise ConfigError(
-                f"--default-budget-hourly must be above 0 (got {args.default_budget_hourly:g})"
-            ) from None
+    """The platform's rules from the operator's tenancy flags (operator/tenancy_flags.py)."""
     try:
-        return TenancyPolicy(
-            unbudgeted=args.unbudgeted,
-            default_budget=default,
-            default_priority=args.default_namespace_priority,
-            default_reserved_weight=args.default_reserved_weight,
-        )
+        return tenancy_flags.tenancy_policy(args)
     except ValueError as error:
-        raise ConfigError(f"{error} (--default-budget-hourly)") from None
+        raise ConfigError(str(error)) from None
 
 
 @dataclass

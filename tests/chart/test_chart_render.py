@@ -52,6 +52,9 @@ def test_helm_lint_strict(values: Path | None) -> None:
         ("replicaCount: 0\n", "/replicaCount"),
         ("prometheus:\n  url: prometheus:9090\n", "/prometheus/url"),
         ("operator:\n  interval: 30 seconds\n", "/operator/interval"),
+        # The operator refuses these at start (operator/tenancy_flags.py); caught at install.
+        ("tenancy:\n  defaultBudget:\n    hourly: 5\n", "'/tenancy/unbudgeted': value must be"),
+        ("tenancy:\n  unbudgeted: DefaultBudget\n", "'/tenancy/defaultBudget/hourly': got null"),
     ],
 )
 def test_a_typo_in_values_fails_template_naming_the_key(
