@@ -211,11 +211,13 @@ def _solve(
             solution = milp.allocate(demands, members, slices, packing, limit)
             if solution is None:
                 fallback = True
-            elif not solution.proven and _greedy_is_no_dearer(
-                demands, members, slices, packing, held, solution, limit
-            ):
-                timed_out += 1
-                solution = None
+            elif not solution.proven:
+                quick = _greedy_if_no_dearer(
+                    demands, members, slices, packing, held, solution, limit
+                )
+                if quick is not None:
+                    timed_out += 1
+                    solution = quick
             if solution is None:
                 for d, a in held.items():
                     packing.place(demands[d], a)
@@ -250,7 +252,7 @@ def _solve(
     return allocations, guaranteed, used
 
 
-def _greedy_is_no_dearer(
+def _greedy_if_no_dearer(
     demands: Sequence[Demand],
     members: Sequence[int],
     slices: Sequence[Slice],
@@ -258,19 +260,22 @@ def _greedy_is_no_dearer(
     held: Mapping[int, Allocation],
     solution: milp.Solution,
     limit: float,
-) -> bool:
-    """Whether the greedy plan of a level costs no more than what HiGHS held at its time limit,
-    by the exact solver's own objective. Stopped early, HiGHS hands back a plan that depends
-    on how much CPU it got (none at all, or one far from the optimum), so the same fleet
-    would be planned differently round after round; the greedy's is the same every time and
-    is kept unless the exact one is really cheaper. `packing` is left as it came."""
+) -> milp.Solution | None:
+    """The greedy plan of a level if it costs no more than what HiGHS held at its time limit,
+    by the exact solver's own objective, else None. Stopped early, HiGHS hands back a plan
+    that depends on how much CPU it got (none at all, or one far from the optimum), so the
+    same fleet would be planned differently round after round; the greedy's is the same
+    every time and is kept unless the exact one is really cheaper. `packing` is left as it
+    came (without the level's members)."""
     for d, a in held.items():
         packing.place(demands[d], a)
     quick = greedy.allocate(demands, members, packing, held=dict(held))
     for d, a in quick.items():
         packing.place(demands[d], a, sign=-1)
     value = milp.evaluate(demands, members, slices, packing, quick, limit)
-    return value is not None and value <= solution.objective + 1e-9
+    if value is None or value > solution.objective + 1e-9:
+        return None
+    return milp.Solution(quick, value, proven=False)
 
 
 def plan(request: PlanInput) -> Plan:
