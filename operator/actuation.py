@@ -194,5 +194,5 @@ class Actuator:
             reason = "Forbidden" if isinstance(error, ProviderForbiddenError) else "ProviderError"
             return PoolScaling(desired, asked=True, error=str(error), error_reason=reason)
         # Removals that follow are the operator's own, not interruptions.
-        self.interruptions.scaled_down(name, observed.nodes - desired, now)
+        self.interruptions.scaled(name, observed.nodes, desired, now)
         return PoolScaling(desired, asked=True)

@@ -1,8 +1,8 @@
 """Which node losses are spot interruptions, the same way for every provider.
 
 A node that goes away is an interruption unless Peakwise asked for it: when the operator
-scales a pool down by N nodes, the next N removals in that pool within `EXPECTED_FOR` are its
-own (whichever backend removes them: kwok, a MachineDeployment, Karpenter). A node carrying
+lowers a pool's target by N nodes, the next N removals in that pool within `EXPECTED_FOR` are
+its own (whichever backend removes them: kwok, a MachineDeployment, Karpenter). A node carrying
 an interruption taint (the cloud's or a termination handler's notice) is an interruption at
 once; one that Karpenter marks as disrupted (consolidation, drift, expiry) is a voluntary
 removal, not one.
@@ -43,10 +43,23 @@ class InterruptionTracker:
     _interrupted: set[str] = field(default_factory=set)
     _voluntary: set[str] = field(default_factory=set)
 
-    def scaled_down(self, pool: str, nodes: int, now: datetime) -> None:
-        """The operator asked `pool` for `nodes` fewer nodes at `now`."""
-        if nodes > 0:
-            self.expected_removals.setdefault(pool, []).extend([now + EXPECTED_FOR] * nodes)
+    asked: dict[str, int] = field(default_factory=dict)
+    """Per pool, the node count the operator last asked its backend for."""
+
+    def scaled(self, pool: str, observed: int, desired: int, now: datetime) -> None:
+        """The operator asked `pool`'s backend for `desired` nodes at `now`, seeing `observed`.
+
+        Only a lower target than the last one asked adds expected removals: rounds that see a
+        removal the node watch has not delivered yet ask the same target again, and must not
+        expect that removal twice (a leftover would hide a real interruption). A higher target
+        withdraws removals still expected: the backend need not remove those nodes now."""
+        previous = self.asked.get(pool, observed)
+        pending = self.expected_removals.setdefault(pool, [])
+        if desired < previous:
+            pending.extend([now + EXPECTED_FOR] * max(0, min(previous, observed) - desired))
+        elif desired > previous:
+            del pending[: desired - previous]
+        self.asked[pool] = desired
 
     def _expected(self, pool: str, now: datetime) -> bool:
         """Consume one expected removal of `pool`, if one is still in force."""
@@ -82,4 +95,5 @@ class InterruptionTracker:
 
     def forget_pool(self, pool: str) -> None:
         self.expected_removals.pop(pool, None)
+        self.asked.pop(pool, None)
         self.seen.pop(pool, None)
