@@ -412,7 +412,13 @@ def test_lost_spot_node_is_replaced_on_demand(
     doc["spec"]["demand"] = {"query": "vector(12)", "targetUtilization": 1.0}
     _apply(cluster, doc)
 
-    def on_spot() -> list[dict[str, Any]]:
+    def on_spot() -> tuple[int, list[dict[str, Any]]] | None:
+        """(replicas, their Running pods) once the move to spot is over: while it runs, the
+        on-demand child keeps its replicas until the spot ones are Ready."""
+        replicas = {
+            c["metadata"]["labels"]["peakwise.dev/pool"]: c["spec"]["replicas"]
+            for c in _children(cluster, "spotty")
+        }
         pods = cluster.kubectl_json(
             "get",
             "pods",
@@ -421,19 +427,24 @@ def test_lost_spot_node_is_replaced_on_demand(
             "-l",
             "peakwise.dev/inference-deployment=spotty,peakwise.dev/pool=e2e-spot",
         )
-        return [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+        running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+        spot = replicas.get("e2e-spot", 0)
+        moved = spot > 0 and replicas.get("e2e-od", 0) == 0 and len(running) == spot
+        return (spot, running) if moved else None
 
-    running = wait_for("spotty running on spot", on_spot, timeout=120)
-    total = sum(c["spec"]["replicas"] for c in _children(cluster, "spotty"))
+    total, running = wait_for("spotty running on spot", on_spot, timeout=120)
     for node in {p["spec"]["nodeName"] for p in running}:
         cluster.kubectl("delete", "node", node, "--wait=false")
 
-    def replaced() -> dict[str, int] | None:
+    def replaced() -> dict[str, int]:
         now = {
             c["metadata"]["labels"]["peakwise.dev/pool"]: c["spec"]["replicas"]
             for c in _children(cluster, "spotty")
         }
-        return now if now.get("e2e-od", 0) >= total else None
+        if now.get("e2e-od", 0) < total:
+            pool = cluster.kubectl_json("get", "gpunodepool", "e2e-spot").get("status") or {}
+            raise RuntimeError(f"children {now} of {total}; e2e-spot status {pool}")
+        return now
 
     # Spot cannot bring nodes back within its provisioning time: on-demand takes the replicas
     # within one timer interval (3 s) plus the watch and the apply.
