@@ -8,27 +8,31 @@ The model, per minute of history, for one GPU type:
    lets it go short in that share of minutes, so its demand is first capped at the matching
    quantile of its history (the cheapest way to meet the target with hindsight). Of those
    replicas, at most ``capacity.spot.maxFraction`` (and never the ``onDemand.minReplicas``)
-   may run on spot. Summed over services: GPUs needed ``N(t)``, of which spot may hold
-   ``S(t)``.
-2. **What it costs with R reserved nodes.** The reserved GPUs ``R × g`` are paid every hour
-   and cover demand first. What is left over, ``X = max(0, N - R g)``, is bought as whole
-   nodes: on-demand, or spot for up to ``S`` of it with the rest on demand, whichever costs
-   less that minute. Spot is hedged as the planner hedges it: ``1 - exp(-rate × replacement
-   time)`` of spot capacity is expected to be lost before a replacement is ready, so it
-   takes ``1 / survival`` as many spot nodes.
+   may run on spot. Summed over the services of each replica size (GPUs per replica): GPUs
+   needed ``N_k(t)``, of which spot may hold ``S_k(t)``. Sizes are kept apart because the
+   planner packs each size on nodes of its own (``planner.capacity.nodes_needed``): a fleet
+   of 1- and 2-GPU replicas needs a node per size where one node would hold their sum.
+2. **What it costs with R reserved nodes.** The ``R`` reserved nodes are paid every hour and
+   cover demand first, each given to the size it saves the most on. What is left over of
+   each size, ``X_k = max(0, N_k - R_k g)``, is bought as whole nodes: on-demand, or spot for
+   up to ``S_k`` of it with the rest on demand, whichever costs less that minute. Spot is
+   hedged as the planner hedges it: ``1 - exp(-rate × replacement time)`` of spot capacity is
+   expected to be lost before a replacement is ready, so it takes ``1 / survival`` as many
+   spot nodes.
 3. **The optimum.** The expected monthly cost (730 hours) is convex in R: each more node
    saves the flexible capacity it displaces in the minutes it is busy, less than the node
    before it. So it is evaluated for every R from 0 to the peak and the cheapest is taken,
    for each commitment term priced; the curve around it shows how flat it is. Only the
-   services' sums enter (``FleetNeed``, folded one service at a time), and each distinct
-   (GPUs needed, spot room) pair of minutes is priced once, a chunk of counts at a time, so
-   the memory is a few series however large the fleet and its peak.
+   services' sums per size enter (``FleetNeed``, folded one service at a time), and each
+   distinct (GPUs needed, spot room) of minutes is priced once, a chunk at a time, so the
+   memory is a few series however large the fleet and its peak.
 
 **Break-even utilisation** of a committed node: the share of hours it must be busy to cost
 less than the flexible capacity it replaces, ``reserved price / on-demand price`` (and
-against effective spot). The model sums the fleet's GPUs before rounding to nodes (replicas
-of several services share nodes) and leaves out how the planner shares reserved capacity and
-places each service; ``fleet.brute_force_commitment`` checks it against the real planner.
+against effective spot). The model sums the fleet's GPUs of a size before rounding to nodes
+(replicas of several services share nodes) and leaves out how the planner shares reserved
+capacity between namespaces and places each service; ``fleet.brute_force_commitment``
+checks it against the real planner.
 
 Pure: arrays and models in, numbers out; nothing is bought.
 """
@@ -110,6 +114,8 @@ class ServiceNeed:
     spot_gpus: FloatArray
     shortfall_target: float
     load_time: timedelta = timedelta(0)
+    gpus_per_replica: int = 1
+    """The replicas' size: the planner packs each size on nodes of its own."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ def service_need(
         spot * profile.gpus_per_replica,
         spec.slo.shortfall_minutes,
         spec.model_load_time,
+        profile.gpus_per_replica,
     )
 
 
@@ -274,14 +281,17 @@ def flexible_cost_per_minute(
 
 
 class FleetNeed:
-    """The GPUs of one type the fleet needs per minute, and how many of them may be spot: the
-    services' needs summed as they come. The operator folds in one service at a time, so it
-    never holds more than one service's history and the two sums."""
+    """The GPUs of one type the fleet needs per minute, and how many of them may be spot, per
+    replica size: the services' needs summed as they come. The operator folds in one service
+    at a time, so it never holds more than one service's history and two sums a size."""
 
     def __init__(self, minutes: int) -> None:
         self.minutes = minutes
         self.gpus: FloatArray = np.zeros(minutes)
+        """All sizes together."""
         self.spot_gpus: FloatArray = np.zeros(minutes)
+        self.by_size: dict[int, tuple[FloatArray, FloatArray]] = {}
+        """GPUs per replica -> (GPUs needed, spot room) of the replicas of that size."""
         self.services: list[str] = []
         self.load_time = timedelta(0)
         """The longest model load of the services (spot replacements wait for it)."""
@@ -300,6 +310,11 @@ class FleetNeed:
             raise AdviceError("the services' histories are not on one grid")
         self.gpus += need.gpus
         self.spot_gpus += need.spot_gpus
+        gpus, spot = self.by_size.setdefault(
+            need.gpus_per_replica, (np.zeros(self.minutes), np.zeros(self.minutes))
+        )
+        gpus += need.gpus
+        spot += need.spot_gpus
         self.services.append(need.name)
         self.load_time = max(self.load_time, need.load_time)
 
@@ -316,14 +331,16 @@ def _total(needs: Needs) -> FleetNeed:
 
 
 CELLS_PER_CHUNK = 1 << 18
-"""Minutes x reserved counts evaluated at once (a few MiB per temporary): the full matrix of
-14 days of minutes by hundreds of counts is hundreds of MiB, and several temporaries of it."""
+"""Minute classes x replica sizes x reserved counts evaluated at once (a few MiB per
+temporary): the full matrix of 14 days of minutes by hundreds of counts is hundreds of MiB,
+and several temporaries of it."""
 
 
 @dataclass(frozen=True)
 class _MinuteClasses:
-    """The distinct (GPUs needed, spot room) pairs of the history and how many minutes have
-    each: the flexible cost depends on nothing else, and a fleet's sums repeat a lot."""
+    """The distinct (GPUs needed, spot room) of the history, a column per replica size, and
+    how many minutes have each: the flexible cost depends on nothing else, and a fleet's sums
+    repeat a lot."""
 
     gpus: FloatArray
     spot_gpus: FloatArray
@@ -332,29 +349,63 @@ class _MinuteClasses:
 
 
 def _minute_classes(total: FleetNeed) -> _MinuteClasses:
-    pairs, counts = np.unique(
-        np.stack([total.gpus, total.spot_gpus], axis=1), axis=0, return_counts=True
-    )
+    sizes = sorted(total.by_size) or [1]
+    columns = [total.by_size[k][0] for k in sizes] if total.by_size else [total.gpus]
+    spot = [total.by_size[k][1] for k in sizes] if total.by_size else [total.spot_gpus]
+    rows, counts = np.unique(np.stack(columns + spot, axis=1), axis=0, return_counts=True)
     return _MinuteClasses(
-        np.ascontiguousarray(pairs[:, 0]),
-        np.ascontiguousarray(pairs[:, 1]),
+        np.ascontiguousarray(rows[:, : len(sizes)]),
+        np.ascontiguousarray(rows[:, len(sizes) :]),
         counts.astype(np.float64),
         total.minutes,
     )
 
 
+def _flexible_by_count(
+    classes: _MinuteClasses, rows: slice, market: GPUTypeMarket, most: int
+) -> FloatArray:
+    """$ per minute of the flexible nodes for the minute classes `rows` with 0 to `most`
+    reserved nodes (columns). With one replica size that is `flexible_cost_per_minute`; with
+    several, the reserved nodes are handed out one at a time, each to the size whose
+    flexible nodes it saves the most on (what the planner's exact solver finds when each
+    further node saves no more than the one before, as it nearly does)."""
+    g = market.gpus_per_node
+    reserved = np.arange(most + 2, dtype=np.float64) * g
+    by_size = [
+        flexible_cost_per_minute(
+            classes.gpus[rows, k], classes.spot_gpus[rows, k], reserved, market
+        )
+        for k in range(classes.gpus.shape[1])
+    ]
+    if len(by_size) == 1:
+        return by_size[0][:, : most + 1]
+    cost = np.stack(by_size, axis=1)  # rows x sizes x counts
+    n = cost.shape[0]
+    given = np.zeros((n, len(by_size)), dtype=np.int64)
+    out = np.empty((n, most + 1))
+    out[:, 0] = cost[:, :, 0].sum(axis=1)
+    every = np.arange(n)
+    for count in range(1, most + 1):
+        here = np.take_along_axis(cost, given[:, :, None], axis=2)[:, :, 0]
+        after = np.take_along_axis(cost, (given + 1)[:, :, None], axis=2)[:, :, 0]
+        size = np.argmax(here - after, axis=1)
+        out[:, count] = out[:, count - 1] - (here - after)[every, size]
+        given[every, size] += 1
+    return out
+
+
 def _monthly_costs(
     classes: _MinuteClasses, market: GPUTypeMarket, price: float, nodes: Sequence[int]
 ) -> FloatArray:
-    counts = np.asarray(nodes, dtype=np.float64)
-    per_minute = np.empty(counts.shape[0])
-    step = max(1, CELLS_PER_CHUNK // max(1, classes.gpus.shape[0]))
-    for lo in range(0, counts.shape[0], step):
-        part = counts[lo : lo + step]
-        flexible = flexible_cost_per_minute(
-            classes.gpus, classes.spot_gpus, part * market.gpus_per_node, market
-        )
-        per_minute[lo : lo + step] = classes.minutes @ flexible / classes.total_minutes
+    counts = np.asarray(nodes, dtype=np.int64)
+    most = int(counts.max()) if counts.size else 0
+    per_minute = np.zeros(counts.shape[0])
+    cells = classes.gpus.shape[1] * (most + 2)
+    step = max(1, CELLS_PER_CHUNK // cells)
+    for lo in range(0, classes.gpus.shape[0], step):
+        rows = slice(lo, lo + step)
+        flexible = _flexible_by_count(classes, rows, market, most)[:, counts]
+        per_minute += classes.minutes[rows] @ flexible / classes.total_minutes
     monthly: FloatArray = counts * price * HOURS_PER_MONTH + per_minute * 60.0 * HOURS_PER_MONTH
     return monthly
 
@@ -375,7 +426,9 @@ def advise(needs: Needs, market: GPUTypeMarket, assumptions: Sequence[str] = ())
     total = _total(needs)
     gpus = total.gpus
     classes = _minute_classes(total)
-    most = math.ceil(float(gpus.max()) / market.gpus_per_node) if gpus.size else 0
+    # Enough nodes to cover every size's peak on nodes of its own.
+    peaks = classes.gpus.max(axis=0) if classes.gpus.size else np.zeros(1)
+    most = int(np.ceil(peaks / market.gpus_per_node - 1e-9).sum())
     every = list(range(most + 1))
     terms = []
     for term in market.terms:

@@ -194,17 +194,25 @@ def test_the_spot_rate_is_the_pools_observed_one_where_known() -> None:
         market_for(GPU, [spot], {"1y": 60.0})
 
 
-def _synthetic_fleet(seed: int) -> tuple[Fleet, dict[tuple[str, str], np.ndarray]]:
-    """Two or three services of different shapes and sizes on H100 spot and on-demand."""
+def _synthetic_fleet(
+    seed: int, sizes: tuple[int, ...] = (1,)
+) -> tuple[Fleet, dict[tuple[str, str], np.ndarray]]:
+    """Two or three services of different shapes and sizes on H100 spot and on-demand, their
+    replicas of `sizes` GPUs in turn."""
     rng = np.random.default_rng(seed)
     families = ["weekly", "spikes", "growth"]
     deployments, demand = [], {}
     for i in range(2 + seed % 2):
+        gpus = sizes[i % len(sizes)]
+        throughput = float(rng.uniform(3, 8)) * gpus
         infd = _deployment(
             f"svc{i}",
             f"team{i % 2}",
-            float(rng.uniform(3, 8)),
+            throughput,
             capacity={"spot": {"maxFraction": float(rng.choice([0.0, 0.5]))}},
+            gpuProfiles=[
+                {"gpuType": GPU, "gpusPerReplica": gpus, "throughputPerReplica": throughput}
+            ],
         )
         table = synthesize_family(
             families[(seed + i) % 3],
@@ -220,11 +228,13 @@ def _synthetic_fleet(seed: int) -> tuple[Fleet, dict[tuple[str, str], np.ndarray
     return Fleet(pools, tuple(deployments)), demand
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "sizes"), [(1, (1,)), (2, (1,)), (3, (1,)), (4, (1, 2)), (5, (2, 1))]
+)
 def test_the_advice_is_within_a_few_percent_of_the_planners_brute_force_optimum(
-    seed: int, capsys: pytest.CaptureFixture[str]
+    seed: int, sizes: tuple[int, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fleet, demand = _synthetic_fleet(seed)
+    fleet, demand = _synthetic_fleet(seed, sizes)
     options = FleetOptions(spot_interruptions_per_node_hour=0.05, reserved_prices={"3y": 42.5})
     (advice,), problems = fleet_advice(fleet, demand, options)
     assert problems == []
@@ -237,10 +247,27 @@ def test_the_advice_is_within_a_few_percent_of_the_planners_brute_force_optimum(
     gap = costs[term.nodes] / costs[best] - 1
     with capsys.disabled():
         print(
-            f"\n  fleet {seed}: advice {term.nodes} nodes, brute force {best}; cost gap {gap:.2%}"
+            f"\n  fleet {seed} ({'/'.join(map(str, sizes))}-GPU replicas): advice {term.nodes} "
+            f"nodes, brute force {best}; cost gap {gap:.2%}"
         )
     assert gap <= 0.03
     assert abs(term.nodes - best) <= 1
+
+
+def test_each_replica_size_is_packed_on_nodes_of_its_own() -> None:
+    """Four 1-GPU and two 2-GPU replicas all the time: the planner packs each size on nodes
+    of its own, so they take two nodes, not the one their eight GPUs would fill."""
+    four = np.full(100, 4.0)
+    needs = [
+        ServiceNeed("a/small", four, 0 * four, 0.005, gpus_per_replica=1),
+        ServiceNeed("a/large", four, 0 * four, 0.005, gpus_per_replica=2),
+    ]
+    market = _market(reserved=42.5, on_demand=100.0)
+    costs = monthly_costs(needs, market, 42.5, [0, 1, 2, 3])
+    np.testing.assert_allclose(
+        costs, np.array([200.0, 142.5, 85.0, 127.5]) * HOURS_PER_MONTH, rtol=1e-12
+    )
+    assert advise(needs, market).best.nodes == 2
 
 
 def _many_needs(services: int, days: int) -> list[ServiceNeed]:
@@ -273,7 +300,7 @@ def test_the_curve_from_summed_needs_equals_the_one_over_every_service_and_minut
     spot: float | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The advice folds services into two sums, prices each distinct (need, spot room) pair
-    of minutes once and evaluates the reserved counts a chunk at a time; the costs are those
+    of minutes once and a chunk of those pairs at a time; the costs are those
     of pricing every minute of the services' stacked needs at every count (as it did when
     it held the whole fleet's history, hundreds of MiB at fleet scale)."""
     needs = _many_needs(12, 8)
@@ -284,7 +311,7 @@ def test_the_curve_from_summed_needs_equals_the_one_over_every_service_and_minut
     counts = np.arange(int(np.ceil(gpus.max() / 8)) + 1, dtype=float)
     per_minute = flexible_cost_per_minute(gpus, spot_room, counts * 8, market).mean(axis=0)
     before = (counts * 42.5 + per_minute * 60.0) * HOURS_PER_MONTH
-    # Streamed one service at a time, in chunks of a few counts.
+    # Streamed one service at a time, in chunks of a few minutes.
     monkeypatch.setattr(advice_module, "CELLS_PER_CHUNK", 200)
     streamed = FleetNeed(gpus.shape[0])
     for need in needs:
