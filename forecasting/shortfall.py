@@ -63,6 +63,13 @@ class HoldRule:
     min_replicas: int = 0
     max_replicas: int | None = None
 
+    @property
+    def most_capacity(self) -> float | None:
+        """The most capacity the replica bounds allow (None: unbounded, or continuous)."""
+        if self.replica_throughput <= 0 or self.max_replicas is None:
+            return None
+        return self.max_replicas * self.replica_throughput
+
     def __post_init__(self) -> None:
         if self.lead < 0 or self.hold < 1:
             raise ValueError(f"need lead ≥ 0 and hold ≥ 1, got lead={self.lead}, hold={self.hold}")

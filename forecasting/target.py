@@ -13,7 +13,9 @@ the service's own history, at every refit:
    window, whole replicas, replica bounds), and the option's margin is the smallest whose
    replayed shortfall is within the target. Minutes where demand sat at the capacity that
    served it (*censored*: a served-requests metric flattens there, so true demand was
-   higher) count as short, whatever the margin. The forecast's quantile is then also
+   higher) count as short, whatever the margin; minutes above what ``replicas.max``
+   replicas serve are left out (short at any margin, they would only push it to its
+   limit), and the note says how many. The forecast's quantile is then also
    calibrated per time of day (``time_of_day_buckets``, a quarter of the UTC day each), each
    bucket's misses shrunk toward the whole day's, and used if it replays less capacity.
 3. **Handover.** A service starts on the reactive rule; forecasts take over once there is
@@ -418,6 +420,22 @@ class ShortfallForecaster(Estimator):
         origins = np.arange(first, len(series), dtype=np.int64)
         demand = series.values[first:]
         span_censored = censored[first:]
+        # Minutes above what replicas.max replicas serve are short at any margin: counted,
+        # they would push it to its limit for nothing (the achieved shortfall still has them).
+        most = self.rule.most_capacity
+        unservable = demand > most + 1e-9 if most is not None else np.zeros(0, dtype=bool)
+        left_out = ""
+        if unservable.any():
+            demand = np.where(unservable, np.nan, demand)
+            span_censored = span_censored & ~unservable
+            left_out = (
+                f"{int(unservable.sum())} step(s) above what replicas.max serves left out of "
+                "the calibration"
+            )
+
+        def told(note: str) -> str:
+            return "; ".join(n for n in (note, left_out) if n)
+
         # A span inside the history: its first lead + hold steps were served by targets made
         # before it, which are not replayed. A span from the history's start: nothing came
         # before, so every step from the first planned from two minutes of demand is what the
@@ -445,7 +463,8 @@ class ShortfallForecaster(Estimator):
 
         if self.quantile is not None:
             fixed = calibrated("forecast", [self.quantile])
-            return replace(fixed, reached=bool(fixed.reached)), None, "forecast.quantile is set"
+            reached = replace(fixed, reached=bool(fixed.reached))
+            return reached, None, told("forecast.quantile is set")
         reactive = calibrated("reactive", HEADROOMS)
         spread = calibrated("reactive-spread", SPREADS)
         if spread.reached and (
@@ -461,9 +480,9 @@ class ShortfallForecaster(Estimator):
             )
         young = (len(series) - first) * series.step_seconds < self.handover_seconds
         if young and since:
-            return reactive, None, note or since
+            return reactive, None, told(note or since)
         if self.history_seconds_ < self.handover_seconds or _short(self.forecaster_.info_):
-            return reactive, None, note or "history shorter than the handover span"
+            return reactive, None, told(note or "history shorter than the handover span")
         forecast = calibrated("forecast", QUANTILES)
         if self.time_of_day_buckets and forecast.reached:
             split = self._by_hour(
@@ -474,12 +493,12 @@ class ShortfallForecaster(Estimator):
             not reactive.reached
             or (forecast.replayed_capacity or 0.0) <= (reactive.replayed_capacity or 0.0)
         ):
-            return forecast, reactive, since
+            return forecast, reactive, told(since)
         if not forecast.reached and not reactive.reached:
             best = min((forecast, reactive), key=lambda m: m.replayed_shortfall or math.inf)
             other = reactive if best is forecast else forecast
-            return best, other, "target not reached by any margin on the calibration span"
-        return reactive, forecast, "forecasts need more capacity than the reactive rule"
+            return best, other, told("target not reached by any margin on the calibration span")
+        return reactive, forecast, told("forecasts need more capacity than the reactive rule")
 
     def _record(
         self, series: Series, until: datetime, previous: tuple[AchievedRecord, ...]

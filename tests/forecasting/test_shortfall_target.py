@@ -321,3 +321,26 @@ def test_a_launch_recalibrates_from_the_new_level_without_chasing_the_climb() ->
     assert info.mode == "reactive" and "level shift at" in info.note
     # The headroom suits the new level's noise, not the climb's misses.
     assert info.headroom is not None and info.headroom < 0.5
+
+
+def test_minutes_no_margin_can_serve_do_not_push_the_margin_to_its_limit() -> None:
+    """replicas.max caps capacity below the top 3% of demand: those minutes are short at
+    any margin, so the calibration meets the target on the others, and says so."""
+    series = daily_demand(9, seed=3)
+    top = float(np.percentile(series.values, 97))
+    capped = HoldRule(
+        lead=10,
+        hold=15,
+        replica_throughput=20.0,
+        utilization=1.0,
+        min_replicas=1,
+        max_replicas=int(top // 20.0),
+    )
+    info = ShortfallForecaster(capped, 0.01, time_of_day_buckets=0).fit(series).calibration_
+    assert info.mode == "forecast" and info.quantile is not None
+    assert info.quantile < float(QUANTILES[-1])
+    assert info.replayed_shortfall is not None and info.replayed_shortfall <= 0.01
+    assert "above what replicas.max serves left out" in info.note
+    # Without a cap there is nothing to leave out.
+    plain = ShortfallForecaster(RULE, 0.01, time_of_day_buckets=0).fit(series).calibration_
+    assert "replicas.max" not in plain.note
