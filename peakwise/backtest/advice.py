@@ -349,9 +349,9 @@ class _MinuteClasses:
 
 
 def _minute_classes(total: FleetNeed) -> _MinuteClasses:
-    sizes = sorted(total.by_size) or [1]
-    columns = [total.by_size[k][0] for k in sizes] if total.by_size else [total.gpus]
-    spot = [total.by_size[k][1] for k in sizes] if total.by_size else [total.spot_gpus]
+    sizes = sorted(total.by_size)  # a service at least (`_total`)
+    columns = [total.by_size[k][0] for k in sizes]
+    spot = [total.by_size[k][1] for k in sizes]
     rows, counts = np.unique(np.stack(columns + spot, axis=1), axis=0, return_counts=True)
     return _MinuteClasses(
         np.ascontiguousarray(rows[:, : len(sizes)]),
