@@ -407,18 +407,20 @@ def test_hard_budget_lower_priority_gives_way(
 def test_lost_spot_node_is_replaced_on_demand(
     cluster: LocalCluster, operator: ModuleOperator
 ) -> None:
-    # All on spot while spot is calm: one node's worth of replicas.
+    # On spot while spot is calm (beside any on-demand floor): a node's worth of replicas.
     doc = _deployment("spotty", "Enforce", capacity={"spot": {"maxFraction": 1.0}})
     doc["spec"]["demand"] = {"query": "vector(12)", "targetUtilization": 1.0}
     _apply(cluster, doc)
 
     def on_spot() -> tuple[int, list[dict[str, Any]]] | None:
-        """(replicas, their Running pods) once the move to spot is over: while it runs, the
-        on-demand child keeps its replicas until the spot ones are Ready."""
+        """(replicas planned, the spot ones' Running pods) once the move to spot is over:
+        while it runs, the on-demand child keeps its replicas until the spot ones are Ready,
+        so the children hold more than the plan."""
         replicas = {
             c["metadata"]["labels"]["peakwise.dev/pool"]: c["spec"]["replicas"]
             for c in _children(cluster, "spotty")
         }
+        planned = _status(cluster, "spotty").get("desiredReplicas") or 0
         pods = cluster.kubectl_json(
             "get",
             "pods",
@@ -429,8 +431,8 @@ def test_lost_spot_node_is_replaced_on_demand(
         )
         running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
         spot = replicas.get("e2e-spot", 0)
-        moved = spot > 0 and replicas.get("e2e-od", 0) == 0 and len(running) == spot
-        return (spot, running) if moved else None
+        moved = spot > 0 and len(running) == spot and sum(replicas.values()) == planned
+        return (planned, running) if moved else None
 
     total, running = wait_for("spotty running on spot", on_spot, timeout=120)
     for node in {p["spec"]["nodeName"] for p in running}:
