@@ -215,6 +215,8 @@ def test_from_cluster_reads_the_same_fleet_as_the_manifests(
     cluster: LocalCluster, history: History, fleet_in_cluster: None, tmp_path: Path
 ) -> None:
     from_files = _backtest(cluster, history, tmp_path / "files", "--manifests", str(EXAMPLE))
+    # The fleet's namespaces only: the API server may hold other tests' services too.
+    namespaces = [arg for ns in NAMESPACES for arg in ("--namespace", ns)]
     from_cluster = _backtest(
         cluster,
         history,
@@ -222,6 +224,7 @@ def test_from_cluster_reads_the_same_fleet_as_the_manifests(
         "--from-cluster",
         "--kubeconfig",
         cluster.kubeconfig,
+        *namespaces,
     )
     # The same objects and history: the same replay, table for table.
     for scope in (*(f"Namespace {ns}:" for ns in NAMESPACES), "Fleet: 6 services"):
