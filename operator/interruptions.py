@@ -38,13 +38,12 @@ such as a Karpenter limit lowered above what runs, must not hide later interrupt
 class InterruptionTracker:
     expected_removals: dict[str, list[datetime]] = field(default_factory=dict)
     """Per pool, until when each removal still expected from a scale-down counts as ours."""
+    asked: dict[str, int] = field(default_factory=dict)
+    """Per pool, the node count the operator last asked its backend for."""
     seen: dict[str, int] = field(default_factory=dict)
     """Per pool, interruptions not yet counted into the pool's status."""
     _interrupted: set[str] = field(default_factory=set)
     _voluntary: set[str] = field(default_factory=set)
-
-    asked: dict[str, int] = field(default_factory=dict)
-    """Per pool, the node count the operator last asked its backend for."""
 
     def scaled(self, pool: str, observed: int, desired: int, now: datetime) -> None:
         """The operator asked `pool`'s backend for `desired` nodes at `now`, seeing `observed`.

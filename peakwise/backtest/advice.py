@@ -48,6 +48,7 @@ import numpy as np
 
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import GPUProfile, InferenceDeploymentSpec
+from peakwise.forecasting.base import IntArray
 from peakwise.forecasting.series import FloatArray
 from peakwise.planner.capacity import MAX_SPOT_LOSS, spot_loss
 
@@ -362,26 +363,33 @@ def _minute_classes(total: FleetNeed) -> _MinuteClasses:
 
 
 def _flexible_by_count(
-    classes: _MinuteClasses, rows: slice, market: GPUTypeMarket, most: int
+    classes: _MinuteClasses, rows: slice, market: GPUTypeMarket, counts: IntArray
 ) -> FloatArray:
-    """$ per minute of the flexible nodes for the minute classes `rows` with 0 to `most`
-    reserved nodes (columns). With one replica size that is `flexible_cost_per_minute`; with
-    several, the reserved nodes are handed out one at a time, each to the size whose
-    flexible nodes it saves the most on (what the planner's exact solver finds when each
-    further node saves no more than the one before, as it nearly does)."""
+    """$ per minute of the flexible nodes for the minute classes `rows` with each reserved
+    count in `counts` (columns). With one replica size that is `flexible_cost_per_minute` at
+    those counts; with several, the reserved nodes are handed out one at a time up to the
+    largest count, each to the size whose flexible nodes it saves the most on (what the
+    planner's exact solver finds when each further node saves no more than the one before,
+    as it nearly does)."""
     g = market.gpus_per_node
-    reserved = np.arange(most + 2, dtype=np.float64) * g
-    by_size = [
-        flexible_cost_per_minute(
-            classes.gpus[rows, k], classes.spot_gpus[rows, k], reserved, market
+    sizes = classes.gpus.shape[1]
+    if sizes == 1:
+        return flexible_cost_per_minute(
+            classes.gpus[rows, 0], classes.spot_gpus[rows, 0], counts.astype(np.float64) * g, market
         )
-        for k in range(classes.gpus.shape[1])
-    ]
-    if len(by_size) == 1:
-        return by_size[0][:, : most + 1]
-    cost = np.stack(by_size, axis=1)  # rows x sizes x counts
+    most = int(counts.max()) if counts.size else 0
+    reserved = np.arange(most + 2, dtype=np.float64) * g
+    cost = np.stack(
+        [
+            flexible_cost_per_minute(
+                classes.gpus[rows, k], classes.spot_gpus[rows, k], reserved, market
+            )
+            for k in range(sizes)
+        ],
+        axis=1,
+    )  # rows x sizes x counts
     n = cost.shape[0]
-    given = np.zeros((n, len(by_size)), dtype=np.int64)
+    given = np.zeros((n, sizes), dtype=np.int64)
     out = np.empty((n, most + 1))
     out[:, 0] = cost[:, :, 0].sum(axis=1)
     every = np.arange(n)
@@ -391,20 +399,22 @@ def _flexible_by_count(
         size = np.argmax(here - after, axis=1)
         out[:, count] = out[:, count - 1] - (here - after)[every, size]
         given[every, size] += 1
-    return out
+    picked: FloatArray = out[:, counts]
+    return picked
 
 
 def _monthly_costs(
     classes: _MinuteClasses, market: GPUTypeMarket, price: float, nodes: Sequence[int]
 ) -> FloatArray:
     counts = np.asarray(nodes, dtype=np.int64)
-    most = int(counts.max()) if counts.size else 0
+    sizes = classes.gpus.shape[1]
+    # One size prices the counts asked; several need every count up to the largest.
+    columns = counts.shape[0] if sizes == 1 else (int(counts.max()) if counts.size else 0) + 2
+    step = max(1, CELLS_PER_CHUNK // (sizes * max(1, columns)))
     per_minute = np.zeros(counts.shape[0])
-    cells = classes.gpus.shape[1] * (most + 2)
-    step = max(1, CELLS_PER_CHUNK // cells)
     for lo in range(0, classes.gpus.shape[0], step):
         rows = slice(lo, lo + step)
-        flexible = _flexible_by_count(classes, rows, market, most)[:, counts]
+        flexible = _flexible_by_count(classes, rows, market, counts)
         per_minute += classes.minutes[rows] @ flexible / classes.total_minutes
     monthly: FloatArray = counts * price * HOURS_PER_MONTH + per_minute * 60.0 * HOURS_PER_MONTH
     return monthly
