@@ -15,9 +15,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 
 from peakwise.api.common import CapacityType
-from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.api.inferencedeployment import GPUProfile, InferenceDeploymentSpec
 from peakwise.planner.types import DeploymentKey, PoolState
 
 # Above this expected loss within the lead time, spot capacity is not counted on at all.
@@ -43,8 +44,9 @@ class Slice:
     """Time for a replacement node to be Ready."""
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
+    # A named tuple, not a dataclass: a plan builds a few per deployment every round, and
+    # a frozen dataclass takes several times as long to make.
     slice: int
     gpus: int
     slots: int
@@ -90,14 +92,29 @@ class Demand:
     """Replicas running now per option index: among plans that cost the same, the exact
     solver keeps these where they are (a restart or a neighbour's change moves nothing)."""
 
+    reference: float = field(init=False, repr=False, compare=False)
+    """Demand one replica of its best option serves: the unit of its shortfall."""
+    by_unit_price: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """Option indices, cheapest per unit of demand served first (then the larger)."""
+    by_replica_price: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """Option indices, cheapest per replica first; at the same price spot first, since
+    on-demand capacity is what the others can use too."""
+
+    def __post_init__(self) -> None:
+        # Derived once: the allocation reads them for every replica it adds.
+        o = self.options
+        best = max((x.effective for x in o), default=1.0) or 1.0
+        by_unit = sorted(
+            range(len(o)), key=lambda i: (o[i].price / o[i].effective, -o[i].effective, i)
+        )
+        by_replica = sorted(range(len(o)), key=lambda i: (o[i].price, not o[i].is_spot, i))
+        object.__setattr__(self, "reference", best)
+        object.__setattr__(self, "by_unit_price", tuple(by_unit))
+        object.__setattr__(self, "by_replica_price", tuple(by_replica))
+
     @property
     def namespace(self) -> str:
         return self.key[0]
-
-    @property
-    def reference(self) -> float:
-        """Demand one replica of its best option serves: the unit of its shortfall."""
-        return max((o.effective for o in self.options), default=1.0) or 1.0
 
     @property
     def solve_target(self) -> float:
@@ -170,14 +187,16 @@ def options_for(spec: InferenceDeploymentSpec, slices: Iterable[Slice]) -> tuple
     A spot replica is counted at its expected survival over the time a lost one takes to
     come back: the pool's provisioning time plus this deployment's model load.
     """
+    by_type: dict[str, list[GPUProfile]] = {}
+    for p in spec.gpu_profiles:
+        by_type.setdefault(p.gpu_type, []).append(p)
     options = []
     for s in slices:
-        profiles = [
-            p
-            for p in spec.gpu_profiles
-            if p.gpu_type == s.gpu_type and p.gpus_per_replica <= s.gpus_per_node
-        ]
-        if not profiles or s.max_nodes <= 0:
+        if s.max_nodes <= 0:
+            continue
+        fitting = by_type.get(s.gpu_type, ())
+        profiles = [p for p in fitting if p.gpus_per_replica <= s.gpus_per_node]
+        if not profiles:
             continue
         loss = 0.0
         if s.tier == "spot":

@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from peakwise.planner.capacity import Demand, Option, Slice, nodes_needed
+from peakwise.planner.capacity import Demand, Option, Slice
 from peakwise.planner.tenancy import ReservedShare
 
 Allocation = dict[int, int]
@@ -26,18 +26,20 @@ class SliceUse:
         self.by_gpus: dict[int, int] = {}
         self._nodes: dict[int, int] = {}
         self._total_nodes = 0
+        self._max_nodes = slice_.max_nodes
+        self._gpus_per_node = slice_.gpus_per_node
 
     def room(self, gpus: int) -> int:
         """How many more replicas of `gpus` GPUs fit within the slice's nodes."""
-        others = self._total_nodes - self._nodes.get(gpus, 0)
-        free_nodes = self.slice.max_nodes - others
-        slots = self.slice.gpus_per_node // gpus
-        return max(0, free_nodes * slots - self.by_gpus.get(gpus, 0))
+        free_nodes = self._max_nodes - self._total_nodes + self._nodes.get(gpus, 0)
+        room = free_nodes * (self._gpus_per_node // gpus) - self.by_gpus.get(gpus, 0)
+        return room if room > 0 else 0
 
     def add(self, gpus: int, count: int) -> None:
         n = self.by_gpus.get(gpus, 0) + count
         self.by_gpus[gpus] = n
-        nodes = nodes_needed({gpus: n}, self.slice.gpus_per_node)
+        # Each size on nodes of its own (as capacity.nodes_needed counts them).
+        nodes = -(-n // (self._gpus_per_node // gpus)) if n > 0 else 0
         self._total_nodes += nodes - self._nodes.get(gpus, 0)
         self._nodes[gpus] = nodes
 
@@ -56,15 +58,11 @@ class Packing:
         """GPUs of slice `s`'s unguaranteed part in use by namespaces past their guarantee."""
         return self._leftover_used[s]
 
-    def _excess(self, s: int, ns: str, gpus: int) -> int:
-        share = self.shares[s]
-        return max(0, gpus - share.guaranteed.get(ns, 0))
-
     def room(self, o: Option, ns: str) -> int:
         """Replicas of option `o` namespace `ns` may still add."""
         room = self.use[o.slice].room(o.gpus)
-        share = self.shares.get(o.slice) if room > 0 else None
-        if share is not None:
+        if room > 0 and o.slice in self.shares:
+            share = self.shares[o.slice]
             used = self._ns_gpus[(o.slice, ns)]
             own = max(0, share.guaranteed.get(ns, 0) - used)
             free = own + max(0, share.leftover - self._leftover_used[o.slice])
@@ -74,12 +72,12 @@ class Packing:
     def add(self, o: Option, ns: str, count: int) -> None:
         self.use[o.slice].add(o.gpus, count)
         if o.slice in self.shares:
+            guaranteed = self.shares[o.slice].guaranteed.get(ns, 0)
             before = self._ns_gpus[(o.slice, ns)]
             after = before + count * o.gpus
             self._ns_gpus[(o.slice, ns)] = after
-            self._leftover_used[o.slice] += self._excess(o.slice, ns, after) - self._excess(
-                o.slice, ns, before
-            )
+            # Past its guarantee a namespace draws on the part nobody was guaranteed.
+            self._leftover_used[o.slice] += max(0, after - guaranteed) - max(0, before - guaranteed)
 
     def place(self, demand: Demand, allocation: Mapping[int, int], sign: int = 1) -> None:
         """Add (or with sign=-1 take back) a whole allocation."""
@@ -107,84 +105,92 @@ def allocate_one(
     replica). `budget`, when given, holds the namespace's remaining $/h and is spent."""
     options = demand.options
     ns = demand.namespace
+    hi, fraction = demand.hi, demand.spot_fraction
     counts = [0] * len(options)
-    state = {"total": 0, "spot": 0, "capacity": 0.0}
+    total = spot = 0
+    capacity = 0.0
     for i, n in (start or {}).items():
         counts[i] += n
-        state["total"] += n
-        state["capacity"] += n * options[i].effective
+        total += n
+        capacity += n * options[i].effective
         if options[i].is_spot:
-            state["spot"] += n
+            spot += n
     goal = demand.solve_target if target is None else target
+    # Every option is on a slice of its own, so its room shrinks by exactly what is added to
+    # it here: read once, placed at the end (the same packing as replica by replica).
+    room = [packing.room(o, ns) for o in options]
+    spot_option = [o.is_spot for o in options]
+    money = budget[0] if budget is not None else math.inf
 
-    def limit(o: Option, wanted: int) -> int:
-        k = min(wanted, demand.hi - state["total"], packing.room(o, ns))
-        if o.is_spot:
-            k = min(k, _spot_room(int(state["spot"]), int(state["total"]), demand.spot_fraction))
-        if budget is not None and o.price > 0:
-            k = min(k, math.floor(budget[0] / o.price + 1e-9))
-        return max(0, int(k))
+    def limit(i: int, wanted: int) -> int:
+        k = min(wanted, hi - total, room[i])
+        if k > 0 and spot_option[i]:
+            k = min(k, _spot_room(spot, total, fraction))
+        if k > 0 and budget is not None and options[i].price > 0:
+            k = min(k, math.floor(money / options[i].price + 1e-9))
+        return k if k > 0 else 0
 
     def put(i: int, k: int) -> None:
+        nonlocal total, spot, capacity, money
         o = options[i]
         counts[i] += k
-        packing.add(o, ns, k)
-        state["total"] += k
-        state["capacity"] += k * o.effective
+        room[i] -= k
+        total += k
+        capacity += k * o.effective
         if o.is_spot:
-            state["spot"] += k
+            spot += k
         if budget is not None:
-            budget[0] -= k * o.price
+            money -= k * o.price
 
-    by_unit_price = sorted(
-        range(len(options)),
-        key=lambda i: (options[i].price / options[i].effective, -options[i].effective, i),
-    )
-    # At the same price spot first: on-demand capacity is what the others can use too.
-    by_replica_price = sorted(
-        range(len(options)), key=lambda i: (options[i].price, not options[i].is_spot, i)
-    )
+    by_unit_price = demand.by_unit_price
+    by_replica_price = demand.by_replica_price
 
     # The on-demand floor first: the cheapest never-interrupted replicas.
     for i in by_replica_price:
-        missing = demand.on_demand_min - (int(state["total"]) - int(state["spot"]))
+        missing = demand.on_demand_min - (total - spot)
         if missing <= 0:
             break
         if not options[i].is_spot:
-            put(i, limit(options[i], missing))
+            put(i, limit(i, missing))
 
     # Then capacity for the demand target, cheapest per unit of demand served.
     progress = True
-    while state["capacity"] < goal - 1e-9 and progress:
+    while capacity < goal - 1e-9 and progress:
         progress = False
         blocked = False
         for i in by_unit_price:
             o = options[i]
-            wanted = math.ceil((goal - state["capacity"]) / o.effective - 1e-9)
-            k = limit(o, wanted)
+            wanted = math.ceil((goal - capacity) / o.effective - 1e-9)
+            k = limit(i, wanted)
             if k > 0:
                 # Behind a cheaper option held back by the spot fraction, add one at a time:
                 # each non-spot replica makes room for more of the cheaper spot ones.
                 put(i, 1 if blocked else k)
                 progress = True
                 break
-            blocked = blocked or (o.is_spot and packing.room(o, ns) > 0)
+            blocked = blocked or (o.is_spot and room[i] > 0)
 
     # Then the minimum replica count, cheapest per replica; again until nothing fits, since
     # each non-spot replica makes room for a cheaper spot one.
     progress = True
-    while demand.lo > state["total"] and progress:
+    while demand.lo > total and progress:
         progress = False
         blocked = False
         for i in by_replica_price:
             o = options[i]
-            k = limit(o, demand.lo - int(state["total"]))
+            k = limit(i, demand.lo - total)
             if k > 0:
                 put(i, 1 if blocked else k)
                 progress = True
                 break
-            blocked = blocked or (o.is_spot and packing.room(o, ns) > 0)
+            blocked = blocked or (o.is_spot and room[i] > 0)
 
+    base = start or {}
+    for i, n in enumerate(counts):
+        if n != base.get(i, 0):
+            packing.add(options[i], ns, n - base.get(i, 0))
+    if budget is not None:
+        budget[0] = money
     return {i: n for i, n in enumerate(counts) if n > 0}
 
 

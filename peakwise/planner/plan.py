@@ -18,6 +18,7 @@ from peakwise.planner import greedy, milp
 from peakwise.planner.budget import TrimResult, allocation_cost, hourly_cap, trim_to_cap
 from peakwise.planner.capacity import (
     Demand,
+    Option,
     Slice,
     build_slices,
     claimable,
@@ -56,14 +57,18 @@ def stabilized_target(
     raw: float, history: Sequence[tuple[datetime, float]], now: datetime, window: timedelta
 ) -> tuple[float, tuple[tuple[datetime, float], ...]]:
     """Scale up at once, scale down only to the highest target of the last `window`."""
-    kept = tuple((t, v) for t, v in history if now - t < window and t <= now)
-    target = max([raw, *(v for _, v in kept)])
+    target = raw
     # Only targets that could still matter are kept: an entry below a newer one never will.
     pruned: list[tuple[datetime, float]] = []
-    for t, v in (*kept, (now, raw)):
-        while pruned and pruned[-1][1] <= v:
-            pruned.pop()
-        pruned.append((t, v))
+    for t, v in history:
+        if now - t < window and t <= now:
+            target = v if v > target else target
+            while pruned and pruned[-1][1] <= v:
+                pruned.pop()
+            pruned.append((t, v))
+    while pruned and pruned[-1][1] <= raw:
+        pruned.pop()
+    pruned.append((now, raw))
     return target, tuple(pruned)
 
 
@@ -82,10 +87,10 @@ def hold_window(
 
 
 def _current_capacity(
-    state: DeploymentState, demand_options: Demand, slices: Sequence[Slice]
+    state: DeploymentState, options: Sequence[Option], slices: Sequence[Slice]
 ) -> float:
     by_pool: dict[str, float] = {}
-    for o in demand_options.options:
+    for o in options:
         by_pool.setdefault(slices[o.slice].pool, o.effective)
     return sum(by_pool.get(pool, 0.0) * n for pool, n in state.current.items())
 
@@ -99,19 +104,19 @@ def _demands(
         for s in request.deployments
     }
     level_of = levels(priorities)
-    for state in request.deployments:
+    rank_of = ranks([(s.namespace, s.spec.priority) for s in request.deployments])
+    for state, (rank, factor) in zip(request.deployments, rank_of, strict=True):
         spec = state.spec
         hi = spec.replicas.max
         lo = spec.replicas.min
         if spec.replicas.floor is not None:
             lo = max(lo, min(spec.replicas.floor, hi))
         options = options_for(spec, slices)
-        shell = Demand(state.key, spec.priority, 0.0, lo, hi, 0.0, 0, options)
         why: list[str] = []
         forecast = state.forecast
         if forecast is None or not math.isfinite(forecast.peak) or forecast.peak < 0:
             # Never scale down for lack of data: hold what runs now (at least the minimum).
-            raw = _current_capacity(state, shell, slices)
+            raw = _current_capacity(state, options, slices)
             why.append(
                 f"no usable forecast: holding current capacity ({sum(state.current.values())} "
                 "replicas)"
@@ -119,7 +124,7 @@ def _demands(
         elif forecast.provisional:
             # No model yet: a restart must not change the plan, so nothing goes below what
             # runs now; demand above it is still followed.
-            raw = max(forecast.peak, _current_capacity(state, shell, slices))
+            raw = max(forecast.peak, _current_capacity(state, options, slices))
             why.append(
                 f"model not fitted yet: holding current capacity ({sum(state.current.values())} "
                 f"replicas), or more if demand ({forecast.peak:,.1f}/s) needs it"
@@ -162,14 +167,14 @@ def _demands(
                 on_demand_min=min(spec.capacity.on_demand.min_replicas, hi),
                 options=options,
                 level=level_of[state.namespace],
+                rank=rank,
+                factor=factor,
                 reachable=reachable(options, slices),
                 current=current_by_option(state.current, options, slices),
             )
         )
         histories.append(history)
         reasons.append(why)
-    ranked = zip(demands, ranks(demands), strict=True)
-    demands = [replace(d, rank=rank, factor=factor) for d, (rank, factor) in ranked]
     return demands, histories, reasons
 
 

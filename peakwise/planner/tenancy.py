@@ -218,18 +218,19 @@ def levels(priorities: Mapping[str, int]) -> dict[str, int]:
     return {ns: distinct.index(p) for ns, p in priorities.items()}
 
 
-def ranks(demands: Sequence[Demand]) -> list[tuple[int, float]]:
-    """(rank, factor) of each demand within its namespace: rank 0 for the namespace's highest
-    priority; factor 1 at rank 0 falling to just above 0.5 at the lowest. A tenant's priorities
-    can only lower its own deployments' weight, never raise it above another namespace's."""
+def ranks(deployments: Sequence[tuple[str, int]]) -> list[tuple[int, float]]:
+    """(rank, factor) of each (namespace, priority) within its namespace: rank 0 for the
+    namespace's highest priority; factor 1 at rank 0 falling to just above 0.5 at the lowest.
+    A tenant's priorities can only lower its own deployments' weight, never raise it above
+    another namespace's."""
     by_ns: dict[str, set[int]] = defaultdict(set)
-    for d in demands:
-        by_ns[d.namespace].add(d.priority)
+    for ns, priority in deployments:
+        by_ns[ns].add(priority)
     order = {ns: sorted(ps, reverse=True) for ns, ps in by_ns.items()}
     out = []
-    for d in demands:
-        distinct = order[d.namespace]
-        rank = distinct.index(d.priority)
+    for ns, priority in deployments:
+        distinct = order[ns]
+        rank = distinct.index(priority)
         out.append((rank, 1.0 - 0.5 * rank / len(distinct)))
     return out
 
