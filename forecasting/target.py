@@ -199,10 +199,17 @@ class AchievedRecord:
 
 
 def _span_capacity_and_misses(
-    demand: FloatArray, forecasts: FloatArray, rule: HoldRule, censored: BoolArray, skip: int
+    demand: FloatArray,
+    forecasts: FloatArray,
+    rule: HoldRule,
+    censored: BoolArray,
+    skip: int,
+    capacity: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, int]:
-    """Per margin column: replayed shortfall and mean capacity over the measured steps."""
-    capacity = held_capacity(forecasts, rule)
+    """Per margin column: replayed shortfall and mean capacity over the measured steps
+    (`capacity`: the forecasts' held capacity, if already replayed)."""
+    if capacity is None:
+        capacity = held_capacity(forecasts, rule)
     measured = ~np.isnan(demand)
     measured[:skip] = False
     count = int(measured.sum())
@@ -213,6 +220,56 @@ def _span_capacity_and_misses(
     shortfall: FloatArray = short.mean(axis=0)
     mean_capacity: FloatArray = capacity[measured].mean(axis=0)
     return shortfall, mean_capacity, count
+
+
+def _rising_by_column(forecasts: FloatArray) -> bool:
+    """Whether every row's forecasts rise (or stay) from one margin column to the next, with
+    NaN in whole rows only: then so does the capacity held, and the replayed shortfall only
+    falls from column to column."""
+    missing = np.isnan(forecasts)
+    if not (missing == missing[:, :1]).all():
+        return False
+    known = forecasts[~missing[:, 0]]
+    return bool((known[:, 1:] >= known[:, :-1]).all())
+
+
+def _first_within(
+    demand: FloatArray,
+    forecasts: FloatArray,
+    rule: HoldRule,
+    censored: BoolArray,
+    skip: int,
+    target: float,
+) -> tuple[int, float, float, int]:
+    """For margin columns that rise (`_rising_by_column`): the first column whose replayed
+    shortfall is within `target` (else the last), its shortfall, mean capacity and the
+    measured steps. A bisection replays a few columns instead of all of them; each is the
+    same as in the replay of all (the mean summed in the order that one sums)."""
+    measured = ~np.isnan(demand)
+    measured[:skip] = False
+    count = int(measured.sum())
+    if count == 0:
+        return forecasts.shape[1] - 1, math.nan, math.nan, 0
+    seen: dict[int, tuple[float, float]] = {}
+
+    def replay(k: int) -> tuple[float, float]:
+        if k not in seen:
+            capacity = held_capacity(forecasts[:, k], rule)[measured]
+            short = (demand[measured] > capacity + 1e-9) | censored[measured]
+            seen[k] = (float(short.mean()), float(np.cumsum(capacity)[-1] / count))
+        return seen[k]
+
+    last = forecasts.shape[1] - 1
+    if replay(last)[0] > target + 1e-12:
+        return last, *replay(last), count
+    lo, hi = 0, last  # the first within is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if replay(mid)[0] <= target + 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo, *replay(lo), count
 
 
 class ShortfallForecaster(Estimator):
@@ -341,12 +398,14 @@ class ShortfallForecaster(Estimator):
         series: Series,
         origins: IntArray,
         forecasts: FloatArray,
+        capacity: FloatArray,
         demand: FloatArray,
         censored: BoolArray,
         skip: int,
         plain: Margin,
     ) -> Margin | None:
-        """One quantile per time-of-day bucket, if that meets the target for less capacity.
+        """One quantile per time-of-day bucket, if that meets the target for less capacity
+        (`capacity`: the held capacity of `forecasts`, every column).
 
         Each bucket's quantile is the one that minimises its capacity plus a price per
         short minute, with its short minutes shrunk toward the whole day's (``SHRINK_DAYS``);
@@ -354,7 +413,6 @@ class ShortfallForecaster(Estimator):
         the mixed forecasts through the hold rule, are within the target.
         """
         buckets = self.time_of_day_buckets
-        capacity = held_capacity(forecasts, self.rule)
         measured = ~np.isnan(demand)
         measured[:skip] = False
         total = int(measured.sum())
@@ -446,20 +504,29 @@ class ShortfallForecaster(Estimator):
             skip = min(skip, self.rule.lead + FIRST_PLANNED_STEPS)
 
         made: dict[Option, FloatArray] = {}
+        held: dict[Option, FloatArray] = {}
 
         def calibrated(option: Option, knobs: Sequence[float] | FloatArray) -> Margin:
             forecasts = made[option] = self._forecasts(option, series, origins, knobs)
-            shortfall, capacity, measured = _span_capacity_and_misses(
-                demand, forecasts, self.rule, span_censored, skip
-            )
+            # The reactive rules' margins rise column by column (checked): a bisection finds
+            # the first within the target. The forecast's are all replayed, as the
+            # time-of-day split reads every column.
+            if option != "forecast" and _rising_by_column(forecasts):
+                k, short, mean, measured = _first_within(
+                    demand, forecasts, self.rule, span_censored, skip, self.shortfall
+                )
+            else:
+                capacity = held[option] = held_capacity(forecasts, self.rule)
+                shortfall, capacities, measured = _span_capacity_and_misses(
+                    demand, forecasts, self.rule, span_censored, skip, capacity
+                )
+                within = np.flatnonzero(shortfall <= self.shortfall + 1e-12)
+                k = int(within[0]) if within.size else len(knobs) - 1
+                short, mean = float(shortfall[k]), float(capacities[k])
             if measured == 0:
                 default = DEFAULT_HEADROOM if option == "reactive" else knobs[-1]
                 return Margin(option, float(default), None, None, False)
-            within = np.flatnonzero(shortfall <= self.shortfall + 1e-12)
-            k = int(within[0]) if within.size else len(knobs) - 1
-            return Margin(
-                option, float(knobs[k]), float(shortfall[k]), float(capacity[k]), bool(within.size)
-            )
+            return Margin(option, float(knobs[k]), short, mean, short <= self.shortfall + 1e-12)
 
         if self.quantile is not None:
             fixed = calibrated("forecast", [self.quantile])
@@ -486,7 +553,14 @@ class ShortfallForecaster(Estimator):
         forecast = calibrated("forecast", QUANTILES)
         if self.time_of_day_buckets and forecast.reached:
             split = self._by_hour(
-                series, origins, made["forecast"], demand, span_censored, skip, forecast
+                series,
+                origins,
+                made["forecast"],
+                held["forecast"],
+                demand,
+                span_censored,
+                skip,
+                forecast,
             )
             forecast = split or forecast
         if forecast.reached and (

@@ -24,8 +24,12 @@ from peakwise.forecasting.shortfall import (
 )
 from peakwise.forecasting.target import (
     DEFAULT_HEADROOM,
+    HEADROOMS,
     QUANTILES,
     ShortfallForecaster,
+    _first_within,
+    _rising_by_column,
+    _span_capacity_and_misses,
     hold_rule,
     refit_interval,
 )
@@ -44,6 +48,32 @@ def _replayed(model: ShortfallForecaster, series: Series, first: int) -> float:
     share = shortfall_share(series.values[first + skip :], capacity[skip:])
     assert isinstance(share, float)
     return share
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("target", [0.0, 0.005, 0.05, 0.3])
+def test_bisection_over_rising_margins_picks_what_replaying_every_margin_picks(
+    seed: int, target: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    demand = 40.0 + 30.0 * np.sin(np.arange(3000) / 200.0) + rng.gamma(2.0, 4.0, 3000)
+    demand[rng.random(3000) < 0.02] = np.nan
+    latest = np.concatenate([[np.nan], demand[:-1]])
+    forecasts = latest[:, None] * (1.0 + HEADROOMS[None, :])  # the reactive rule's margins
+    censored = rng.random(3000) < 0.001
+    assert _rising_by_column(forecasts)
+    shortfall, capacity, measured = _span_capacity_and_misses(demand, forecasts, RULE, censored, 25)
+    within = np.flatnonzero(shortfall <= target + 1e-12)
+    k = int(within[0]) if within.size else len(HEADROOMS) - 1
+    # The same margin, and the same figures bit for bit.
+    assert _first_within(demand, forecasts, RULE, censored, 25, target) == (
+        k,
+        shortfall[k],
+        capacity[k],
+        measured,
+    )
+    # A margin column below the one before it: not bisected.
+    assert not _rising_by_column(forecasts[:, ::-1])
 
 
 def test_ready_capacity_follows_the_hold_rule_step_by_step() -> None:
