@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,12 +286,40 @@ class StageClock:
 
 
 def run_fleet_backtest_command(args: argparse.Namespace) -> int:
+    timings: dict[str, float] = {}
+    stages: list[tuple[str, float, float]] = []
+    executor = _executor(args.jobs)
+    try:
+        code = _fleet_backtest(args, executor, timings, stages)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    if code:
+        return code
+    # The workers have exited (the executor was shut down): their CPU time is counted.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(
+        "took "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+        + f" (wall); {time.process_time():.1f} s CPU in this process, "
+        + f"{children.ru_utime + children.ru_stime:.1f} s in its workers; the replay: "
+        + ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU here)" for name, wall, cpu in stages),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _fleet_backtest(
+    args: argparse.Namespace,
+    executor: Executor | None,
+    timings: dict[str, float],
+    stages: list[tuple[str, float, float]],
+) -> int:
     from peakwise.backtest.fleet import FleetOptions, run_fleet_backtest
     from peakwise.backtest.progress import ProgressBar
     from peakwise.reports.fleet import advice_text, fleet_tables, token_table, write_fleet_csvs
     from peakwise.reports.fleet_html import write_report
 
-    timings: dict[str, float] = {}
     try:
         options = FleetOptions(
             warmup=parse_duration(args.warmup),
@@ -301,28 +329,23 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
             reserved_prices=dict(args.reserved_price),
             advice_gpu_types=tuple(args.gpu_type),
         )
-        executor = _executor(args.jobs)
-        try:
-            with ProgressBar() as bar:
-                source = fetch_fleet(args, bar.update, tenancy_policy(args))
-                for warning in source.warnings:
-                    print(f"peakwise backtest: warning: {warning}", file=sys.stderr)
-                timings["fetch"] = source.fetch_seconds
-                started = time.perf_counter()
-                clock = StageClock(bar.update)
-                result = run_fleet_backtest(
-                    source.fleet,
-                    source.demand,
-                    options,
-                    tokens=source.tokens,
-                    executor=executor,
-                    progress=clock.update,
-                )
-                timings["replay"] = time.perf_counter() - started
-                stages = clock.stages()
-        finally:
-            if executor is not None:
-                executor.shutdown(cancel_futures=True)
+        with ProgressBar() as bar:
+            source = fetch_fleet(args, bar.update, tenancy_policy(args))
+            for warning in source.warnings:
+                print(f"peakwise backtest: warning: {warning}", file=sys.stderr)
+            timings["fetch"] = source.fetch_seconds
+            started = time.perf_counter()
+            clock = StageClock(bar.update)
+            result = run_fleet_backtest(
+                source.fleet,
+                source.demand,
+                options,
+                tokens=source.tokens,
+                executor=executor,
+                progress=clock.update,
+            )
+            timings["replay"] = time.perf_counter() - started
+            stages += clock.stages()
     except (ConfigError, ValueError) as e:
         print(f"peakwise backtest: error: {e}", file=sys.stderr)
         return 2
@@ -334,26 +357,25 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
         print("\n" + advice_text(advice))
     for problem in result.advice_problems:
         print(f"\nNo commitment advice for {problem}")
-    if args.out:
+
+    def csvs() -> tuple[list[Path], float]:
         started = time.perf_counter()
-        paths = write_fleet_csvs(result, args.out)
-        timings["csv"] = time.perf_counter() - started
-        print(f"\nwrote {len(paths)} CSVs to {args.out}")
+        paths = write_fleet_csvs(result, args.out, executor)
+        return paths, time.perf_counter() - started
+
+    # The workers write the CSVs while this process writes the report.
+    with ThreadPoolExecutor(1) as side:
+        writing = side.submit(csvs) if args.out else None
+        if args.report:
+            started = time.perf_counter()
+            report = write_report(result, args.report, args.api_price_per_million)
+            report_seconds = time.perf_counter() - started
+        if writing is not None:
+            paths, timings["csv"] = writing.result()
+            print(f"\nwrote {len(paths)} CSVs to {args.out}")
     if args.report:
-        started = time.perf_counter()
-        path = write_report(result, args.report, args.api_price_per_million)
-        timings["report"] = time.perf_counter() - started
-        print(f"wrote {path}")
-    # The workers have exited (the executor was shut down): their CPU time is counted.
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        "took "
-        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
-        + f" (wall); {time.process_time():.1f} s CPU in this process, "
-        + f"{children.ru_utime + children.ru_stime:.1f} s in its workers; the replay: "
-        + ", ".join(f"{name} {wall:.1f} s ({cpu:.1f} s CPU here)" for name, wall, cpu in stages),
-        file=sys.stderr,
-    )
+        timings["report"] = report_seconds
+        print(f"wrote {report}")
     return 0
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from datetime import timedelta
 from pathlib import Path
 
 from peakwise.backtest.advice import Advice
-from peakwise.backtest.fleet import FLEET, FleetResult, ScopeSummary, TokenCost
+from peakwise.backtest.fleet import FLEET, FleetResult, FleetRun, ScopeSummary, TokenCost
 from peakwise.forecasting.series import FloatArray
 from peakwise.reports.backtest import CSV_COLUMNS
 from peakwise.reports.tables import new_table, render
@@ -171,40 +172,24 @@ def advice_text(advice: Advice) -> str:
     return "\n".join(lines)
 
 
-def write_fleet_csvs(result: FleetResult, out_dir: str | Path) -> list[Path]:
+def write_fleet_csvs(
+    result: FleetResult, out_dir: str | Path, executor: Executor | None = None
+) -> list[Path]:
     """``DIR/<namespace>/<name>/<policy>.csv`` per service and policy (the backtest output
     contract's columns; ``cost_usd`` is the service's share of the minute's bill), and
-    ``DIR/fleet-cost.csv``: every policy's fleet cost per minute."""
+    ``DIR/fleet-cost.csv``: every policy's fleet cost per minute. With `executor`, each
+    policy's files are written by a job of their own."""
     out = Path(out_dir)
-    paths = []
     stamps = [
         (result.start + timedelta(minutes=t)).strftime("%Y-%m-%dT%H:%M:%SZ")
         for t in range(result.minutes)
     ]
-    for run in result.runs:
-        for (namespace, name), s in run.services.items():
-            folder = out / namespace / name
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{run.name}.csv"
-            with path.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS)
-                # Whole columns formatted at once (as Python numbers: formatting numpy
-                # scalars one by one is most of the time of millions of rows).
-                writer.writerows(
-                    zip(
-                        stamps,
-                        _nums(s.demand),
-                        _nums(s.forecast),
-                        _nums(s.capacity),
-                        s.replicas["reserved"].tolist(),
-                        s.replicas["spot"].tolist(),
-                        s.replicas["onDemand"].tolist(),
-                        [f"{c:.4f}" for c in s.cost.tolist()],
-                        strict=True,
-                    )
-                )
-            paths.append(path)
+    if executor is None:
+        written = [write_run_csvs(run, stamps, out) for run in result.runs]
+    else:
+        jobs = [executor.submit(write_run_csvs, run, stamps, out) for run in result.runs]
+        written = [job.result() for job in jobs]
+    paths = [path for run_paths in written for path in run_paths]
     path = out / "fleet-cost.csv"
     totals = [run.total_cost() for run in result.runs]
     with path.open("w", newline="") as f:
@@ -213,6 +198,35 @@ def write_fleet_csvs(result: FleetResult, out_dir: str | Path) -> list[Path]:
         columns = [[f"{c:.4f}" for c in total.tolist()] for total in totals]
         writer.writerows(zip(stamps, *columns, strict=True))
     paths.append(path)
+    return paths
+
+
+def write_run_csvs(run: FleetRun, stamps: Sequence[str], out: Path) -> list[Path]:
+    """One policy's ``<namespace>/<name>/<policy>.csv`` files under `out`."""
+    paths = []
+    for (namespace, name), s in run.services.items():
+        folder = out / namespace / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{run.name}.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            # Whole columns formatted at once (as Python numbers: formatting numpy scalars
+            # one by one is most of the time of millions of rows).
+            writer.writerows(
+                zip(
+                    stamps,
+                    _nums(s.demand),
+                    _nums(s.forecast),
+                    _nums(s.capacity),
+                    s.replicas["reserved"].tolist(),
+                    s.replicas["spot"].tolist(),
+                    s.replicas["onDemand"].tolist(),
+                    [f"{c:.4f}" for c in s.cost.tolist()],
+                    strict=True,
+                )
+            )
+        paths.append(path)
     return paths
 
 
