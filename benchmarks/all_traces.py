@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import peakwise
 from peakwise.api.inferencedeployment import SLOSpec, format_percent, parse_percent
 from peakwise.backtest.config import BacktestConfig, load_config, with_replicas_at_peak
 from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
@@ -66,7 +67,12 @@ class Case:
 
 def cases(only: set[str] | None) -> list[Case]:
     found: list[Case] = []
-    for path in sorted(TRACES.glob("*.csv")):
+    shared = sorted(TRACES.glob("*.csv"))
+    if not shared:
+        # Silently replaying only the synthetic families would make a before/after
+        # comparison look complete.
+        raise SystemExit(f"no traces in {TRACES}: the shared traces sit beside the repository")
+    for path in shared:
         name = path.name.removesuffix("_per_minute.csv")
         trace = read_trace(path, implausible_zeros_as_gaps=True)
         found.append(Case(name, trace.series, ON_DEMAND, 20))
@@ -137,6 +143,9 @@ def main() -> int:
     args = parser.parse_args()
     target = parse_percent(args.target)
     only = set(args.only.split(",")) if args.only else None
+    # An editable install elsewhere wins over this checkout unless PYTHONPATH says otherwise:
+    # say whose code is measured.
+    print(f"peakwise from {Path(peakwise.__file__).parent}; traces from {TRACES.resolve()}")
 
     table = new_table(
         (
