@@ -4,6 +4,8 @@ at a time, and the command's timings split by stage."""
 from __future__ import annotations
 
 import csv
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +113,21 @@ def test_the_csvs_are_the_same_bytes_as_row_by_row(replayed: Any, tmp_path: Path
     # The gap is in them, as empty fields.
     text = (tmp_path / "columns" / "chat" / "assistant" / "peakwise.csv").read_text()
     assert "Z,," in text
+
+
+def test_the_csvs_written_by_worker_processes_are_the_same(replayed: Any, tmp_path: Path) -> None:
+    _, _, result = replayed
+    inline = write_fleet_csvs(result, tmp_path / "inline")
+    # As the command writes them: one job per policy on its spawned workers.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        pooled = write_fleet_csvs(result, tmp_path / "pooled", pool)
+    assert [p.relative_to(tmp_path / "pooled") for p in pooled] == [
+        p.relative_to(tmp_path / "inline") for p in inline
+    ]
+    for path in inline:
+        twin = tmp_path / "pooled" / path.relative_to(tmp_path / "inline")
+        assert path.read_bytes() == twin.read_bytes(), path
 
 
 def test_the_commands_timings_split_the_replay_by_its_progress_stages() -> None:
