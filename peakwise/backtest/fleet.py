@@ -78,13 +78,18 @@ from peakwise.backtest.fleet_sim import (
 from peakwise.backtest.policies import (
     ForecasterFactory,
     PlannedTargets,
-    plan_targets,
+    plan_target_span,
     replicas_for,
 )
 from peakwise.backtest.run import HPA_UTILIZATION, _minutes
 from peakwise.forecasting.base import CalibrationInfo
 from peakwise.forecasting.series import FloatArray, Series
-from peakwise.forecasting.target import hold_rule, selection_quantile, service_forecaster
+from peakwise.forecasting.target import (
+    ShortfallForecaster,
+    hold_rule,
+    selection_quantile,
+    service_forecaster,
+)
 from peakwise.planner import (
     BudgetState,
     DemandForecast,
@@ -502,7 +507,7 @@ def on_grid(series: Series, start: datetime, minutes: int) -> FloatArray:
 # --- the work units (module level, so a process pool can run them) -------------------------
 
 
-def forecast_service(
+def forecast_span(
     spec: InferenceDeploymentSpec,
     pools: Sequence[GPUNodePool],
     start: datetime,
@@ -510,17 +515,109 @@ def forecast_service(
     window: int,
     refit_every: int,
     factory: ForecasterFactory | None,
-) -> PlannedTargets:
-    """The targets Peakwise plans one service for at every minute (as the operator would)."""
+    model: ShortfallForecaster | None,
+    begin: int,
+    until: int,
+) -> tuple[ShortfallForecaster, PlannedTargets, int]:
+    """The targets Peakwise plans one service for (as the operator would) from minute `begin`
+    to the first refit at or after `until` (``policies.plan_target_span``), by `model` as
+    the span before left it (None: a new one); the model goes on to the next span."""
     series = Series(start, 60, demand)
-    lead = lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools])
-    rule = hold_rule(spec, lead, timedelta(minutes=window))
-    inner = None
-    if factory is not None:
-        quantile = selection_quantile(spec.slo.shortfall_minutes, spec.forecast.quantile)
-        inner = factory(_minutes(lead), window, quantile)
-    model = service_forecaster(spec, rule, window, inner)
-    return plan_targets(model, series, refit_every=refit_every)
+    if model is None:
+        lead = lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools])
+        rule = hold_rule(spec, lead, timedelta(minutes=window))
+        inner = None
+        if factory is not None:
+            quantile = selection_quantile(spec.slo.shortfall_minutes, spec.forecast.quantile)
+            inner = factory(_minutes(lead), window, quantile)
+        model = service_forecaster(spec, rule, window, inner)
+    planned, stop = plan_target_span(model, series, begin, until, refit_every=refit_every)
+    return model, planned, stop
+
+
+FORECAST_SPAN = 2 * 1440
+"""Minutes of targets a forecast job makes for one service before the next job goes on."""
+
+
+class ForecastStream:
+    """Every service's targets, fitted a span of days at a time in the executor while the
+    Peakwise replay goes on with the spans already made: the replay at minute t waits only
+    for the targets of origin t - 1. A service's model travels from one span's job to the
+    next, so the targets are those of one `plan_targets` over the whole history."""
+
+    def __init__(
+        self,
+        pool: Executor,
+        case: _ReplayCase,
+        window: int,
+        refit_every: int,
+        factory: ForecasterFactory | None,
+        span: int | None = None,
+    ) -> None:
+        self.pool = pool
+        self.case = case
+        self.window = window
+        self.refit_every = refit_every
+        self.factory = factory
+        self.span = max(1, FORECAST_SPAN if span is None else span)
+        count, n = len(case.deployments), case.minutes
+        self.targets = np.full((count, n), np.nan)
+        self.labels: list[list[str]] = [[""] * n for _ in range(count)]
+        self.calibrations: list[list[tuple[int, CalibrationInfo]]] = [[] for _ in range(count)]
+        self.fits = [0] * count
+        self.reached = [0] * count
+        """Per service, the first origin with no target yet."""
+        self.jobs: list[Future[tuple[ShortfallForecaster, PlannedTargets, int]] | None] = [
+            self._submit(i, None) for i in range(count)
+        ]
+
+    def _submit(
+        self, i: int, model: ShortfallForecaster | None
+    ) -> Future[tuple[ShortfallForecaster, PlannedTargets, int]] | None:
+        begin = self.reached[i]
+        if begin >= self.case.minutes:
+            return None
+        return self.pool.submit(
+            forecast_span,
+            self.case.deployments[i].spec,
+            self.case.pools,
+            self.case.start,
+            self.case.demand[i],
+            self.window,
+            self.refit_every,
+            self.factory,
+            model,
+            begin,
+            begin + self.span,
+        )
+
+    def _take(self, i: int) -> None:
+        job = self.jobs[i]
+        assert job is not None
+        model, part, stop = job.result()
+        begin = self.reached[i]
+        self.targets[i, begin:stop] = part.targets
+        self.labels[i][begin:stop] = part.labels
+        self.calibrations[i] += part.calibrations
+        self.fits[i] += part.fits
+        self.reached[i] = stop
+        self.jobs[i] = self._submit(i, model)
+
+    def ready(self, origin: int) -> None:
+        """Wait until every service has its target for `origin`; hand every finished span's
+        model on to its next span meanwhile, so the executor never waits for the replay."""
+        for i, job in enumerate(self.jobs):
+            while self.reached[i] <= origin:
+                self._take(i)
+            if job is not None and job.done() and self.jobs[i] is job:
+                self._take(i)
+
+    def planned(self) -> list[PlannedTargets]:
+        self.ready(self.case.minutes - 1)
+        return [
+            PlannedTargets(self.targets[i], self.labels[i], self.calibrations[i], self.fits[i])
+            for i in range(len(self.fits))
+        ]
 
 
 def _baseline_pool(infd: InferenceDeployment, pools: Sequence[GPUNodePool]) -> int:
@@ -1009,12 +1106,12 @@ def _throughputs(case: _ReplayCase) -> list[dict[str, float]]:
 
 def run_peakwise(
     case: _ReplayCase,
-    targets: Sequence[PlannedTargets],
+    forecasts: ForecastStream,
     window: int,
     progress: Callable[[float], None] | None = None,
-) -> FleetRun:
+) -> tuple[FleetRun, list[PlannedTargets]]:
     """Forecast -> joint planner, one round per minute, as the operator runs it (every
-    service as if in Enforce mode), against the fleet simulator."""
+    service as if in Enforce mode), against the fleet simulator; and the targets it had."""
     pools = case.pools
     fleet_pools = _fleet_pools(pools, case.rates)
     placements = _placements(case.deployments, pools)
@@ -1048,14 +1145,16 @@ def run_peakwise(
             for ns in spend:
                 spend[ns] = 0.0
         states = []
+        origin = t - 1
+        if origin >= 0:
+            forecasts.ready(origin)
         for i, infd in enumerate(case.deployments):
-            origin = t - 1
-            peak = targets[i].targets[origin] if origin >= 0 else np.nan
+            peak = forecasts.targets[i, origin] if origin >= 0 else np.nan
             forecast = (
                 None
                 if np.isnan(peak)
                 else DemandForecast(
-                    float(peak), quantiles[i], model=targets[i].labels[origin], window=width
+                    float(peak), quantiles[i], model=forecasts.labels[i][origin], window=width
                 )
             )
             current = {name: int(requested[k]) for name, k in mine[i] if requested[k]}
@@ -1087,6 +1186,7 @@ def run_peakwise(
 
     record = simulate_fleet(fleet_pools, placements, case.minutes, decide, case.seed, progress)
     services, unattributed = _series_from_record(case, fleet_pools, placements, record)
+    targets = forecasts.planned()
     notes = {}
     for i, key in enumerate(keys):
         lead = _minutes(lead_time(case.deployments[i].spec, list(pool_states)))
@@ -1098,7 +1198,7 @@ def run_peakwise(
         services[key].planned = planned_cost[:, i]
         notes[key] = f"{targets[i].labels[-1]}; lead {lead} min"
     fits = sum(t.fits for t in targets)
-    return FleetRun(
+    run = FleetRun(
         "peakwise",
         services,
         unattributed,
@@ -1107,6 +1207,7 @@ def run_peakwise(
         budget_limited=limited,
         service_notes=notes,
     )
+    return run, targets
 
 
 # --- summaries ---------------------------------------------------------------------------------
@@ -1244,12 +1345,9 @@ def run_fleet_backtest(
     refit = _minutes(options.refit_every)
     report = progress or (lambda _stage, _fraction: None)
 
-    forecasts = [
-        pool.submit(
-            forecast_service, d.spec, fleet.pools, start, case.demand[i], width, refit, forecaster
-        )
-        for i, d in enumerate(fleet.deployments)
-    ]
+    # The forecasts first, a span of days per service at a time: the Peakwise replay follows
+    # them while the next spans are fitted.
+    forecasts = ForecastStream(pool, case, width, refit, forecaster)
     # Perfect foresight needs no hedge against interruptions: the oracle sees none. Its
     # minutes are independent, so it runs in spans beside the forecasts.
     oracle_case = replace(case, rates={})
@@ -1263,11 +1361,9 @@ def run_fleet_backtest(
         name: pool.submit(run_on_demand_baseline, case, name, None)
         for name in ("static-peak", "reactive", "hpa-70%")
     }
-    targets = []
-    for done, job in enumerate(forecasts):
-        targets.append(job.result())
-        report(f"forecast {done + 1}/{len(forecasts)} services", (done + 1) / len(forecasts))
-    peakwise = run_peakwise(case, targets, width, lambda f: report("replay the fleet", f))
+    peakwise, targets = run_peakwise(
+        case, forecasts, width, lambda f: report("replay the fleet", f)
+    )
     achieved = [
         summarize_service_shortfall(
             peakwise.services[k].demand, peakwise.services[k].capacity, warmup

@@ -102,27 +102,46 @@ def plan_targets(
     model fitted on the history up to the block's first origin, from a series cut at the
     block's last origin: nothing after an origin is visible to its target.
     """
+    planned, _ = plan_target_span(
+        model, series, 0, len(series), refit_every=refit_every, progress=progress
+    )
+    return planned
+
+
+def plan_target_span(
+    model: ShortfallForecaster,
+    series: Series,
+    begin: int,
+    until: int,
+    *,
+    refit_every: int,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[PlannedTargets, int]:
+    """`plan_targets` for the origins from `begin` (where a refit is due) to the first refit
+    due at or after `until`: their targets (``targets[0]`` is origin `begin`'s) and that
+    refit's origin. Span after span, with the model carried over, they are `plan_targets`'."""
     n = len(series)
     step = series.step_seconds
-    targets = np.full(n, np.nan)
-    labels = [""] * n
+    blocks: list[FloatArray] = []
+    labels: list[str] = []
     calibrations: list[tuple[int, CalibrationInfo]] = []
-    start, fits = 0, 0
-    while start < n:
+    start, fits = begin, 0
+    while start < min(n, until):
         interval = refit_interval((start + 1) * step, refit_every * step)
         stop = min(n, start + max(1, round(interval / step)))
         model.fit(series.head(start + 1))
         fits += 1
         origins = np.arange(start, stop, dtype=np.int64)
-        targets[start:stop] = model.predict_target(series.head(stop), origins)
+        blocks.append(model.predict_target(series.head(stop), origins))
         info = model.info_
-        labels[start:stop] = [info.model] * (stop - start)
+        labels += [info.model] * (stop - start)
         assert info.calibration is not None
         calibrations.append((start, info.calibration))
         if progress:
             progress(stop)
         start = stop
-    return PlannedTargets(targets, labels, calibrations, fits)
+    targets = np.concatenate(blocks) if blocks else np.empty(0)
+    return PlannedTargets(targets, labels, calibrations, fits), start
 
 
 @dataclass
