@@ -101,8 +101,11 @@ class Demand:
     on-demand capacity is what the others can use too."""
 
     def __post_init__(self) -> None:
-        # Derived once: the allocation reads them for every replica it adds.
         o = self.options
+        if len({x.slice for x in o}) != len(o):
+            # The greedy counts an option's room down by what it adds itself alone.
+            raise ValueError(f"{self.key}: more than one option on a slice")
+        # Derived once: the allocation reads them for every replica it adds.
         best = max((x.effective for x in o), default=1.0) or 1.0
         by_unit = sorted(
             range(len(o)), key=lambda i: (o[i].price / o[i].effective, -o[i].effective, i)
