@@ -26,7 +26,7 @@ from peakwise.operator.forecasts import ForecastService
 from peakwise.operator.handlers import Runtime, register
 from peakwise.operator.integrations import CachedRetention, RoundEdges
 from peakwise.operator.kube import KubeAdapter, api_client
-from peakwise.operator.processes import exit_with_parent
+from peakwise.operator.processes import start_worker
 from peakwise.operator.template_policy import TemplatePolicy
 from peakwise.operator.tenancy_flags import add_tenancy_arguments, tenancy_policy
 
@@ -271,7 +271,7 @@ def run_operator(args: argparse.Namespace) -> int:
                 ProcessPoolExecutor,
                 args.fit_workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=exit_with_parent,
+                initializer=start_worker,
                 initargs=(os.getpid(),),
             )
             if args.fit_in == "process"

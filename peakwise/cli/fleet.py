@@ -247,8 +247,15 @@ def _executor(jobs: int) -> Executor | None:
         return None
     import multiprocessing
 
+    from peakwise.operator.processes import start_worker
+
     # spawn, not fork: the forecasters' native thread pools do not survive a fork.
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=start_worker,
+        initargs=(os.getpid(),),
+    )
 
 
 _STAGES = {"forecast": "forecasts", "replay": "peakwise replay", "baselines": "baselines"}
@@ -289,6 +296,10 @@ def run_fleet_backtest_command(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     stages: list[tuple[str, float, float]] = []
     executor = _executor(args.jobs)
+    if executor is not None:
+        from peakwise.operator.processes import one_blas_thread
+
+        one_blas_thread()  # this process replays beside the workers: it shares their cores
     try:
         code = _fleet_backtest(args, executor, timings, stages)
     finally:

@@ -1,5 +1,5 @@
 """What makes the fleet backtest fast changes none of its results: the CSVs written a column
-at a time, and the command's timings split by stage."""
+at a time, and the command's timings split by stage; and its workers run one BLAS thread."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from peakwise.backtest.fleet import (
     Fleet,
@@ -22,7 +23,7 @@ from peakwise.backtest.fleet import (
     parse_fleet,
     run_fleet_backtest,
 )
-from peakwise.cli.fleet import StageClock
+from peakwise.cli.fleet import StageClock, _executor
 from peakwise.forecasting.series import Series
 from peakwise.reports.backtest import CSV_COLUMNS
 from peakwise.reports.fleet import write_fleet_csvs
@@ -148,3 +149,25 @@ def test_the_commands_timings_split_the_replay_by_its_progress_stages() -> None:
         "advice",
     ]
     assert all(wall >= 0 and cpu >= 0 for _, wall, cpu in stages)
+
+
+def _blas_threads(info: list[dict[str, Any]]) -> dict[str, int]:
+    return {lib["filepath"]: lib["num_threads"] for lib in info if lib["user_api"] == "blas"}
+
+
+def test_the_commands_workers_run_one_blas_thread_each() -> None:
+    # This process (numpy and scipy loaded, no limit set) runs a thread per core.
+    here = _blas_threads(threadpool_info())
+    assert here
+    if (multiprocessing.cpu_count() or 1) > 1:
+        assert max(here.values()) > 1
+    executor = _executor(2)
+    assert executor is not None
+    with executor:
+        there = [executor.submit(threadpool_info).result() for _ in range(4)]
+    for info in there:
+        threads = _blas_threads(info)
+        # numpy's and scipy's OpenBLAS (the forecasters and the planner use both), loaded
+        # and limited before any job runs.
+        assert len(threads) == len(here)
+        assert set(threads.values()) == {1}
