@@ -403,13 +403,42 @@ def _daily_shape(minute_of_day: FloatArray, *, weekend: bool) -> FloatArray:
     return shape / float(shape.max())
 
 
+WOBBLE_PERSISTENCE = 0.97
+"""The chat level's slow wobble is an AR(1) on the log scale: this share of it is left a
+minute later ..."""
+WOBBLE_STEP = 0.02
+"""... and each minute adds a normal part of this standard deviation (about 8% spread)."""
+
+
+@dataclass(frozen=True)
+class DemandLevel:
+    """What a synthetic trace's counts are drawn from, as relative demand per minute (peak
+    about 1): ``level`` equals ``offset + cycle × exp(wobble) + bursts`` up to rounding. The
+    parts are for benchmarks that ask what knowing the process would be worth."""
+
+    level: FloatArray
+    cycle: FloatArray
+    """The daily and weekly cycle, each day's drift, and the family's trend, step or climb."""
+    wobble: FloatArray
+    """The slow wobble on the log scale (``WOBBLE_PERSISTENCE``, ``WOBBLE_STEP``)."""
+    bursts: FloatArray
+    """Extra demand from bursts and spikes."""
+    offset: float = 0.0
+
+    def times(self, factor: FloatArray) -> DemandLevel:
+        """The level multiplied by ``factor`` per minute (a trend, a step)."""
+        return DemandLevel(
+            self.level * factor, self.cycle * factor, self.wobble, self.bursts * factor, 0.0
+        )
+
+
 def _chat_level(
     rng: np.random.Generator,
     days: int,
     start: datetime,
     weekend_level: float,
     bursts_per_week: float,
-) -> FloatArray:
+) -> DemandLevel:
     """Relative demand per minute of a chat service (peak about 1): the daily and weekly
     cycle, day-to-day drift, slow wobble and a few bursts."""
     minutes = days * 1440
@@ -417,21 +446,21 @@ def _chat_level(
     weekday = (start.weekday() + index // 1440) % 7
     is_weekend = weekday >= 5
     one_day = np.arange(1440, dtype=np.float64)
-    level = np.where(
+    cycle = np.where(
         is_weekend,
         weekend_level * _daily_shape(one_day, weekend=True)[index % 1440],
         _daily_shape(one_day, weekend=False)[index % 1440],
     )
     # Each day a little busier or quieter than the last.
-    level *= np.repeat(np.exp(rng.normal(0.0, 0.05, days)), 1440)
+    cycle *= np.repeat(np.exp(rng.normal(0.0, 0.05, days)), 1440)
     # Slow, correlated wobble (AR(1) on the log scale, about 8% spread).
     # The AR(1) recursion as a convolution with its decaying kernel (0.97**400 < 1e-5), which
     # avoids both a Python loop and importing scipy.signal (seconds) for one filter.
-    kernel = 0.97 ** np.arange(400)
-    wobble = np.convolve(rng.normal(0.0, 0.02, minutes), kernel)[:minutes]
-    level *= np.exp(wobble)
-    level += _bursts(rng, minutes, level, bursts_per_week * days / 7.0)
-    return level
+    kernel = WOBBLE_PERSISTENCE ** np.arange(400)
+    wobble = np.convolve(rng.normal(0.0, WOBBLE_STEP, minutes), kernel)[:minutes]
+    level = cycle * np.exp(wobble)
+    bursts = _bursts(rng, minutes, level, bursts_per_week * days / 7.0)
+    return DemandLevel(level + bursts, cycle, wobble, bursts)
 
 
 def _table_from_level(
@@ -476,7 +505,7 @@ def synthesize_trace(
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
     rng = np.random.default_rng(seed)
-    level = _chat_level(rng, days, start, weekend_level, bursts_per_week)
+    level = _chat_level(rng, days, start, weekend_level, bursts_per_week).level
     return _table_from_level(
         rng,
         start,
@@ -500,6 +529,12 @@ FAMILY_DAYS: dict[TraceFamily, int] = {
 """How long each family's trace is by default."""
 
 
+FAMILY_PEAKS: dict[TraceFamily, float] = {family: 3000.0 for family in TRACE_FAMILIES} | {
+    "sparse": 6.0
+}
+"""Requests per minute at each family's peak (relative level 1) by default."""
+
+
 def synthesize_family(
     family: TraceFamily,
     days: int | None = None,
@@ -521,37 +556,63 @@ def synthesize_family(
       demand climbs twentyfold within two hours and follows the daily cycle, with bursts;
     * ``sparse``: counts of a few requests a minute at the peak (image generation): many
       minutes are zero at night, which is idle time, not missing data.
+
+    Counts are Poisson at ``peak_requests_per_minute`` (default ``FAMILY_PEAKS``) times
+    ``family_level``'s level, which draws first from the same seed.
     """
+    rng = np.random.default_rng(seed)
+    length = _family_days(family, days)
+    level = _family_level(rng, family, length, start).level
+    peak = FAMILY_PEAKS[family] if peak_requests_per_minute is None else peak_requests_per_minute
+    return _table_from_level(rng, start, level, peak)
+
+
+def family_level(
+    family: TraceFamily,
+    days: int | None = None,
+    seed: int = 1,
+    *,
+    start: datetime = datetime(2024, 1, 1, tzinfo=UTC),
+) -> DemandLevel:
+    """The relative level ``synthesize_family`` draws its counts from, with its parts."""
+    return _family_level(np.random.default_rng(seed), family, _family_days(family, days), start)
+
+
+def _family_days(family: TraceFamily, days: int | None) -> int:
     if family not in TRACE_FAMILIES:
         raise ValueError(f"unknown trace family {family!r}; choose one of {TRACE_FAMILIES}")
     length = FAMILY_DAYS[family] if days is None else days
     if length < 1:
         raise ValueError(f"days must be at least 1, got {length}")
-    rng = np.random.default_rng(seed)
+    return length
+
+
+def _family_level(
+    rng: np.random.Generator, family: TraceFamily, length: int, start: datetime
+) -> DemandLevel:
     minutes = np.arange(length * 1440, dtype=np.float64)
-    peak = 3000.0 if peak_requests_per_minute is None else peak_requests_per_minute
     if family == "spikes":
-        level = _chat_level(rng, length, start, 0.85, 0.0)
-        flat = 0.5 + 0.5 * level  # a flatter cycle: the spikes are the story
-        level = flat + _bursts(rng, minutes.shape[0], flat, 3.0 * length)
-    else:
-        level = _chat_level(rng, length, start, 0.65, 3.0)
+        chat = _chat_level(rng, length, start, 0.85, 0.0)
+        flat = 0.5 + 0.5 * chat.level  # a flatter cycle: the spikes are the story
+        spikes = _bursts(rng, minutes.shape[0], flat, 3.0 * length)
+        return DemandLevel(
+            flat + spikes, 0.5 * chat.cycle, chat.wobble, 0.5 * chat.bursts + spikes, 0.5
+        )
+    level = _chat_level(rng, length, start, 0.65, 3.0)
     if family == "growth":
-        level *= 2.0 ** (minutes / (14 * 1440))
-    elif family == "level-shift":
+        return level.times(2.0 ** (minutes / (14 * 1440)))
+    if family == "level-shift":
         n = minutes.shape[0]
         if n > 6 * 1440:
             at = int(rng.integers(6 * 1440, min(9 * 1440, n)))
         else:  # under a week: at the same share of the trace as days 6-9 are of two weeks
             at = int(rng.integers(3 * n // 7, max(3 * n // 7 + 1, 9 * n // 14)))
-        level[at:] *= 1.8
-    elif family == "launch":
+        return level.times(np.where(np.arange(n) >= at, 1.8, 1.0))
+    if family == "launch":
         launch = 9 * 60
         climb = 1.0 / (1.0 + np.exp(-(minutes - launch - 60.0) / 15.0))
-        level *= 0.05 + 0.95 * climb
-    elif family == "sparse":
-        peak = 6.0 if peak_requests_per_minute is None else peak_requests_per_minute
-    return _table_from_level(rng, start, level, peak)
+        return level.times(0.05 + 0.95 * climb)
+    return level
 
 
 def _bursts(rng: np.random.Generator, minutes: int, level: FloatArray, mean: float) -> FloatArray:

@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 
 from peakwise.trace import (
+    FAMILY_PEAKS,
     FILE_COLUMNS,
+    TRACE_FAMILIES,
+    WOBBLE_PERSISTENCE,
+    WOBBLE_STEP,
     TraceError,
+    TraceFamily,
     TraceTable,
     demand_from_table,
+    family_level,
     implausible_zero_runs,
     parse_trace_table,
     read_trace,
@@ -401,3 +407,20 @@ def test_a_level_shift_shorter_than_two_weeks_steps_up_within_it(days: int) -> N
     after = shifted[-n // 3 :].sum() / same[-n // 3 :].sum()
     assert 0.9 < before < 1.1
     assert 1.6 < after < 2.0
+
+
+@pytest.mark.parametrize("family", TRACE_FAMILIES)
+def test_a_familys_level_is_what_its_counts_are_drawn_from(family: TraceFamily) -> None:
+    level = family_level(family, 3, seed=7)
+    # Its parts make it up ...
+    parts = level.offset + level.cycle * np.exp(level.wobble) + level.bursts
+    np.testing.assert_allclose(parts, level.level, rtol=1e-12, atol=1e-12)
+    # ... and the counts of the same seed are Poisson around the peak times it.
+    counts = synthesize_family(family, 3, seed=7).requests
+    mean = FAMILY_PEAKS[family] * level.level
+    z = (counts.sum() - mean.sum()) / math.sqrt(mean.sum())
+    assert abs(z) < 5
+    # The wobble is the AR(1) its constants say: lag-one correlation and innovations.
+    w = level.wobble[400:]
+    steps = w[1:] - WOBBLE_PERSISTENCE * w[:-1]
+    assert abs(float(np.std(steps)) - WOBBLE_STEP) < 0.1 * WOBBLE_STEP
