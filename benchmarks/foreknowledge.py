@@ -78,41 +78,50 @@ def process_forecast(name: str, lead: int) -> FloatArray | None:
     return out
 
 
-def over_oracle(
-    forecasts: FloatArray,
-    demand: FloatArray,
-    measured: BoolArray,
-    rule: HoldRule,
-    oracle: float,
-    shortfall: float,
-) -> float:
-    """Mean capacity the forecasts hold over the oracle's, at the least ratio margin whose
-    replay is short no more often than `shortfall`."""
+def least_margin_capacity(
+    forecasts: FloatArray, demand: FloatArray, measured: BoolArray, rule: HoldRule, shortfall: float
+) -> FloatArray:
+    """The capacity the forecasts hold at the least ratio margin whose replay is short no more
+    often than `shortfall`."""
     capacity = held_capacity(forecasts[:, None] * MARGINS[None, :], rule)
     short = (demand[measured, None] > capacity[measured] + 1e-9).mean(axis=0)
     within = np.flatnonzero(short <= shortfall + 1e-12)
     k = int(within[0]) if within.size else len(MARGINS) - 1
-    return float(capacity[measured, k].mean()) / oracle
+    out: FloatArray = capacity[:, k]
+    return out
+
+
+def by_hour(
+    name: str, start_hour: int, measured: BoolArray, demand: FloatArray, held: dict[str, FloatArray]
+) -> str:
+    """Per UTC hour: each policy's capacity above the oracle's (% of the oracle's total over
+    the measured minutes) and its short minutes."""
+    oracle = held["oracle"]
+    total = float(oracle[measured].sum())
+    hours = (start_hour + np.arange(demand.shape[0]) // 60) % 24
+    policies = [p for p in held if p != "oracle"]
+    table = new_table(("hour", *(f"{p} +%" for p in policies), *(f"{p} short" for p in policies)))
+    for hour in range(24):
+        rows = measured & (hours == hour)
+        table.add_row(
+            f"{hour:02d}",
+            *(f"{100 * float((held[p][rows] - oracle[rows]).sum()) / total:.2f}" for p in policies),
+            *(str(int((demand[rows] > held[p][rows] + 1e-9).sum())) for p in policies),
+        )
+    return f"{name}: capacity above the oracle's by hour of day (UTC)\n{render(table)}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated trace names")
+    parser.add_argument(
+        "--by-hour", action="store_true", help="also each trace's excess capacity by hour of day"
+    )
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    table = new_table(
-        (
-            "trace",
-            "perfect",
-            "15-min mean",
-            "61-min mean",
-            "knows the process",
-            "peakwise",
-            "reactive-tuned",
-            "peakwise short",
-            "in runs ≥ 8 min",
-        )
-    )
+    held_columns = ("perfect", "15-min mean", "61-min mean", "knows the process", *POLICIES)
+    table = new_table(("trace", *held_columns, "peakwise short", "in runs ≥ 8 min"))
+    hourly: list[str] = []
     for case in all_traces.cases(only):
         if len(case.series) < 7 * all_traces.DAY or case.tiered:
             continue
@@ -126,28 +135,47 @@ def main() -> int:
         known = np.nan_to_num(demand, nan=float(np.nanmean(demand)))
         measured = np.arange(len(demand)) >= result.warmup_minutes
         measured &= ~np.isnan(demand)
-        oracle = float(runs["oracle"].capacity[measured].mean())
+        # At Peakwise's shortfall, as the tuned reactive policy is.
+        shortfall = result.summary("peakwise").under_provisioned
 
         ahead = np.minimum(np.arange(len(demand)) + rule.lead + 1, len(demand) - 1)
         perfect = held_capacity(window_peak_targets(known, rule.lead, 1)[:, None], rule)[:, 0]
-        means = [uniform_filter1d(known, width, mode="nearest")[ahead] for width in (15, 61)]
+        told = {
+            f"{width}-min mean": least_margin_capacity(
+                uniform_filter1d(known, width, mode="nearest")[ahead],
+                demand,
+                measured,
+                rule,
+                shortfall,
+            )
+            for width in (15, 61)
+        }
         expected = process_forecast(case.name, rule.lead + 1)
-        # At Peakwise's shortfall, as the tuned reactive policy is.
-        given = (demand, measured, rule, oracle, result.summary("peakwise").under_provisioned)
-        peakwise = runs["peakwise"]
-        lengths = short_runs((demand > peakwise.capacity + 1e-9) & measured)
+        if expected is not None:
+            told["knows the process"] = least_margin_capacity(
+                expected, demand, measured, rule, shortfall
+            )
+        held = {"perfect": perfect, **told} | {p: runs[p].capacity for p in (*POLICIES, "oracle")}
+        oracle = float(held["oracle"][measured].mean())
+        lengths = short_runs((demand > held["peakwise"] + 1e-9) & measured)
         table.add_row(
             case.name,
-            f"{float(perfect[measured].mean()) / oracle:.3f}",
-            *(f"{over_oracle(m, *given):.3f}" for m in means),
-            "" if expected is None else f"{over_oracle(expected, *given):.3f}",
-            *(f"{float(runs[name].capacity[measured].mean()) / oracle:.3f}" for name in POLICIES),
+            *(
+                f"{float(held[p][measured].mean()) / oracle:.3f}" if p in held else ""
+                for p in held_columns
+            ),
             f"{sum(lengths)} min in {len(lengths)} runs",
             f"{sum(n for n in lengths if n >= LONG_RUN)} min",
         )
+        if args.by_hour:
+            keep = ("knows the process", *POLICIES, "oracle")
+            chosen = {p: held[p] for p in keep if p in held}
+            hourly.append(by_hour(case.name, case.series.start.hour, measured, demand, chosen))
         print(f"  {case.name}: done", file=sys.stderr, flush=True)
     print("Mean ready capacity over the oracle's, measured minutes (target 0.5% short)")
     print(render(table))
+    for text in hourly:
+        print("\n" + text)
     return 0
 
 
