@@ -2,7 +2,7 @@
 families the project generates, at one shortfall target.
 
     python benchmarks/all_traces.py [--target 0.5%] [--only NAME,...] [--json out.json]
-                                    [--young-guard]
+                                    [--young-guard | --seed-guard]
 
 Every trace in ../shared/traces (zero runs the demand around them makes implausible as idle
 time are gaps, as `peakwise backtest` does by default) and every family of
@@ -25,6 +25,10 @@ and shapes, to check a change to the young-service path is not fitted to the few
 above: the launch family at seeds 2-6, one day of the spikes family at seeds 1-3, and one
 hour of the weekly family (its morning ramp, 08:00, and its evening peak, 20:00) at seeds
 1-3, each a service with no history before it.
+
+``--seed-guard`` does the same for the 14-day families: weekly, growth, level-shift and
+spikes at seed 2, and at seeds 1 and 2 with eight gaps of 10-240 minutes each after the first
+day (missing scrapes, marked as gaps; where they fall is drawn from the seed too).
 """
 
 from __future__ import annotations
@@ -37,13 +41,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
+
 import peakwise
 from peakwise.api.inferencedeployment import SLOSpec, format_percent, parse_percent
 from peakwise.backtest.config import BacktestConfig, load_config, with_replicas_at_peak
 from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
 from peakwise.forecasting.series import Series
 from peakwise.reports.tables import new_table, render
-from peakwise.trace import TRACE_FAMILIES, demand_from_table, read_trace, synthesize_family
+from peakwise.trace import (
+    TRACE_FAMILIES,
+    TraceFamily,
+    demand_from_table,
+    read_trace,
+    synthesize_family,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "traces"
@@ -112,6 +124,33 @@ def young_guard_cases() -> list[Case]:
     return found
 
 
+GUARDED_FAMILIES: tuple[TraceFamily, ...] = ("weekly", "growth", "level-shift", "spikes")
+GAPS = 8
+
+
+def with_gaps(series: Series, seed: int) -> Series:
+    """The series with `GAPS` runs of 10-240 missing minutes, after its first day."""
+    values = series.values.copy()
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(GAPS):
+        start = int(rng.integers(DAY, len(values) - 300))
+        values[start : start + int(rng.integers(10, 240))] = np.nan
+    return Series(series.start, series.step_seconds, values)
+
+
+def seed_guard_cases() -> list[Case]:
+    """The 14-day families at another seed, and with gaps (--seed-guard)."""
+    found: list[Case] = []
+    for family in GUARDED_FAMILIES:
+        for seed in (1, 2):
+            series = demand_from_table(synthesize_family(family, seed=seed)).series
+            if seed != 1:  # seed 1 without gaps is in the main table
+                found.append(Case(f"{family} seed {seed}", series, ON_DEMAND, 20))
+            gappy = with_gaps(series, seed)
+            found.append(Case(f"{family} seed {seed} with gaps", gappy, ON_DEMAND, 20))
+    return found
+
+
 def with_target(config: BacktestConfig, target: float) -> BacktestConfig:
     spec = config.deployment.spec.model_copy(update={"slo": SLOSpec(shortfall_minutes=target)})
     deployment = config.deployment.model_copy(update={"spec": spec})
@@ -135,10 +174,16 @@ def main() -> int:
     parser.add_argument("--target", default="0.5%", help="slo.shortfallMinutes (default 0.5%%)")
     parser.add_argument("--only", help="comma-separated trace names")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument(
+    guards = parser.add_mutually_exclusive_group()
+    guards.add_argument(
         "--young-guard",
         action="store_true",
         help="replay young services of other seeds and shapes instead (see the docstring)",
+    )
+    guards.add_argument(
+        "--seed-guard",
+        action="store_true",
+        help="replay the 14-day families at another seed and with gaps instead",
     )
     args = parser.parse_args()
     target = parse_percent(args.target)
@@ -165,7 +210,12 @@ def main() -> int:
     )
     figures: list[dict[str, object]] = []
     checks: list[str] = []
-    chosen = young_guard_cases() if args.young_guard else cases(only)
+    if args.young_guard:
+        chosen = young_guard_cases()
+    elif args.seed_guard:
+        chosen = seed_guard_cases()
+    else:
+        chosen = cases(only)
     for case in chosen:
         result, wall, cpu = run(case, target)
         pw = result.summary("peakwise")
