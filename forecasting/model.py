@@ -11,8 +11,8 @@ forecast per origin; this class adds what they all need:
   training history, once (margins learned for a 30-minute window do not fit a 1-minute one);
 * residual calibration (see ``calibration.py``), separately for the model's main form and for
   its recent-level fallback (too little history, or gaps where the main form needs data); the
-  window-peak margin is a ratio to the base or additive and scaled to recent volatility (the
-  nowcast's), and with ``margin="auto"`` whichever has the lower pinball loss on the
+  window-peak margin is a ratio to the base or additive and scaled to recent volatility
+  (``_volatility``), and with ``margin="auto"`` whichever has the lower pinball loss on the
   calibration residuals;
 * per-step forecasts (``predict_steps``): the model gives a base path over the horizon, and a
   ratio calibration per horizon step turns it into quantiles. Like other window shapes, the
@@ -48,6 +48,7 @@ from peakwise.forecasting.windows import (
     recent_peak_path,
     recent_range,
     step_targets,
+    trailing_mean,
     valid_origins,
     window_peak_targets,
 )
@@ -62,8 +63,9 @@ MAX_STEP_CALIBRATION_ORIGINS = 1000
 MARGINS = ("auto", "ratio", "scaled")
 """How a model's window-peak margins are learned (the ``margin`` hyperparameter)."""
 
-# The scale of additive margins, as the nowcast's: the range of the last hour plus twice the
-# history's median range (so a flat hour does not make the margin vanish).
+# The scale of additive margins: the range of the last hour plus twice the history's median
+# range (so a flat hour does not make the margin vanish), that median taken at the last hour's
+# level (``PeakModel._volatility``).
 VOLATILITY_SECONDS = 3600
 RANGE_REGULARIZATION = 2.0
 
@@ -175,8 +177,12 @@ class PeakModel(Estimator, TrainingHistory, ABC, Generic[StateT]):
         values = self._keep_history(series).values
         self.step_seconds_: int = series.step_seconds
         self.floor_: float = demand_floor(values, self.floor_fraction)
-        ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[~np.isnan(values)]
+        hour = self.steps(VOLATILITY_SECONDS)
+        known = ~np.isnan(values)
+        ranges = recent_range(values, hour)[known]
         self.typical_range_: float = float(np.median(ranges)) if ranges.size else 0.0
+        levels = trailing_mean(values, hour)[known]
+        self.typical_level_: float = float(np.median(levels)) if levels.size else 0.0
         self.fits_: dict[tuple[int, int], FittedWindow[StateT]] = {}
         self.step_fits_: dict[int, FittedSteps[StateT]] = {}
         self.fitted_window(self.lead, self.width)
@@ -187,9 +193,19 @@ class PeakModel(Estimator, TrainingHistory, ABC, Generic[StateT]):
         return max(1, round(seconds / self.step_seconds_))
 
     def _volatility(self, values: FloatArray, origins: IntArray) -> FloatArray:
-        """Per-origin scale of additive margins: recent range + a share of the typical one."""
-        ranges = recent_range(values, self.steps(VOLATILITY_SECONDS))[origins]
-        scale: FloatArray = ranges + max(RANGE_REGULARIZATION * self.typical_range_, 1e-9)
+        """Per-origin scale of additive margins: the last hour's range plus a share of the
+        typical one, at the last hour's level.
+
+        Counting noise grows as the square root of the count, so the typical range is scaled
+        by the square root of the last hour's mean over the history's median level. Taken as
+        is, a day's typical range was most of the night's level: on a weekly cycle the night's
+        forecasts were 1.7 times its demand, against 1.16 by day."""
+        hour = self.steps(VOLATILITY_SECONDS)
+        ranges = recent_range(values, hour)[origins]
+        level = trailing_mean(values, hour)[origins]
+        share = np.maximum(level, self.floor_) / max(self.typical_level_, self.floor_, 1e-12)
+        typical = np.where(np.isnan(level), 1.0, np.sqrt(share)) * self.typical_range_
+        scale: FloatArray = ranges + np.maximum(RANGE_REGULARIZATION * typical, 1e-9)
         return scale
 
     def fitted_window(self, lead: int, width: int) -> FittedWindow[StateT]:
