@@ -426,9 +426,11 @@ class DemandLevel:
     offset: float = 0.0
 
     def times(self, factor: FloatArray) -> DemandLevel:
-        """The level multiplied by ``factor`` per minute (a trend, a step)."""
+        """The level multiplied by ``factor`` per minute (a trend, a step); no offset."""
+        if self.offset:
+            raise ValueError("a level with an offset cannot be scaled per minute")
         return DemandLevel(
-            self.level * factor, self.cycle * factor, self.wobble, self.bursts * factor, 0.0
+            self.level * factor, self.cycle * factor, self.wobble, self.bursts * factor
         )
 
 
