@@ -6,9 +6,9 @@ Linux a worker asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHS
 the parent died before that call took effect, and on other systems, a watcher thread ends the
 worker once its parent is gone.
 
-A worker also runs its BLAS libraries on one thread (`one_blas_thread`): the workers are as
-many as the cores they may use, and OpenBLAS's own threads, which spin while they wait for a
-core, would compete with the other workers for it.
+A worker also runs its BLAS libraries on one thread (`one_blas_thread`): it shares the cores
+with the operator and the other workers, and OpenBLAS's own threads, which spin while they
+wait for a core, would take it from them.
 """
 
 from __future__ import annotations
