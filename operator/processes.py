@@ -48,8 +48,8 @@ def one_blas_thread() -> None:
 
     For a process that shares every core with other busy ones: there OpenBLAS's threads spin
     waiting for a core. In the fleet backtest (20 services, two workers beside the replay)
-    they cost the workers a third more CPU, 180 s against 134 s, and the command 130 s of
-    wall time against 104 s."""
+    they cost the workers a third more CPU, 180 s against 130-135 s, and the command 130 s
+    of wall time against 101.5-106.8 s."""
     # threadpoolctl limits the libraries loaded so far: load both first.
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401

@@ -420,7 +420,8 @@ def test_a_familys_level_is_what_its_counts_are_drawn_from(family: TraceFamily) 
     mean = FAMILY_PEAKS[family] * level.level
     z = (counts.sum() - mean.sum()) / math.sqrt(mean.sum())
     assert abs(z) < 5
-    # The wobble is the AR(1) its constants say: lag-one correlation and innovations.
+    # The wobble is the AR(1) its constants say: what is left after the persistence has
+    # the step's spread.
     w = level.wobble[400:]
     steps = w[1:] - WOBBLE_PERSISTENCE * w[:-1]
     assert abs(float(np.std(steps)) - WOBBLE_STEP) < 0.1 * WOBBLE_STEP
