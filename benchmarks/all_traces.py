@@ -18,7 +18,11 @@ and its cost against each baseline: the reactive policy tuned in hindsight to Pe
 shortfall (`reactive-tuned`; for tiered rows also the tiered reactive policy, HPA plus a
 Karpenter-like provisioner on the same tiers, tuned the same way) and the HPA-like policy at
 a fixed 70% utilisation target (`hpa-70%`, at its own shortfall, shown next to it). Then the
-issue's targets, met or not, and wall and CPU time per trace.
+issue's targets, met or not (for a tiered row also what 20% below the tiered reactive policy
+is in the oracle's terms, beside the oracle planning at 100% utilisation: about the least a
+policy that is never short can cost), the mean achieved shortfall over the 14-day rows (a
+calibration that is optimistic out of sample shows there first), and wall and CPU time per
+trace.
 
 ``--young-guard`` replays, instead, young services from the same generator with other seeds
 and shapes, to check a change to the young-service path is not fitted to the few young traces
@@ -46,7 +50,13 @@ import numpy as np
 import peakwise
 from peakwise.api.inferencedeployment import SLOSpec, format_percent, parse_percent
 from peakwise.backtest.config import BacktestConfig, load_config, with_replicas_at_peak
-from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
+from peakwise.backtest.run import (
+    BacktestOptions,
+    BacktestResult,
+    perfect_foresight,
+    run_backtest,
+    simulated_pools,
+)
 from peakwise.forecasting.series import Series
 from peakwise.reports.tables import new_table, render
 from peakwise.trace import (
@@ -157,9 +167,13 @@ def with_target(config: BacktestConfig, target: float) -> BacktestConfig:
     return BacktestConfig(config.pools, deployment, config.budget)
 
 
-def run(case: Case, target: float) -> tuple[BacktestResult, float, float]:
+def case_config(case: Case, target: float) -> BacktestConfig:
     config = with_target(load_config(case.config), target)
-    config = with_replicas_at_peak(config, case.series, case.replicas_at_peak)
+    return with_replicas_at_peak(config, case.series, case.replicas_at_peak)
+
+
+def run(case: Case, target: float) -> tuple[BacktestResult, float, float]:
+    config = case_config(case, target)
     warmup = min(DAY, len(case.series) // 5)
     options = BacktestOptions(
         warmup=timedelta(minutes=warmup), spot_interruptions_per_node_hour=case.interruptions
@@ -254,15 +268,53 @@ def main() -> int:
             "cpu_seconds": cpu,
         }
         figures.append(row)
+        if case.tiered:
+            row["full_utilization_oracle"] = full_utilization_oracle(case, result, target)
         checks += targets_met(case, days, pw.under_provisioned, pw.cost_vs_oracle, row)
         print(f"  {case.name}: done in {wall:.1f} s", file=sys.stderr, flush=True)
     print(f"Shortfall target {format_percent(target)} of minutes; on-demand config, 20 replicas")
     print("at the peak, lead 10 min (tiered rows: tiered config, 40 replicas, 0.02 interruptions)")
     print(render(table))
     print("\n".join(checks))
+    # The tiered rows replay the same traces as two of the others: counted once.
+    long = [
+        float(r["achieved"])  # type: ignore[arg-type]
+        for r in figures
+        if float(r["days"]) >= 13.5 and r["vs_tiered_reactive"] is None  # type: ignore[arg-type]
+    ]
+    if long:
+        print(
+            f"achieved shortfall over the {len(long)} untiered rows of 14 days: "
+            f"mean {np.mean(long):.2%}, "
+            f"{min(long):.2%} to {max(long):.2%} (target {format_percent(target)})"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
+
+
+def full_utilization_oracle(case: Case, result: BacktestResult, target: float) -> float:
+    """The oracle's cost, as a share of the table's oracle, with replicas planned at 100%
+    utilisation instead of the deployment's targetUtilization: the planner's cheapest mix for
+    each minute's demand with no delay and no headroom at all, about the least a policy that
+    is never short can cost."""
+    config = case_config(case, target)
+    spec = config.deployment.spec
+    full = spec.model_copy(
+        update={"demand": spec.demand.model_copy(update={"target_utilization": 1.0})}
+    )
+    pools = list(config.pools)
+    namespace = config.deployment.metadata.namespace or "default"
+    bound = perfect_foresight(
+        namespace,
+        full,
+        pools,
+        simulated_pools(spec, pools, 0.0),
+        case.series.values,
+        case.series.start,
+    )
+    warmup = result.warmup_minutes
+    return float(bound.cost[warmup:].sum()) / result.summary("oracle").cost
 
 
 def targets_met(
@@ -276,8 +328,16 @@ def targets_met(
     vs_tuned = float(row["vs_reactive_tuned"])  # type: ignore[arg-type]
     if case.tiered:
         vs_tiered = float(row["vs_tiered_reactive"])  # type: ignore[arg-type]
+        # What 20% below the tiered reactive policy is in the oracle's terms, beside the
+        # least any policy could cost (the oracle at 100% utilisation).
+        needed = 0.8 * vs_oracle / vs_tiered
+        bound = float(row["full_utilization_oracle"])  # type: ignore[arg-type]
         return [
-            line(f"≥ 20% below the tiered reactive policy ({1 - vs_tiered:.0%})", vs_tiered <= 0.8)
+            line(
+                f"≥ 20% below the tiered reactive policy ({1 - vs_tiered:.0%}; 20% below is "
+                f"{needed:.3f}× the oracle, which at 100% utilisation is {bound:.3f}×)",
+                vs_tiered <= 0.8,
+            )
         ]
     if days >= 13.5:
         return [

@@ -87,7 +87,7 @@ class BacktestResult:
         return next(s for s in self.summaries if s.name == name)
 
 
-def _sim_pools(
+def simulated_pools(
     spec: InferenceDeploymentSpec, pools: list[GPUNodePool], interruption_rate: float
 ) -> list[SimPool]:
     out = []
@@ -159,7 +159,7 @@ def _simulate(
     )
 
 
-def _oracle(
+def perfect_foresight(
     namespace: str,
     spec: InferenceDeploymentSpec,
     pools: list[GPUNodePool],
@@ -245,7 +245,7 @@ def run_backtest(
     warmup = min(_minutes(options.warmup), max(0, n - 1))
     pools = list(config.pools)
     rate = options.spot_interruptions_per_node_hour
-    sim_pools = _sim_pools(spec, pools, rate)
+    sim_pools = simulated_pools(spec, pools, rate)
     lead_span = lead_time(spec, [PoolState(p.metadata.name, p.spec) for p in pools])
     lead = _minutes(lead_span)
     width = max(1, _minutes(options.window))
@@ -322,7 +322,7 @@ def run_backtest(
     if peakwise.limited_minutes:
         pw.note += f"; budget-limited {peakwise.limited_minutes} min"
 
-    oracle = _oracle(namespace, spec, pools, sim_pools, demand, series.start)
+    oracle = perfect_foresight(namespace, spec, pools, sim_pools, demand, series.start)
     oracle.note = "perfect foresight, no provisioning delay"
     oracle_cost = float(oracle.cost[warmup:].sum())
 

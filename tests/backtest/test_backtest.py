@@ -15,7 +15,13 @@ from peakwise.backtest.config import (
     with_replicas_at_peak,
 )
 from peakwise.backtest.policies import PlannedTargets, plan_targets
-from peakwise.backtest.run import BacktestOptions, BacktestResult, run_backtest
+from peakwise.backtest.run import (
+    BacktestOptions,
+    BacktestResult,
+    perfect_foresight,
+    run_backtest,
+    simulated_pools,
+)
 from peakwise.forecasting.select import AutoForecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.shortfall import HoldRule, held_capacity
@@ -39,6 +45,25 @@ def _series(days: int, seed: int = 3) -> Series:
 @pytest.fixture(scope="module")
 def tiered_result() -> BacktestResult:
     return run_backtest(_series(3), load_config(TIERED), OPTIONS)
+
+
+def test_the_oracle_at_full_utilization_is_never_short_and_costs_less() -> None:
+    # The least a policy that is never short can cost (benchmarks/all_traces.py's bound for
+    # the tiered target): the oracle planning replicas at 100% utilisation, not at 0.8.
+    series = _series(1)
+    config = with_replicas_at_peak(load_config(TIERED), series, 40)  # past the reserved node
+    spec = config.deployment.spec
+    full = spec.model_copy(
+        update={"demand": spec.demand.model_copy(update={"target_utilization": 1.0})}
+    )
+    pools = list(config.pools)
+    sim = simulated_pools(spec, pools, 0.0)
+    at_target = perfect_foresight("chat", spec, pools, sim, series.values, series.start)
+    at_full = perfect_foresight("chat", full, pools, sim, series.values, series.start)
+    known = ~np.isnan(series.values)
+    assert (at_full.capacity[known] >= series.values[known] - 1e-9).all()
+    assert (at_full.capacity <= at_target.capacity + 1e-9).all()
+    assert at_full.cost.sum() < at_target.cost.sum()
 
 
 def test_every_policy_is_measured_against_the_oracle(tiered_result: BacktestResult) -> None:
