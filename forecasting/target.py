@@ -31,7 +31,9 @@ margin is calibrated; the replayed shortfall is still measured and reported.
 Each fit also measures what was *achieved*: the forecasts the previous fit served, replayed
 over the history that came after it (out of sample, unlike the calibration), kept for the
 newest ``achieved_seconds`` (7 days) in ``info_.calibration``. The state survives
-``discard_history`` and pickling, so the operator can refit a copy of the model it serves.
+``discard_history`` and pickling, so the operator can refit a copy of the model it serves;
+after an operator restart ``carry_achieved`` starts a new model's record from the figure the
+service's status kept.
 
 No lookahead: a fit uses its history only and ``predict_target`` at origin ``o`` uses
 ``series.values[: o + 1]`` only.
@@ -197,6 +199,17 @@ class AchievedRecord:
     short: int
     measured: int
 
+    def since(self, horizon: datetime) -> AchievedRecord | None:
+        """The part of the record after `horizon` (its counts in proportion), if any."""
+        if self.end <= horizon:
+            return None
+        if self.start >= horizon:
+            return self
+        share = (self.end - horizon) / (self.end - self.start)
+        return AchievedRecord(
+            horizon, self.end, round(self.short * share), round(self.measured * share)
+        )
+
 
 def _span_capacity_and_misses(
     demand: FloatArray,
@@ -359,7 +372,31 @@ class ShortfallForecaster(Estimator):
         self.censored_minutes_ = int(censored.sum())
         self.margin_, self.replayed_, self.note_ = self._calibrate(series, censored)
         horizon = until - timedelta(seconds=self.achieved_seconds)
-        self.achieved_ = tuple(r for r in previous if r.end > horizon)
+        self.achieved_ = tuple(kept for r in previous if (kept := r.since(horizon)) is not None)
+        return self
+
+    def carry_achieved(
+        self, shortfall: float, seconds: float, until: datetime, step_seconds: int = 60
+    ) -> Self:
+        """Start the record of what was achieved from what an earlier model of this service
+        reported: ``shortfall`` of the minutes over the ``seconds`` up to ``until``.
+
+        A restarted operator makes every model anew, and a new model measures what it
+        achieved only from its second fit, a day later for an established service; the
+        service's status kept the figure, so status and metrics go on showing it instead.
+        The carried record ages out like any other, minute by minute. Only for a model not
+        fitted yet.
+        """
+        if hasattr(self, "margin_"):
+            raise ValueError("carry_achieved is for a model that is not fitted yet")
+        if not 0.0 <= shortfall <= 1.0 or seconds < step_seconds:
+            raise ValueError(
+                f"need a shortfall in [0, 1] over at least one step, got {shortfall} over "
+                f"{seconds} s"
+            )
+        measured = round(seconds / step_seconds)
+        start = until - timedelta(seconds=seconds)
+        self.achieved_ = (AchievedRecord(start, until, round(shortfall * measured), measured),)
         return self
 
     def _span(self, series: Series) -> int:

@@ -33,12 +33,13 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from peakwise.api.common import parse_duration
 from peakwise.api.costbudget import CostBudget
 from peakwise.api.errors import describe
 from peakwise.api.gpunodepool import GPUNodePool
 from peakwise.api.inferencedeployment import InferenceDeployment
 from peakwise.operator import memory, metrics
-from peakwise.operator.forecasts import ForecastResult, ForecastService
+from peakwise.operator.forecasts import CarriedAchieved, ForecastResult, ForecastService
 from peakwise.operator.indexes import Key, Snapshot
 from peakwise.operator.integrations import RoundEdges, read_targets
 from peakwise.operator.planning import (
@@ -169,6 +170,29 @@ def restarted_history(infd: InferenceDeployment, now: datetime, heartbeat: timed
     top = max(t.demand for t in status.recent_targets)
     written = status.last_plan_time or now
     return ((min(now, written + heartbeat), top),)
+
+
+def restarted_achieved(infd: InferenceDeployment) -> CarriedAchieved | None:
+    """The achieved shortfall the deployment's status reports, for a model this process
+    makes anew to carry on from (else it shows none until its second fit, a day later).
+
+    Only a status written for the spec as it is now: after a spec change the figure is about
+    another target or demand query."""
+    status = infd.status
+    slo = status.slo if status is not None else None
+    if (
+        status is None
+        or slo is None
+        or slo.achieved_shortfall is None
+        or not slo.achieved_window
+        or status.last_plan_time is None
+        or status.observed_generation != infd.metadata.generation
+    ):
+        return None
+    seconds = parse_duration(slo.achieved_window).total_seconds()
+    if seconds < 60:
+        return None
+    return CarriedAchieved(slo.achieved_shortfall, seconds, status.last_plan_time)
 
 
 class Controller:
@@ -389,7 +413,7 @@ class Controller:
         for key, infd in list(deployments.items()):
             try:
                 leads[key] = lead_time(infd.spec, pool_states)
-                self.forecasts.schedule(key, infd.spec, leads[key], now)
+                self.forecasts.schedule(key, infd.spec, leads[key], now, restarted_achieved(infd))
             except (ArithmeticError, ValueError) as error:  # e.g. a duration too large to add
                 invalid[object_name("InferenceDeployment", key)] = f"cannot be planned: {error}"
                 del deployments[key]

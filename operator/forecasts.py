@@ -104,6 +104,16 @@ class ForecastResult:
         return self.info.calibration if self.info is not None else None
 
 
+@dataclass(frozen=True)
+class CarriedAchieved:
+    """The achieved shortfall a service's status reported before the operator restarted:
+    the share of minutes short over the `seconds` up to `until`."""
+
+    shortfall: float
+    seconds: float
+    until: datetime
+
+
 def reactive_peak(values: FloatArray, margin: float) -> float | None:
     """The reactive forecast: the highest known demand of `values` times `margin`."""
     known = values[~np.isnan(values)]
@@ -122,12 +132,14 @@ def fit_model(
     width: int,
     series: Series,
     previous: ShortfallForecaster | None = None,
+    carried: CarriedAchieved | None = None,
 ) -> ShortfallForecaster:
     """One fit (module-level so a process pool can run it).
 
     A refit starts from a copy of the `previous` model, so a warm-started forecaster carries
     its selection over and the shortfall the served forecasts achieved is measured (the
-    served model is never refitted in place: it keeps predicting meanwhile). The model keeps
+    served model is never refitted in place: it keeps predicting meanwhile). A first fit
+    after a restart starts the record of what was achieved from `carried`. The model keeps
     only what forecasting this window shape needs: the operator holds one per service, and
     the history lives in the Prometheus adapter's cache already.
     """
@@ -136,6 +148,8 @@ def fit_model(
     else:
         quantile = selection_quantile(spec.slo.shortfall_minutes, spec.forecast.quantile)
         model = service_forecaster(spec, rule, width, factory(rule.lead, width, quantile))
+        if carried is not None:
+            model.carry_achieved(carried.shortfall, carried.seconds, carried.until, STEP_SECONDS)
     return model.fit(series).discard_history()
 
 
@@ -194,6 +208,8 @@ class ForecastService:
         self._failures: dict[_ModelKey, tuple[int, datetime]] = {}
         """Failed fits in a row per model and when the next may start (a fit that fails on
         this history fails again next round: retrying every round only loads Prometheus)."""
+        self._carried: dict[_ModelKey, CarriedAchieved] = {}
+        """What a model not fitted yet takes over from its service's status (a restart)."""
         self._memo: dict[_ModelKey, tuple[datetime, _Fitted | None, ForecastResult]] = {}
         self._memo_locks: dict[_ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -225,6 +241,7 @@ class ForecastService:
                 self._memo.pop(model_key, None)
                 self._memo_locks.pop(model_key, None)
                 self._failures.pop(model_key, None)
+                self._carried.pop(model_key, None)
                 job = self._jobs.pop(model_key, None)
                 if job is not None:
                     job.cancel()
@@ -235,10 +252,18 @@ class ForecastService:
             return sum(1 for job in self._jobs.values() if not job.done())
 
     def schedule(
-        self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
+        self,
+        key: tuple[str, str],
+        spec: InferenceDeploymentSpec,
+        lead: timedelta,
+        now: datetime,
+        carried: CarriedAchieved | None = None,
     ) -> None:
-        """Queue the fit this deployment's model needs (none, first fit, or refit). Cheap."""
-        self._job(key, spec, lead, now)
+        """Queue the fit this deployment's model needs (none, first fit, or refit). Cheap.
+
+        `carried`: the achieved shortfall the deployment's status kept, for a model this
+        process has not fitted yet to start its record from (ignored once it has one)."""
+        self._job(key, spec, lead, now, carried)
 
     def wait_for_fits(self, deadline: float) -> None:
         """Wait until no fit is pending, or until `deadline` (a `time.monotonic()` value).
@@ -312,7 +337,12 @@ class ForecastService:
         return timedelta(seconds=self._width() * STEP_SECONDS)
 
     def _job(
-        self, key: tuple[str, str], spec: InferenceDeploymentSpec, lead: timedelta, now: datetime
+        self,
+        key: tuple[str, str],
+        spec: InferenceDeploymentSpec,
+        lead: timedelta,
+        now: datetime,
+        carried: CarriedAchieved | None = None,
     ) -> tuple[_ModelKey, _Fitted | None, Future[None] | None]:
         """The deployment's model key, its fitted model if any, and the fit it needs, queued
         if not yet."""
@@ -326,6 +356,8 @@ class ForecastService:
         with self._lock:
             self._model_of[key] = model_key
             fitted = self._fitted.get(model_key)
+            if carried is not None and fitted is None:
+                self._carried.setdefault(model_key, carried)
             if fitted is not None and now - fitted.fitted_at < self._refit_after(fitted):
                 return model_key, fitted, None
             job = self._jobs.get(model_key)
@@ -369,10 +401,11 @@ class ForecastService:
             raise ValueError("the demand query returned no data")
         with self._lock:
             serving = self._fitted.get(model_key)
+            carried = self._carried.get(model_key) if serving is None else None
         previous = serving.model if serving is not None else None
         started = monotonic()
         pool = self._fit_pool
-        fit = (self.factory, spec, rule, self._width(), series, previous)
+        fit = (self.factory, spec, rule, self._width(), series, previous, carried)
         if pool is None:
             model = fit_model(*fit)
         else:
@@ -399,6 +432,7 @@ class ForecastService:
             self._fit_seconds += (took - self._fit_seconds) * 0.2
             if model_key in self._model_of.values():  # not forgotten meanwhile
                 self._fitted[model_key] = _Fitted(model, now)
+                self._carried.pop(model_key, None)
             self.fits += 1
         metrics.model_fits.inc()
 

@@ -290,6 +290,35 @@ def test_the_achieved_shortfall_is_what_the_served_targets_did_after_the_fit() -
     assert info.achieved_seconds == (len(series) - cut) * 60
 
 
+def test_a_new_model_carries_the_achieved_shortfall_an_earlier_one_reported() -> None:
+    # An operator restart makes the model anew: the figure its status kept starts the record.
+    series = daily_demand(6, seed=9)
+    cut = 5 * 1440
+    until = series.time_at(cut)
+    model = ShortfallForecaster(RULE).carry_achieved(0.012, 7 * 86400.0, until)
+    model.fit(series.head(cut))
+    info = model.calibration_
+    assert info.achieved_shortfall == pytest.approx(round(0.012 * 10080) / 10080)
+    assert info.achieved_seconds == 7 * 86400
+    # The next fit adds what this model served a day later, and the carried figure keeps
+    # the six of its seven days that are still within the last seven.
+    warm = RULE.lead + RULE.hold + 1
+    origins = np.arange(cut - warm, len(series), dtype=np.int64)
+    served = held_capacity(model.predict_target(series, origins), RULE)[warm:]
+    short = int((series.values[cut:] > served + 1e-9).sum())
+    model.fit(series)
+    info = model.calibration_
+    assert info.achieved_shortfall == pytest.approx((round(121 * 6 / 7) + short) / 10080)
+    assert info.achieved_seconds == 7 * 86400
+    # A fitted model has a record of its own; a figure must be a share over some minutes.
+    with pytest.raises(ValueError, match="not fitted yet"):
+        model.carry_achieved(0.01, 86400.0, until)
+    with pytest.raises(ValueError, match="shortfall in"):
+        ShortfallForecaster(RULE).carry_achieved(1.5, 86400.0, until)
+    with pytest.raises(ValueError, match="at least one step"):
+        ShortfallForecaster(RULE).carry_achieved(0.01, 0.0, until)
+
+
 def test_estimator_conventions_pickling_and_discarded_history() -> None:
     model = ShortfallForecaster(RULE, 0.01)
     assert clone(model).get_params()["shortfall"] == 0.01

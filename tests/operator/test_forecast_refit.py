@@ -1,5 +1,6 @@
 """A refit starts from a copy of the model it replaces: a warm-started selection carries over,
-and the model being served is never refitted under the predictions that use it."""
+and the model being served is never refitted under the predictions that use it. After a
+restart, a new model carries on the achieved shortfall its service's status kept."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from manifests import deployment_spec
+import pytest
+from manifests import deployment, deployment_spec
 
-from peakwise.api.inferencedeployment import InferenceDeploymentSpec
+from peakwise.api.inferencedeployment import InferenceDeployment, InferenceDeploymentSpec
 from peakwise.forecasting.base import ForecastInfo
 from peakwise.forecasting.select import default_forecaster
 from peakwise.forecasting.series import Series
 from peakwise.forecasting.target import hold_rule
-from peakwise.operator.forecasts import ForecastService, fit_model
+from peakwise.operator.controller import restarted_achieved
+from peakwise.operator.forecasts import CarriedAchieved, ForecastService, fit_model
 
 NOW = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
@@ -123,3 +126,53 @@ def test_the_forecast_carries_the_calibration_status_and_metrics_show() -> None:
         assert grown.forecast is not None
         assert grown.forecast.quantile == grown.calibration.quantile and grown.fallback == ""
     forecasts.close()
+
+
+def test_a_restarted_operator_shows_the_achieved_shortfall_its_status_kept() -> None:
+    forecasts = ForecastService(
+        Source(), lambda lead, width, q: Model(), refit_every=timedelta(hours=1)
+    )  # type: ignore[arg-type,return-value]
+    lead = timedelta(minutes=5)
+    key = ("ns", "a")
+    kept = CarriedAchieved(0.012, 7 * 86400.0, NOW - timedelta(minutes=3))
+    forecasts.schedule(key, spec(), lead, NOW, kept)
+    calibration = forecasts.forecast(key, spec(), lead, NOW).calibration
+    assert calibration is not None
+    # (within the minutes' rounding: the last 7 days end at this fit, not at the kept figure's)
+    assert calibration.achieved_shortfall == pytest.approx(0.012, abs=1e-4)
+    # Once this process has a model, the status' figure is its own: not taken again.
+    later = NOW + timedelta(hours=2)
+    forecasts.schedule(key, spec(), lead, later, CarriedAchieved(0.5, 86400.0, later))
+    calibration = forecasts.forecast(key, spec(), lead, later).calibration
+    assert calibration is not None and calibration.achieved_shortfall is not None
+    assert calibration.achieved_shortfall < 0.02
+    # Without a kept figure a new model shows none until its second fit.
+    fresh = ForecastService(
+        Source(), lambda lead, width, q: Model(), refit_every=timedelta(hours=1)
+    )  # type: ignore[arg-type,return-value]
+    calibration = fresh.forecast(key, spec(), lead, NOW).calibration
+    assert calibration is not None and calibration.achieved_shortfall is None
+
+
+def _with_status(generation: int, observed: int, slo: dict[str, Any]) -> InferenceDeployment:
+    body = deployment("a", "ns")
+    body["metadata"]["generation"] = generation
+    body["status"] = {
+        "observedGeneration": observed,
+        "lastPlanTime": "2025-03-03T11:58:00Z",
+        "slo": slo,
+    }
+    return InferenceDeployment.model_validate(body)
+
+
+def test_the_achieved_shortfall_is_carried_only_from_a_status_of_the_spec_as_it_is() -> None:
+    slo = {"shortfallTarget": "0.5%", "achievedShortfall": "1.2%", "achievedWindow": "6d12h"}
+    carried = restarted_achieved(_with_status(4, 4, slo))
+    assert carried == CarriedAchieved(
+        pytest.approx(0.012), 6.5 * 86400, datetime(2025, 3, 3, 11, 58, tzinfo=UTC)
+    )
+    # Written for an older spec (another target or query, perhaps): not this one's.
+    assert restarted_achieved(_with_status(5, 4, slo)) is None
+    # Nothing measured yet.
+    assert restarted_achieved(_with_status(4, 4, {"shortfallTarget": "0.5%"})) is None
+    assert restarted_achieved(InferenceDeployment.model_validate(deployment("a"))) is None
