@@ -179,9 +179,27 @@ def write_status(
             if due:
                 metrics.status_heartbeat_writes.labels(kind).inc()
     if due:
-        patch.setdefault("status", {}).update(status)
+        patch.setdefault("status", {}).update(with_removals(status, live))
         metrics.status_writes.labels(kind).inc()
     return due
+
+
+def with_removals(new: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` as a merge patch over `live`: inside each object `new` writes, a field `live` has
+    and `new` no longer has is set to null, which removes it. (Status is written without its
+    unset fields, and a merge patch leaves a field it does not name as it was: a figure that
+    became unknown, e.g. slo.achievedShortfall, would stay on show with the value it had.)
+    Top-level fields `new` does not name are left alone: they may not be the operator's."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = live.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = with_removals(value, before)
+            nested.update({k: None for k in before if k not in value})
+            out[key] = nested
+        else:
+            out[key] = value
+    return out
 
 
 def _parse_time(text: Any) -> datetime | None:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,25 @@ def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: Module
     before = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "steady")}
     assert sum(before.values()) == sum(c["spec"]["replicas"] for c in planned.values())
     operator.kill()
+    # What the old process would have measured by now (its model needs a day of refits to
+    # measure anything): the achieved shortfall and its window, kept in status.
+    achieved = {"achievedShortfall": "1.23%", "achievedWindow": "7d"}
+    cluster.kubectl(
+        "patch",
+        "inferencedeployment",
+        "steady",
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"slo": achieved}}),
+    )
+    restarted = datetime.now(UTC)
+    # Informational status (slo among it) is written at the heartbeat: a short one here, so
+    # the new process writes what its model carries within seconds, not five minutes.
+    module_args = operator.extra_args
+    operator.extra_args = [*module_args, "--status-heartbeat", "5s"]
     operator.start()
     operator.wait_rounds(3)  # rounds of the new process
     after = {c["metadata"]["name"]: c["spec"]["replicas"] for c in _children(cluster, "steady")}
@@ -348,6 +368,28 @@ def test_restart_keeps_children_and_plan(cluster: LocalCluster, operator: Module
     assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     # Level-based: the new process found every child as planned and wrote none of them.
     assert operator.child_writes("steady", NS) == 0
+
+    # The new process's model carries on the achieved shortfall the status kept (without it,
+    # the new process writes its slo status without one until the model's second fit).
+    def slo() -> dict[str, Any] | None:
+        status = cluster.kubectl_json("get", "inferencedeployment", "steady", "-n", NS)["status"]
+        written = datetime.fromisoformat(status.get("lastPlanTime") or "1970-01-01T00:00:00Z")
+        found: dict[str, Any] = status.get("slo") or {}
+        # A status the new process wrote from its model's first fit (margin set).
+        return found if written > restarted and found.get("margin") else None
+
+    try:
+        kept = wait_for("the new model's slo status", slo)
+        # (whole minutes of the 7 days: 124 of 10,080)
+        assert float(kept.get("achievedShortfall", "0%").rstrip("%")) == pytest.approx(
+            1.23, abs=0.01
+        ), kept
+        assert kept.get("achievedWindow", "").startswith("7d"), kept
+    finally:  # the module's operator as the other tests know it
+        operator.kill()
+        operator.extra_args = module_args
+        operator.start()
+        operator.wait_rounds(2)
 
 
 def _budget(namespace: str, hourly: float) -> dict[str, Any]:

@@ -71,6 +71,17 @@ def _write(
     return patch
 
 
+def test_a_field_that_became_unknown_is_removed_not_left_as_it_was() -> None:
+    status = _status_of(400.0)
+    live = {**status, "slo": {**status["slo"], "achievedShortfall": "1.2%"}, "kopf": {"x": 1}}
+    live["replicas"] = status["replicas"] + 1  # a decision changed: written at once
+    written = _write(status, live)["status"]
+    assert written["slo"]["achievedShortfall"] is None  # a merge patch's null removes it
+    assert {k: v for k, v in written["slo"].items() if v is not None} == status["slo"]
+    assert "kopf" not in written  # top-level fields the operator does not write stay
+    assert written["replicas"] == status["replicas"]
+
+
 def test_a_first_status_is_written() -> None:
     status = _status_of(400.0)
     assert _write(status, None) == {"status": status}
