@@ -177,19 +177,24 @@ def restarted_achieved(infd: InferenceDeployment) -> CarriedAchieved | None:
     makes anew to carry on from (else it shows none until its second fit, a day later).
 
     Only a status written for the spec as it is now: after a spec change the figure is about
-    another target or demand query."""
+    another target or demand query. A figure that is no share of a whole minute or more is
+    ignored: a status is no input to refuse a deployment over, nor to fail its fits on."""
     status = infd.status
     slo = status.slo if status is not None else None
     if (
         status is None
         or slo is None
         or slo.achieved_shortfall is None
+        or not 0.0 <= slo.achieved_shortfall <= 1.0
         or not slo.achieved_window
         or status.last_plan_time is None
         or status.observed_generation != infd.metadata.generation
     ):
         return None
-    seconds = parse_duration(slo.achieved_window).total_seconds()
+    try:
+        seconds = parse_duration(slo.achieved_window).total_seconds()
+    except ValueError:
+        return None
     if seconds < 60:
         return None
     return CarriedAchieved(slo.achieved_shortfall, seconds, status.last_plan_time)

@@ -173,6 +173,13 @@ def test_the_achieved_shortfall_is_carried_only_from_a_status_of_the_spec_as_it_
     )
     # Written for an older spec (another target or query, perhaps): not this one's.
     assert restarted_achieved(_with_status(5, 4, slo)) is None
+    # A figure that is no share of a whole minute or more: ignored, the deployment planned.
+    for odd in (
+        {"achievedWindow": "a week"},
+        {"achievedWindow": "30s"},
+        {"achievedShortfall": "150%"},
+    ):
+        assert restarted_achieved(_with_status(4, 4, {**slo, **odd})) is None
     # Nothing measured yet.
     assert restarted_achieved(_with_status(4, 4, {"shortfallTarget": "0.5%"})) is None
     assert restarted_achieved(InferenceDeployment.model_validate(deployment("a"))) is None
